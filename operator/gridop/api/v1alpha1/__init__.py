@@ -1,0 +1,22 @@
+"""gridop.io/v1alpha1."""
+
+from . import gridsession
+from .common import API_VERSION, GROUP, VERSION, Condition, ConditionStatus, KubeModel, find_condition, set_condition, utcnow
+from .gridsession import GridSession, GridSessionSpec, GridSessionStatus, Phase
+
+__all__ = [
+    "API_VERSION",
+    "GROUP",
+    "VERSION",
+    "Condition",
+    "ConditionStatus",
+    "GridSession",
+    "GridSessionSpec",
+    "GridSessionStatus",
+    "KubeModel",
+    "Phase",
+    "find_condition",
+    "gridsession",
+    "set_condition",
+    "utcnow",
+]

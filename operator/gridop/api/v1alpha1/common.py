@@ -1,0 +1,103 @@
+"""Types shared by every gridop kind: the base model and the KEP-1623 Condition."""
+
+from __future__ import annotations
+
+import datetime
+import enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "gridop.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+
+class KubeModel(BaseModel):
+    """Python names in snake_case, Kubernetes names in camelCase, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_enum_values=True,
+    )
+
+    def to_kube(self) -> dict[str, Any]:
+        """The object as the API server stores it: camelCase, no unset optionals."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class ConditionStatus(str, enum.Enum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(KubeModel):
+    """metav1.Condition: one aspect of the object's state, with a machine-readable reason."""
+
+    type: str = Field(
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
+        max_length=316,
+    )
+    status: ConditionStatus
+    reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$", min_length=1, max_length=1024)
+    message: str = Field(default="", max_length=32768)
+    last_transition_time: datetime.datetime
+    observed_generation: int | None = Field(default=None, ge=0)
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(tz=datetime.UTC).replace(microsecond=0)
+
+
+def set_condition(
+    conditions: list[Condition],
+    *,
+    type: str,
+    status: ConditionStatus | bool,
+    reason: str,
+    message: str = "",
+    now: datetime.datetime,
+    generation: int | None = None,
+) -> list[Condition]:
+    """Return the conditions with `type` set; lastTransitionTime moves only when status flips."""
+    if isinstance(status, bool):
+        status = ConditionStatus.TRUE if status else ConditionStatus.FALSE
+    status_value = ConditionStatus(status).value
+    result: list[Condition] = []
+    found = False
+    for cond in conditions:
+        if cond.type != type:
+            result.append(cond)
+            continue
+        found = True
+        changed = cond.status != status_value
+        result.append(
+            Condition(
+                type=type,
+                status=status_value,
+                reason=reason,
+                message=message,
+                last_transition_time=now if changed else cond.last_transition_time,
+                observed_generation=generation,
+            )
+        )
+    if not found:
+        result.append(
+            Condition(
+                type=type,
+                status=status_value,
+                reason=reason,
+                message=message,
+                last_transition_time=now,
+                observed_generation=generation,
+            )
+        )
+    return result
+
+
+def find_condition(conditions: list[Condition], type: str) -> Condition | None:
+    return next((c for c in conditions if c.type == type), None)

@@ -1,0 +1,1 @@
+"""gridctl: the user CLI (also the kubectl plugin `kubectl grid`)."""

@@ -1,0 +1,17 @@
+"""Async Kubernetes access: cluster credentials, a thin REST client, and object builders."""
+
+from .access import ClusterAccess, load_cluster_access
+from .client import AlreadyExists, Conflict, KubeClient, KubeError, NotFound, Resource
+from . import resources
+
+__all__ = [
+    "AlreadyExists",
+    "ClusterAccess",
+    "Conflict",
+    "KubeClient",
+    "KubeError",
+    "NotFound",
+    "Resource",
+    "load_cluster_access",
+    "resources",
+]

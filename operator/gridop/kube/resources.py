@@ -1,0 +1,14 @@
+"""The resources gridop talks to."""
+
+from ..api.v1alpha1 import GROUP, VERSION, gridsession
+from .client import Resource
+
+PODS = Resource("", "v1", "pods", "Pod")
+SERVICES = Resource("", "v1", "services", "Service")
+CONFIGMAPS = Resource("", "v1", "configmaps", "ConfigMap")
+SECRETS = Resource("", "v1", "secrets", "Secret")
+EVENTS = Resource("", "v1", "events", "Event")
+NODES = Resource("", "v1", "nodes", "Node", namespaced=False)
+LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
+CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", namespaced=False)
+GRIDSESSIONS = Resource(GROUP, VERSION, gridsession.PLURAL, gridsession.KIND)

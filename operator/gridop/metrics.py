@@ -1,0 +1,15 @@
+"""Prometheus metrics of every gridop process (one registry, served on /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+SESSIONS = Gauge("gridop_sessions", "GridSessions by phase", ["phase"])
+SESSION_START_SECONDS = Histogram(
+    "gridop_session_start_seconds",
+    "Time from GridSession creation to its first Running phase",
+    buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
+)
+RECONCILE_SECONDS = Histogram("gridop_reconcile_seconds", "Duration of one reconcile pass", ["kind"])
+RECONCILE_ERRORS = Counter("gridop_reconcile_errors_total", "Reconcile passes that raised", ["kind", "error"])
+POD_RECOVERIES = Counter("gridop_session_pod_recoveries_total", "Session pods recreated after a loss", ["reason"])

@@ -1,0 +1,80 @@
+"""`gridop operator`: build the shared clients once, serve health and metrics, run kopf."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .auth.keystore import KeyringSource
+from .auth.tokens import SigningKeyError
+from .handlers import build_registry
+from .handlers.wakeups import Wakeups
+from .kube import ClusterAccess, KubeClient, load_cluster_access
+from .kube.events import EventRecorder
+from .sessions.reconciler import SessionReconciler
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def serve_health(port: int, ready: asyncio.Event) -> web.AppRunner:
+    async def metrics_view(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        return web.json_response({"ready": ready.is_set()}, status=200 if ready.is_set() else 503)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "0.0.0.0", port).start()
+    return runner
+
+
+async def run_operator(
+    settings: Settings,
+    access: ClusterAccess | None = None,
+    *,
+    stop_flag: asyncio.Event | None = None,
+    ready_flag: asyncio.Event | None = None,
+    serve_metrics: bool = True,
+    clock: Any = None,
+) -> None:
+    access = access or load_cluster_access()
+    client = await KubeClient.connect(access)
+    keys = KeyringSource(client, settings.namespace, settings.signing_secret)
+    try:
+        keyring = await keys.get()
+        log.info("signing keys ready (active key id %s)", keyring.active_kid)
+    except SigningKeyError as exc:
+        # Not fatal: sessions report it in their Ready condition until the Secret is fixed.
+        log.error("signing keys unusable: %s", exc)
+    kwargs = {"clock": clock} if clock is not None else {}
+    reconciler = SessionReconciler(client, settings, keys, EventRecorder(client), **kwargs)
+    ready = ready_flag or asyncio.Event()
+    runner = await serve_health(settings.metrics_port, ready) if serve_metrics else None
+    try:
+        await kopf.operator(
+            registry=build_registry(),
+            memo=kopf.Memo(reconciler=reconciler, wakeups=Wakeups()),
+            clusterwide=not settings.watch_namespaces,
+            namespaces=settings.watch_namespaces,
+            standalone=True,
+            stop_flag=stop_flag,
+            ready_flag=ready,
+        )
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await client.close()

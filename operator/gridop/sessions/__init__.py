@@ -1,0 +1,1 @@
+"""The session domain: configuration, launch plan, phase rules and the reconciler that runs them."""
