@@ -10,14 +10,18 @@ import sys
 
 def _operator(args: argparse.Namespace) -> int:
     from .logs import setup_logging
-    from .operator_main import run_operator
+    from .operator_main import LeadershipLost, run_operator
     from .settings import Settings
 
     settings = Settings()
     if args.namespace:
         settings.watch_namespaces = list(args.namespace)
     setup_logging(settings.log_format, settings.log_level)
-    asyncio.run(run_operator(settings))
+    try:
+        asyncio.run(run_operator(settings))
+    except LeadershipLost as exc:
+        print(f"gridop operator: {exc}; exiting to restart as a standby", file=sys.stderr)
+        return 1
     return 0
 
 

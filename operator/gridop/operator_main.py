@@ -16,10 +16,15 @@ from .handlers import build_registry
 from .handlers.wakeups import Wakeups
 from .kube import ClusterAccess, KubeClient, load_cluster_access
 from .kube.events import EventRecorder
+from .kube.lease import LeaderElector
 from .sessions.reconciler import SessionReconciler
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class LeadershipLost(RuntimeError):
+    """Raised so the process exits non-zero and restarts as a standby."""
 
 
 async def serve_health(port: int, ready: asyncio.Event) -> web.AppRunner:
@@ -63,18 +68,38 @@ async def run_operator(
     kwargs = {"clock": clock} if clock is not None else {}
     reconciler = SessionReconciler(client, settings, keys, EventRecorder(client), **kwargs)
     ready = ready_flag or asyncio.Event()
+    stop = stop_flag or asyncio.Event()
     runner = await serve_health(settings.metrics_port, ready) if serve_metrics else None
+    elector: LeaderElector | None = None
+    holding: asyncio.Task[None] | None = None
+    lost = asyncio.Event()
     try:
+        if settings.leader_election:
+            elector = LeaderElector(client, settings.namespace, settings.lease_name, settings.pod_name)
+            await elector.acquire()
+            log.info("leading as %s", settings.pod_name)
+
+            def on_lost() -> None:
+                lost.set()
+                stop.set()
+
+            holding = asyncio.create_task(elector.hold(on_lost))
         await kopf.operator(
             registry=build_registry(),
             memo=kopf.Memo(reconciler=reconciler, wakeups=Wakeups()),
             clusterwide=not settings.watch_namespaces,
             namespaces=settings.watch_namespaces,
-            standalone=True,
-            stop_flag=stop_flag,
+            standalone=True,  # no kopf peering: leadership is the Lease above
+            stop_flag=stop,
             ready_flag=ready,
         )
     finally:
+        if holding is not None:
+            holding.cancel()
+        if elector is not None and not lost.is_set():
+            await elector.release()
         if runner is not None:
             await runner.cleanup()
         await client.close()
+    if lost.is_set():
+        raise LeadershipLost("another replica took over the leader lease")

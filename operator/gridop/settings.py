@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     resync_seconds: float = Field(default=30.0, gt=0, description="Re-check every session at least this often.")
     status_min_interval_seconds: float = Field(default=1.0, ge=0)
 
+    leader_election: bool = Field(default=False, description="Hold a Lease before acting; extra replicas stand by.")
+    lease_name: str = "gridop-operator"
+    pod_name: str = Field(default_factory=lambda: __import__("socket").gethostname(), description="Identity in the Lease.")
+
     metrics_port: int = 8080
     log_format: str = Field(default="json", pattern="^(json|text)$")
     log_level: str = "INFO"

@@ -8,87 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
-import itertools
-import pathlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import jsonpatch
 import kmock
-from kmock._internal.k8s import KubernetesObjectConflictError
 import pytest
-import yaml
 
 from gridop.kube import ClusterAccess, KubeClient
 from gridop.operator_main import run_operator
 from gridop.settings import Settings
+from tests.emulator import ApiServer, register_crds, rv
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 NAMESPACE = "grid"
-_rv = itertools.count(1000)
-
-
-def rv() -> str:
-    return str(next(_rv))
-
-
-def register_crds(emulator: kmock.KubernetesEmulator) -> None:
-    """Make the emulator discover our kinds from the committed CRD YAML (so the YAML is exercised)."""
-    for path in sorted((ROOT / "crds").glob("*.yaml")):
-        crd = yaml.safe_load(path.read_text())
-        names = crd["spec"]["names"]
-        for version in crd["spec"]["versions"]:
-            emulator.resources[f"{crd['spec']['group']}/{version['name']}/{names['plural']}"] = kmock.ResourceInfo(
-                kind=names["kind"],
-                singular=names["singular"],
-                namespaced=crd["spec"]["scope"] == "Namespaced",
-                verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
-                shortnames=set(names.get("shortNames", [])),
-                categories=set(names.get("categories", [])),
-                subresources=set(version.get("subresources", {})),
-            )
-
-
-class ApiServer(kmock.KubernetesEmulator):
-    """The emulator plus the bookkeeping a real API server does on every write.
-
-    Real objects always carry a uid, creationTimestamp and a resourceVersion that changes on
-    each write (kopf relies on it), and generation moves when the spec changes.
-    """
-
-    async def _handle(self, request: kmock.Request) -> Any:
-        if request.resource is not None and request.data is not None:
-            self._stamp(request)
-        try:
-            return await super()._handle(request)
-        except jsonpatch.JsonPatchTestFailed as exc:  # a stale resourceVersion in a JSON patch
-            raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from exc
-        except KubernetesObjectConflictError as exc:
-            raise kmock.KubernetesError(status=409, reason="AlreadyExists", message=f"{request.data.get('metadata', {}).get('name')} already exists") from exc
-
-    def _stamp(self, request: kmock.Request) -> None:
-        data = request.data
-        if request.action == kmock.action.CREATE and isinstance(data, dict):
-            meta = data.setdefault("metadata", {})
-            meta.setdefault("uid", str(uuid.uuid4()))
-            meta.setdefault("creationTimestamp", datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
-            meta.setdefault("generation", 1)
-            if request.namespace:
-                meta.setdefault("namespace", request.namespace)
-            meta["resourceVersion"] = rv()
-        elif request.action == kmock.action.UPDATE and request.name:
-            if isinstance(data, list):  # JSON patch
-                data.append({"op": "add", "path": "/metadata/resourceVersion", "value": rv()})
-            elif isinstance(data, dict):
-                meta = data.setdefault("metadata", {})
-                meta["resourceVersion"] = rv()
-                key = (request.resource, request.namespace, request.name)
-                if "spec" in data and request.subresource is None and key in self.objects:
-                    current = self.objects[key]
-                    if not current.deleted:
-                        meta["generation"] = int(current.get("metadata", {}).get("generation", 1)) + 1
 
 
 @pytest.fixture

@@ -179,6 +179,20 @@ class KubeClient:
             "PATCH", res.path(namespace, name, subresource), body=body, content_type=PATCH_TYPES[patch_type]
         )
 
+    async def apply(
+        self, res: Resource, body: Mapping[str, Any], namespace: str | None = None, *, field_manager: str = "gridop"
+    ) -> dict[str, Any]:
+        """Server-side apply (create or update to exactly these fields, owned by `field_manager`)."""
+        body = {"apiVersion": res.api_version, "kind": res.kind, **body}
+        name = body["metadata"]["name"]
+        return await self.request(
+            "PATCH",
+            res.path(namespace, name),
+            params={"fieldManager": field_manager, "force": "true"},
+            body=body,
+            content_type="application/apply-patch+yaml",
+        )
+
     async def delete(
         self,
         res: Resource,

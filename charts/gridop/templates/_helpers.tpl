@@ -1,0 +1,49 @@
+{{- define "gridop.name" -}}gridop{{- end -}}
+
+{{- define "gridop.fullname" -}}
+{{- if contains "gridop" .Release.Name -}}{{ .Release.Name | trunc 63 | trimSuffix "-" }}{{- else -}}{{ printf "%s-gridop" .Release.Name | trunc 63 | trimSuffix "-" }}{{- end -}}
+{{- end -}}
+
+{{- define "gridop.labels" -}}
+app.kubernetes.io/name: gridop
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "gridop.selectorLabels" -}}
+app.kubernetes.io/name: gridop
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "gridop.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}{{ default (include "gridop.fullname" .) .Values.serviceAccount.name }}{{- else -}}{{ required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}{{- end -}}
+{{- end -}}
+
+{{- define "gridop.image" -}}
+{{ .Values.image.repository }}:{{ default .Chart.AppVersion .Values.image.tag }}
+{{- end -}}
+
+{{/* Rules on namespaced objects: granted cluster-wide or per watched namespace. */}}
+{{- define "gridop.namespacedRules" -}}
+- apiGroups: [gridop.io]
+  resources: [gridsessions]
+  verbs: [get, list, watch, patch, update, delete]
+- apiGroups: [gridop.io]
+  resources: [gridsessions/status]
+  verbs: [get, patch, update]
+- apiGroups: [gridop.io]
+  resources: [gridsessions/finalizers]
+  verbs: [update]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch, create, delete, patch]
+- apiGroups: [""]
+  resources: [services, configmaps, secrets]
+  verbs: [get, create, patch, delete]
+- apiGroups: ["", events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end -}}

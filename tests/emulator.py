@@ -1,0 +1,125 @@
+"""An in-memory Kubernetes API for tests and benchmarks: kmock plus an API server's bookkeeping."""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import pathlib
+import uuid
+from typing import Any
+
+import jsonpatch
+import kmock
+import yaml
+from kmock._internal.k8s import KubernetesObjectConflictError, KubernetesObjectNotFoundError
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+_rv = itertools.count(1000)
+
+
+def rv() -> str:
+    return str(next(_rv))
+
+
+class ApiServer(kmock.KubernetesEmulator):
+    """The emulator plus the bookkeeping a real API server does on every write.
+
+    Real objects always carry a uid, creationTimestamp and a resourceVersion that changes on
+    each write (kopf relies on it), and generation moves when the spec changes.
+    """
+
+    # kmock keeps every request for assertions and scans that log on each new request (its DSL
+    # matching), which makes a long run quadratic. Our tests assert on objects, not on requests,
+    # so only a recent window is kept.
+    request_log_limit = 100
+
+    async def _handle(self, request: kmock.Request) -> Any:
+        if len(self._requests) > 2 * self.request_log_limit:
+            del self._requests[: -self.request_log_limit]
+        if request.resource is not None and request.data is not None:
+            self._stamp(request)
+        try:
+            return await super()._handle(request)
+        except jsonpatch.JsonPatchTestFailed as exc:  # a stale resourceVersion in a JSON patch
+            raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from exc
+        except KubernetesObjectConflictError as exc:
+            raise kmock.KubernetesError(status=409, reason="AlreadyExists", message=f"{request.data.get('metadata', {}).get('name')} already exists") from exc
+
+    def _get_resources(self) -> list[Any]:
+        # kmock rescans every stored object per request to learn their resources; ours are all
+        # declared up front (bundled built-ins + our CRDs), so the declared list is the answer.
+        return kmock.KubernetesScaffold._get_resources(self)
+
+    async def _serve_fetch(self, request: kmock.Request) -> Any:
+        # kmock scans every stored object per GET; a real API server looks the object up by key.
+        obj = self.objects._objects.get((request.resource, request.namespace, request.name))
+        if obj is None or obj.deleted:
+            raise KubernetesObjectNotFoundError()
+        return obj.raw
+
+    def _stamp(self, request: kmock.Request) -> None:
+        data = request.data
+        if request.action == kmock.action.CREATE and isinstance(data, dict):
+            meta = data.setdefault("metadata", {})
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta.setdefault("creationTimestamp", datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+            meta.setdefault("generation", 1)
+            if request.namespace:
+                meta.setdefault("namespace", request.namespace)
+            meta["resourceVersion"] = rv()
+        elif request.action == kmock.action.UPDATE and request.name:
+            if isinstance(data, list):  # JSON patch
+                data.append({"op": "add", "path": "/metadata/resourceVersion", "value": rv()})
+            elif isinstance(data, dict):
+                meta = data.setdefault("metadata", {})
+                key = (request.resource, request.namespace, request.name)
+                expected = meta.get("resourceVersion")
+                if expected and key in self.objects and not self.objects[key].deleted:
+                    current_rv = self.objects[key].get("metadata", {}).get("resourceVersion")
+                    if expected != current_rv:  # optimistic concurrency, as the API server does it
+                        raise kmock.KubernetesError(
+                            status=409, reason="Conflict",
+                            message="the object has been modified; please apply your changes to the latest version",
+                        )
+                meta["resourceVersion"] = rv()
+                if "spec" in data and request.subresource is None and key in self.objects:
+                    current = self.objects[key]
+                    if not current.deleted:
+                        meta["generation"] = int(current.get("metadata", {}).get("generation", 1)) + 1
+
+
+def register_crds(emulator: kmock.KubernetesEmulator) -> None:
+    """Make the emulator discover our kinds from the committed CRD YAML (so the YAML is exercised)."""
+    for path in sorted((ROOT / "crds").glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        names = crd["spec"]["names"]
+        for version in crd["spec"]["versions"]:
+            emulator.resources[f"{crd['spec']['group']}/{version['name']}/{names['plural']}"] = kmock.ResourceInfo(
+                kind=names["kind"],
+                singular=names["singular"],
+                namespaced=crd["spec"]["scope"] == "Namespaced",
+                verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+                shortnames=set(names.get("shortNames", [])),
+                categories=set(names.get("categories", [])),
+                subresources=set(version.get("subresources", {})),
+            )
+
+
+async def serve(port: int) -> None:
+    """Serve the emulator on 127.0.0.1:port until killed (for benchmarks and manual poking)."""
+    import asyncio
+
+    async with ApiServer() as emu, kmock.Server(emu, host="127.0.0.1", port=port):
+        emu.resources.load_bundled()
+        register_crds(emu)
+        print(f"emulator listening on {emu.url}", flush=True)
+        await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    import argparse
+    import asyncio
+
+    parser = argparse.ArgumentParser(description="Run the test Kubernetes API emulator.")
+    parser.add_argument("--port", type=int, default=8001)
+    asyncio.run(serve(parser.parse_args().port))
