@@ -157,3 +157,25 @@ class Kubelet:
 @pytest.fixture
 def kubelet(api: KubeClient) -> Kubelet:
     return Kubelet(api)
+
+
+@pytest.fixture
+async def auto_kubelet(emulator: kmock.KubernetesEmulator, api: KubeClient) -> AsyncIterator[Kubelet]:
+    """A kubelet that starts every new pod on worker-1 as soon as it appears."""
+    from gridop.kube import resources
+
+    seed(emulator, "v1/nodes", node("worker-1", "172.18.0.3"))
+    kubelet = Kubelet(api)
+
+    async def loop() -> None:
+        while True:
+            for pod in await api.list(resources.PODS, NAMESPACE):
+                if not pod.get("spec", {}).get("nodeName") and not pod["metadata"].get("deletionTimestamp"):
+                    await kubelet.run(pod["metadata"]["name"], "worker-1", "172.18.0.3")
+            await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(loop())
+    yield kubelet
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

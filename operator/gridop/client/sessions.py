@@ -24,6 +24,7 @@ from ..api.v1alpha1.gridsession import KIND, MAX_NAME_LENGTH, NAME_PATTERN
 from ..kube import ClusterAccess, KubeClient, KubeError, load_cluster_access, resources
 from ..sessions.config import build_session_config, read_session_config_file
 from ..sessions.plan import LAST_ACTIVE_ANNOTATION
+from .sharing import SessionInitializationBehavior, SharedSession, open_session
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +205,25 @@ class GridSessionManager:
                 }
             )
         return sorted(result, key=lambda s: s["session_id"])
+
+    async def open_session(
+        self,
+        session_id: str,
+        resource: str,
+        session_config_file_path: str,
+        initialization_behavior: SessionInitializationBehavior = SessionInitializationBehavior.AUTO,
+        *,
+        client_id: str | None = None,
+        lease_seconds: float = 60.0,
+    ) -> SharedSession:
+        """Create or attach to a shared session (see `gridop.client.sharing`)."""
+        validate_session_id(session_id)
+        if lease_seconds < 3:
+            raise ValueError(f"lease_seconds must be at least 3, got {lease_seconds}")
+        return await open_session(
+            self, session_id, resource, session_config_file_path, initialization_behavior,
+            client_id=client_id, lease_seconds=lease_seconds,
+        )
 
     async def _find(self, kube: KubeClient, session_id: str) -> dict[str, Any] | None:
         return await kube.get(resources.GRIDSESSIONS, session_id, self.namespace)

@@ -160,6 +160,9 @@ class SessionReconciler:
             elif action in (Do.DELETE_POD, Do.FORCE_DELETE_POD):
                 grace = 0 if action == Do.FORCE_DELETE_POD else None
                 await self.client.delete(resources.PODS, plan.pod_name(session), ns, grace_period_seconds=grace)
+            elif action == Do.PRUNE_ATTACHMENTS:
+                annotations = {key: None for key in decision.expired_attachments}
+                await self.client.patch(resources.GRIDSESSIONS, name, {"metadata": {"annotations": annotations}}, ns)
             elif action == Do.DELETE_SESSION:
                 await self.client.delete(resources.GRIDSESSIONS, name, ns)
 

@@ -15,7 +15,7 @@ from typing import Any
 from ..api.v1alpha1 import GridSession, GridSessionStatus, Phase, find_condition, set_condition
 from ..api.v1alpha1.gridsession import ConsoleURLs, PodLossPolicy
 from ..settings import Settings
-from . import plan
+from . import attachments, plan
 from .policy import last_active_time, next_deadline, stop_reason
 
 READY = "Ready"
@@ -34,6 +34,7 @@ class Do(str, enum.Enum):
     DELETE_POD = "DeletePod"
     FORCE_DELETE_POD = "ForceDeletePod"
     DELETE_SESSION = "DeleteSession"
+    PRUNE_ATTACHMENTS = "PruneAttachments"
 
 
 @dataclasses.dataclass
@@ -61,6 +62,7 @@ class Event:
 class Decision:
     status: GridSessionStatus
     actions: list[Do] = dataclasses.field(default_factory=list)
+    expired_attachments: list[str] = dataclasses.field(default_factory=list)
     events: list[Event] = dataclasses.field(default_factory=list)
     requeue_after: float | None = None
 
@@ -152,6 +154,7 @@ def decide(
 
     # Terminal phases: keep the pod gone, then honour the TTL.
     if Phase(st.phase).is_terminal:
+        st.attached_clients = []
         if observed.pod is not None and not observed.pod["metadata"].get("deletionTimestamp"):
             d.actions.append(Do.DELETE_POD)
         if session.spec.ttl_seconds_after_stopped is not None and st.stop_time is not None:
@@ -180,8 +183,17 @@ def decide(
             d.requeue(float(session.spec.ttl_seconds_after_stopped))
         return d
 
+    # Attachments (leases): report the live ones, prune the lapsed ones, wake when the next lapses.
+    recorded = attachments.parse(session.metadata.get("annotations"))
+    st.attached_clients = attachments.live(recorded, now)
+    d.expired_attachments = [attachments.PREFIX + a.client for a in recorded if a.expires <= now]
+    if d.expired_attachments:
+        d.actions.append(Do.PRUNE_ATTACHMENTS)
+    if st.attached_clients:
+        d.requeue(max(0.0, (min(a.expires for a in st.attached_clients) - now).total_seconds()) + 0.05)
+
     # Activity and deadlines, for a session that has started.
-    st.last_active_time = last_active_time(session, now)
+    st.last_active_time = last_active_time(session.model_copy(update={"status": st}), now)
     if st.phase in ACTIVE_PHASES:
         why = stop_reason(session, st, now)
         if why is not None:

@@ -1,0 +1,246 @@
+"""Session sharing with the NI session-management semantics (initialization behaviours).
+
+    async with await manager.open_session("sim-1", "node0", "session.json",
+                                          SessionInitializationBehavior.AUTO) as shared:
+        print(shared.new_session_initialized)
+
+| behaviour | session open | session absent | on exit |
+|---|---|---|---|
+| AUTO | attach | create | close if we created it and nobody else is attached, else detach |
+| INITIALIZE_SERVER_SESSION | SessionAlreadyExistsError | create | as AUTO |
+| ATTACH_TO_SERVER_SESSION | attach | SessionNotFoundError | detach |
+| INITIALIZE_SESSION_THEN_DETACH | SessionAlreadyExistsError | create | detach (leave it running) |
+| ATTACH_TO_SESSION_THEN_CLOSE | attach | SessionNotFoundError | close (stop the session) |
+
+While open, the client holds an attachment lease it renews in the background; a crashed client
+stops renewing and its lease lapses, so it never pins a session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import enum
+import logging
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from ..api.v1alpha1 import Phase
+from ..api.v1alpha1.gridsession import Sharing
+from ..kube import Conflict, KubeClient, resources
+from ..sessions import attachments
+
+if TYPE_CHECKING:
+    from .sessions import GridSessionManager
+
+log = logging.getLogger(__name__)
+
+
+class SessionInitializationBehavior(enum.IntEnum):
+    AUTO = 0
+    INITIALIZE_SERVER_SESSION = 1
+    ATTACH_TO_SERVER_SESSION = 2
+    INITIALIZE_SESSION_THEN_DETACH = 3
+    ATTACH_TO_SESSION_THEN_CLOSE = 4
+
+
+class SessionSharingError(RuntimeError):
+    code = "UNKNOWN"
+
+
+class SessionAlreadyExistsError(SessionSharingError):
+    """INITIALIZE_* asked for a new session, but one is open (gRPC ALREADY_EXISTS)."""
+
+    code = "ALREADY_EXISTS"
+
+
+class SessionNotFoundError(SessionSharingError):
+    """ATTACH_* asked for an open session, but there is none (gRPC NOT_FOUND)."""
+
+    code = "NOT_FOUND"
+
+
+class SessionBusyError(SessionSharingError):
+    """The session is Exclusive and another client holds it (gRPC FAILED_PRECONDITION)."""
+
+    code = "FAILED_PRECONDITION"
+
+
+class SessionStartError(SessionSharingError):
+    """A new session did not reach Running (its Ready reason is in the message)."""
+
+    code = "UNAVAILABLE"
+
+
+CREATES = {
+    SessionInitializationBehavior.AUTO,
+    SessionInitializationBehavior.INITIALIZE_SERVER_SESSION,
+    SessionInitializationBehavior.INITIALIZE_SESSION_THEN_DETACH,
+}
+MAY_ATTACH = {
+    SessionInitializationBehavior.AUTO,
+    SessionInitializationBehavior.ATTACH_TO_SERVER_SESSION,
+    SessionInitializationBehavior.ATTACH_TO_SESSION_THEN_CLOSE,
+}
+
+
+def is_open(gs: dict[str, Any] | None) -> bool:
+    return gs is not None and not gs["metadata"].get("deletionTimestamp") and (
+        (gs.get("status") or {}).get("phase", Phase.PENDING.value)
+        in (Phase.PENDING.value, Phase.STARTING.value, Phase.RUNNING.value)
+    )
+
+
+class SharedSession:
+    """An attachment to a session; use as `async with`, or call `close()` / `detach()`."""
+
+    def __init__(
+        self,
+        manager: GridSessionManager,
+        kube: KubeClient,
+        session_id: str,
+        namespace: str,
+        *,
+        new_session_initialized: bool,
+        behavior: SessionInitializationBehavior,
+        client_id: str,
+        lease_seconds: float,
+    ):
+        self.manager = manager
+        self._kube = kube
+        self.session_id = session_id
+        self.namespace = namespace
+        self.new_session_initialized = new_session_initialized
+        self.behavior = behavior
+        self.client_id = client_id
+        self.lease_seconds = lease_seconds
+        self._renewer: asyncio.Task[None] | None = None
+        self._done = False
+
+    async def _write_lease(self, expires: datetime.datetime | None, *, exclusive: bool = False) -> None:
+        key = attachments.annotation_key(self.client_id)
+        value = attachments.lease_value("interactive", expires) if expires else None
+        for _ in range(10):
+            gs = await self._kube.get(resources.GRIDSESSIONS, self.session_id, self.namespace)
+            if gs is None:
+                if expires is None:
+                    return
+                raise SessionNotFoundError(f"session {self.session_id!r} is gone")
+            now = datetime.datetime.now(tz=datetime.UTC)
+            others = [a for a in attachments.live(attachments.parse(gs["metadata"].get("annotations")), now)
+                      if a.client != self.client_id]
+            if expires is not None and exclusive and others:
+                raise SessionBusyError(
+                    f"session {self.session_id!r} is Exclusive and attached to {', '.join(a.client for a in others)}"
+                )
+            patch = {"metadata": {"resourceVersion": gs["metadata"]["resourceVersion"], "annotations": {key: value}}}
+            try:
+                await self._kube.patch(resources.GRIDSESSIONS, self.session_id, patch, self.namespace)
+                return
+            except Conflict:
+                continue  # someone else attached or detached meanwhile: re-read and decide again
+        raise SessionBusyError(f"session {self.session_id!r}: too many concurrent attachment changes")
+
+    async def attach(self, *, exclusive: bool) -> None:
+        await self._write_lease(self._expiry(), exclusive=exclusive)
+        self._renewer = asyncio.create_task(self._renew())
+
+    def _expiry(self) -> datetime.datetime:
+        return datetime.datetime.now(tz=datetime.UTC) + datetime.timedelta(seconds=self.lease_seconds)
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                await self._write_lease(self._expiry())
+            except SessionNotFoundError:
+                return
+            except Exception as exc:  # keep trying; the lease outlives a few failed renewals
+                log.warning("renewing the attachment to %s failed: %s", self.session_id, exc)
+
+    async def _stop_renewing(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+            self._renewer = None
+
+    async def detach(self) -> None:
+        """Release our attachment and leave the session running."""
+        if self._done:
+            return
+        self._done = True
+        await self._stop_renewing()
+        await self._write_lease(None)
+
+    async def close(self) -> None:
+        """Release our attachment and stop the session."""
+        if self._done:
+            return
+        self._done = True
+        await self._stop_renewing()
+        await self._kube.delete(resources.GRIDSESSIONS, self.session_id, self.namespace)
+
+    async def _others_attached(self) -> bool:
+        gs = await self._kube.get(resources.GRIDSESSIONS, self.session_id, self.namespace)
+        now = datetime.datetime.now(tz=datetime.UTC)
+        return any(a.client != self.client_id for a in attachments.live(attachments.parse((gs or {}).get("metadata", {}).get("annotations")), now))
+
+    async def __aenter__(self) -> SharedSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        b = self.behavior
+        if b == SessionInitializationBehavior.ATTACH_TO_SESSION_THEN_CLOSE:
+            await self.close()
+        elif b == SessionInitializationBehavior.INITIALIZE_SESSION_THEN_DETACH or not self.new_session_initialized:
+            await self.detach()
+        elif await self._others_attached():
+            # We created it, but others joined: closing would pull it from under them.
+            await self.detach()
+        else:
+            await self.close()
+
+
+async def open_session(
+    manager: GridSessionManager,
+    session_id: str,
+    resource: str,
+    session_config_file_path: str,
+    behavior: SessionInitializationBehavior,
+    *,
+    client_id: str | None,
+    lease_seconds: float,
+) -> SharedSession:
+    behavior = SessionInitializationBehavior(behavior)
+    client_id = client_id or f"{manager.user_id[:40]}-{uuid.uuid4().hex[:8]}"
+    client_id = "".join(c if c.isalnum() or c in "-_." else "-" for c in client_id).strip("-_.")
+    attachments.annotation_key(client_id)  # validate early
+    kube = await manager._kube()
+    namespace = manager.namespace
+    assert namespace is not None
+    gs = await kube.get(resources.GRIDSESSIONS, session_id, namespace)
+    if is_open(gs):
+        if behavior not in MAY_ATTACH:
+            raise SessionAlreadyExistsError(f"session {session_id!r} is already open (behavior {behavior.name})")
+        new = False
+    else:
+        if behavior not in CREATES:
+            raise SessionNotFoundError(f"no open session {session_id!r} to attach to (behavior {behavior.name})")
+        started = await manager.start_session(session_id, resource, session_config_file_path)
+        if started is None:
+            raise SessionNotFoundError(f"resource {resource!r} is not in the resource configuration, or the cluster refused the request")
+        if started is False:
+            gs = await kube.get(resources.GRIDSESSIONS, session_id, namespace)
+            ready = next((c for c in (gs or {}).get("status", {}).get("conditions") or [] if c.get("type") == "Ready"), {})
+            raise SessionStartError(f"session {session_id!r} did not start: {ready.get('reason')}: {ready.get('message')}")
+        new = True
+        gs = await kube.get(resources.GRIDSESSIONS, session_id, namespace)
+    exclusive = (gs or {}).get("spec", {}).get("sharing") == Sharing.EXCLUSIVE.value
+    shared = SharedSession(
+        manager, kube, session_id, namespace,
+        new_session_initialized=new, behavior=behavior, client_id=client_id, lease_seconds=lease_seconds,
+    )
+    await shared.attach(exclusive=exclusive)
+    return shared
