@@ -190,3 +190,39 @@ async def test_no_node_matches_the_selector(
 async def _ready_reason(api: KubeClient, name: str, reason: str) -> dict | None:
     gs = await get_gs(api, name)
     return gs if ready(gs).get("reason") == reason else None
+
+
+async def test_an_unusable_signing_key_is_reported_and_picked_up_once_fixed(
+    emulator: kmock.KubernetesEmulator, nodes: None, api: KubeClient, settings
+) -> None:
+    import asyncio
+    import contextlib
+
+    from gridop.auth import Keyring
+    from gridop.kube import ClusterAccess
+    from gridop.operator_main import run_operator
+
+    # An administrator's key Secret with a broken PEM: the operator must not overwrite it.
+    broken = {"metadata": {"name": "gridop-signing-keys", "namespace": "gridop-system"},
+              "data": {"k1.pem": base64.b64encode(b"-----BEGIN PRIVATE KEY-----\ngarbage").decode()}}
+    await api.create(resources.SECRETS, broken, "gridop-system")
+    stop, ready_flag = asyncio.Event(), asyncio.Event()
+    access = ClusterAccess(server=str(emulator.url).rstrip("/"), namespace=NAMESPACE)
+    task = asyncio.create_task(run_operator(settings, access, stop_flag=stop, ready_flag=ready_flag, serve_metrics=False))
+    try:
+        await asyncio.wait_for(ready_flag.wait(), 15)
+        await api.create(resources.GRIDSESSIONS, gridsession("sim-6", node="worker-1"), NAMESPACE)
+        gs = await eventually(lambda: _ready_reason(api, "sim-6", "SigningKeyUnavailable"))
+        assert gs["status"]["phase"] == "Pending"
+        assert "'k1.pem' is not a readable PEM private key" in ready(gs)["message"]
+        assert await api.get(resources.PODS, "sim-6", NAMESPACE) is None
+
+        # The administrator repairs the Secret: the session proceeds without a restart.
+        good = {k: base64.b64encode(v).decode() for k, v in Keyring.generate().to_secret_data().items()}
+        await api.patch(resources.SECRETS, "gridop-signing-keys", {"data": {"k1.pem": None, **good}}, "gridop-system")
+        await eventually(lambda: api.get(resources.SECRETS, "sim-6-token", NAMESPACE), timeout=30)
+        await eventually(lambda: api.get(resources.PODS, "sim-6", NAMESPACE))
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 20)
