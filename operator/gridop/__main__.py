@@ -1,9 +1,10 @@
-"""The one wiring point: `gridop operator | crds`."""
+"""The one wiring point: `gridop operator | worker | crds`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import pathlib
 import sys
 
@@ -25,6 +26,24 @@ def _operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from .logs import setup_logging
+    from .tasks.runtime import WorkerOptions, run_processes
+
+    setup_logging(args.log_format, args.log_level)
+    missing = [flag for flag, value in (("--redis-url", args.redis_url), ("--session", args.session),
+                                        ("--handler", args.handler)) if not value]
+    if missing:
+        print(f"gridop worker: missing {', '.join(missing)} (or their GRIDOP_* environment variables)", file=sys.stderr)
+        return 2
+    options = WorkerOptions(
+        redis_url=args.redis_url, session_id=args.session, handler=args.handler, batch_size=args.batch_size,
+        heartbeat_seconds=args.heartbeat, lease_seconds=args.lease, task_timeout=args.timeout,
+        retry_on_error=not args.fail_on_error, exit_when_done=not args.keep_running,
+    )
+    return run_processes(options, args.processes)
+
+
 def _crds(args: argparse.Namespace) -> int:
     from .api import crdgen
 
@@ -40,6 +59,24 @@ def main(argv: list[str] | None = None) -> int:
     op = sub.add_parser("operator", help="run the operator (kopf) against the current cluster")
     op.add_argument("-n", "--namespace", action="append", help="watch only this namespace (repeatable); default: all")
     op.set_defaults(func=_operator)
+
+    env = os.environ.get
+    wk = sub.add_parser("worker", help="run task workers for one TaskBatch (session)")
+    wk.add_argument("--redis-url", default=env("GRIDOP_REDIS_URL"), help="data plane URL [GRIDOP_REDIS_URL]")
+    wk.add_argument("--session", default=env("GRIDOP_SESSION_ID"), help="the batch (session id) [GRIDOP_SESSION_ID]")
+    wk.add_argument("--handler", default=env("GRIDOP_HANDLER"), help="module:function [GRIDOP_HANDLER]")
+    wk.add_argument("--batch-size", type=int, default=int(env("GRIDOP_BATCH_SIZE", "256")))
+    wk.add_argument("--heartbeat", type=float, default=float(env("GRIDOP_HEARTBEAT_SECONDS", "5")))
+    wk.add_argument("--lease", type=float, default=float(env("GRIDOP_LEASE_SECONDS", "30")))
+    wk.add_argument("--timeout", type=float, default=float(env("GRIDOP_TASK_TIMEOUT_SECONDS", "0")) or None,
+                    help="per-task timeout in seconds (default: none)")
+    wk.add_argument("--fail-on-error", action="store_true", default=env("GRIDOP_RETRY_ON_ERROR") == "false",
+                    help="fail tasks whose handler raises instead of retrying them")
+    wk.add_argument("--keep-running", action="store_true", help="keep waiting for work when the batch is done")
+    wk.add_argument("--processes", type=int, default=int(env("GRIDOP_PROCESSES", "1")))
+    wk.add_argument("--log-format", default=env("GRIDOP_LOG_FORMAT", "json"), choices=["json", "text"])
+    wk.add_argument("--log-level", default=env("GRIDOP_LOG_LEVEL", "INFO"))
+    wk.set_defaults(func=_worker)
 
     crds = sub.add_parser("crds", help="write the CustomResourceDefinitions generated from the API models")
     crds.add_argument("--output", "-o", default="crds", help="directory to write into (default: crds)")

@@ -1,0 +1,248 @@
+"""GridConnector: the HTC-Grid client API (send / get_results / cancel_sessions) on gridop.
+
+    connector = GridConnector({"redis_url": "redis://localhost:6379/0"})
+    connector.authenticate()
+    submission = connector.send([{"x": 1}, {"x": 2}])
+    results = connector.get_results(submission, timeout_sec=60)
+
+Method names, arguments and return shapes are HTC-Grid's. Payloads are JSON, base64-encoded in
+the data plane, exactly as there. `AsyncGridConnector` is the same API for asyncio, plus
+`iter_results()`, which yields each task as it reaches a terminal state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from ..tasks.codec import decode_text
+from ..tasks.states import TaskState
+from ..tasks.store import RetryPolicy, TaskStore, encode_tasks, parse_task_id, task_id
+
+log = logging.getLogger(__name__)
+
+# HTC-Grid configuration keys that only make sense on AWS: accepted, ignored, warned about.
+AWS_ONLY_KEYS = frozenset({
+    "s3_bucket", "public_api_gateway_url", "private_api_gateway_url", "api_gateway_key", "user_pool_id",
+    "cognito_userpool_client_id", "username", "password", "region", "REGION",
+    "task_input_passed_via_external_storage",
+})
+KNOWN_KEYS = frozenset({
+    "redis_url", "grid_storage_service", "dynamodb_results_pull_interval_sec", "results_poll_interval_sec",
+    "max_payload_bytes", "max_retries", "retry_backoff_sec", "session_prefix", "key_prefix", "task_batch",
+    "namespace", "kubeconfig", "context",
+})
+SESSION_ID = re.compile(r"^[a-z0-9]([-a-z0-9]{0,51}[a-z0-9])?$")
+DEFAULT_MAX_PAYLOAD = 1024 * 1024
+READ_FROM_REDIS = "read_from_REDIS"
+
+
+def _validate_session_id(sid: Any, field: str = "session_id") -> str:
+    if not isinstance(sid, str) or not SESSION_ID.match(sid):
+        raise ValueError(f"{field} {sid!r} must be 1-53 lowercase letters, digits or '-' (it names a TaskBatch)")
+    return sid
+
+
+class AsyncGridConnector:
+    def __init__(self, client_config_data: Mapping[str, Any]):
+        if not isinstance(client_config_data, Mapping):
+            raise ValueError("client_config_data must be a dict")
+        config = dict(client_config_data)
+        ignored = sorted(k for k in config if k in AWS_ONLY_KEYS)
+        if ignored:
+            log.warning("ignoring AWS-only configuration keys: %s", ", ".join(ignored))
+        unknown = sorted(k for k in config if k not in AWS_ONLY_KEYS | KNOWN_KEYS)
+        if unknown:
+            raise ValueError(f"client_config_data: unknown keys {unknown}")
+        storage = str(config.get("grid_storage_service", "REDIS")).upper()
+        if storage != "REDIS":
+            raise ValueError(f"client_config_data['grid_storage_service'] must be 'REDIS' on gridop, not {storage!r}")
+        if not config.get("redis_url"):
+            raise ValueError("client_config_data['redis_url'] is required (e.g. 'redis://gridop-redis:6379/0')")
+        self.redis_url = str(config["redis_url"])
+        self.poll_interval = float(
+            config.get("results_poll_interval_sec", config.get("dynamodb_results_pull_interval_sec", 0.5))
+        )
+        self.max_payload_bytes = int(config.get("max_payload_bytes", DEFAULT_MAX_PAYLOAD))
+        self.retry_policy = RetryPolicy(
+            max_retries=int(config.get("max_retries", 3)),
+            backoff_seconds=float(config.get("retry_backoff_sec", 1.0)),
+        )
+        self.session_prefix = str(config.get("session_prefix", "tb"))
+        self._store = TaskStore(aioredis.Redis.from_url(self.redis_url), prefix=str(config.get("key_prefix", "gridop")))
+
+    @property
+    def store(self) -> TaskStore:
+        return self._store
+
+    async def close(self) -> None:
+        await self._store.close()
+
+    async def __aenter__(self) -> AsyncGridConnector:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def authenticate(self) -> None:
+        """Check that the data plane is reachable (gridop authenticates with Redis credentials in the URL)."""
+        await self._store.redis.ping()
+
+    async def send(self, tasks_list: list[dict[str, Any]], session_id: str | None = None) -> dict[str, Any]:
+        """Submit tasks; returns {'session_id', 'task_ids'} with ids in submission order.
+
+        Everything is validated and encoded before anything is written. With a client-supplied
+        `session_id`, sending the same list again is idempotent (it resumes an interrupted send).
+        """
+        payloads = encode_tasks(tasks_list, self.max_payload_bytes)
+        sid = _validate_session_id(session_id) if session_id is not None else (
+            f"{self.session_prefix}-{uuid.uuid4().hex[:12]}"
+        )
+        start = await self._store.create(sid, len(payloads), self.retry_policy)
+        if start < len(payloads):
+            await self._store.submit(sid, payloads, start)
+        return {"session_id": sid, "task_ids": [task_id(sid, i) for i in range(len(payloads))]}
+
+    @staticmethod
+    def _submission(submission_response: Mapping[str, Any]) -> tuple[str, list[int]]:
+        if not isinstance(submission_response, Mapping) or "session_id" not in submission_response:
+            raise ValueError("submission_response must be the dict send() returned (with 'session_id' and 'task_ids')")
+        sid = _validate_session_id(submission_response["session_id"], "submission_response['session_id']")
+        ids = submission_response.get("task_ids")
+        if not isinstance(ids, list):
+            raise ValueError("submission_response['task_ids'] must be a list")
+        indices = []
+        for tid in ids:
+            owner, index = parse_task_id(str(tid))
+            if owner != sid:
+                raise ValueError(f"task id {tid!r} does not belong to session {sid!r}")
+            indices.append(index)
+        return sid, indices
+
+    async def _terminal_count(self, sid: str, indices: list[int], total: int | None) -> int:
+        if total is not None and len(indices) == total:
+            counts = await self._store.counts(sid)
+            return sum(counts[s.value] for s in (TaskState.FINISHED, TaskState.FAILED, TaskState.CANCELLED))
+        states = await self._store.states(sid, indices)
+        return sum(1 for s in states if s is not None and s.is_terminal)
+
+    async def get_results(self, submission_response: Mapping[str, Any], timeout_sec: float = 0) -> dict[str, Any]:
+        """Wait until every task of the submission is terminal or `timeout_sec` passes; report them."""
+        sid, indices = self._submission(submission_response)
+        meta = await self._store.meta(sid)
+        total = int(meta["total"]) if meta.get("total") else None
+        deadline = time.monotonic() + max(0.0, float(timeout_sec))
+        while True:
+            position = await self._store.stream_position(sid)
+            if await self._terminal_count(sid, indices, total) >= len(indices):
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            # Sleep until a task of this batch reaches a terminal state (or the poll interval passes).
+            block = int(max(1, min(remaining, self.poll_interval) * 1000))
+            position, _ = await self._store.terminal_events(sid, position, block_ms=block, count=1)
+        return await self._report(sid, indices)
+
+    async def _report(self, sid: str, indices: list[int]) -> dict[str, Any]:
+        states = await self._store.states(sid, indices)
+        by_state: dict[TaskState, list[int]] = {TaskState.FINISHED: [], TaskState.FAILED: [], TaskState.CANCELLED: []}
+        for index, state in zip(indices, states):
+            if state in by_state:
+                by_state[state].append(index)
+        finished = by_state[TaskState.FINISHED]
+        outputs = await self._store.outputs(sid, finished)
+        errors = await self._store.errors(sid, by_state[TaskState.FAILED])
+        return {
+            "finished": [task_id(sid, i) for i in finished],
+            "finished_OUTPUT": [decode_text(o) if o else "" for o in outputs],
+            "failed": [task_id(sid, i) for i in by_state[TaskState.FAILED]],
+            "failed_OUTPUT": [e or READ_FROM_REDIS for e in errors],
+            "cancelled": [task_id(sid, i) for i in by_state[TaskState.CANCELLED]],
+            "cancelled_OUTPUT": [READ_FROM_REDIS] * len(by_state[TaskState.CANCELLED]),
+            "metadata": {"tasks_in_response": sum(len(v) for v in by_state.values())},
+        }
+
+    async def iter_results(
+        self, submission_response: Mapping[str, Any], timeout_sec: float | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Yield {'task_id', 'state', 'output' | 'error'} for each task as it reaches a terminal state."""
+        sid, indices = self._submission(submission_response)
+        wanted = set(indices)
+        deadline = None if timeout_sec is None else time.monotonic() + timeout_sec
+        position = "0-0"
+        while wanted:
+            block = 1000 if deadline is None else int(max(1, min(1.0, deadline - time.monotonic()) * 1000))
+            position, events = await self._store.terminal_events(sid, position, block_ms=block)
+            batch = [(i, s) for i, s in events if i in wanted]
+            finished = [i for i, s in batch if s == TaskState.FINISHED]
+            failed = [i for i, s in batch if s == TaskState.FAILED]
+            outputs = dict(zip(finished, await self._store.outputs(sid, finished)))
+            errors = dict(zip(failed, await self._store.errors(sid, failed)))
+            for index, state in batch:
+                wanted.discard(index)
+                item: dict[str, Any] = {"task_id": task_id(sid, index), "state": state.value}
+                if state == TaskState.FINISHED:
+                    item["output"] = decode_text(outputs[index]) if outputs.get(index) else None
+                elif state == TaskState.FAILED:
+                    item["error"] = errors.get(index)
+                yield item
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+
+    async def cancel_sessions(self, session_ids: list[str]) -> dict[str, dict[str, int]]:
+        if not isinstance(session_ids, list | tuple):
+            raise ValueError("session_ids must be a list of session ids")
+        result = {}
+        for sid in session_ids:
+            _validate_session_id(sid)
+            counts = await self._store.cancel(sid) if await self._store.exists(sid) else (
+                {"pending": 0, "retrying": 0, "processing": 0}
+            )
+            result[sid] = {
+                "cancelled_retrying": counts["retrying"],
+                "cancelled_pending": counts["pending"],
+                "cancelled_processing": counts["processing"],
+                "total_cancelled_tasks": sum(counts.values()),
+            }
+        return result
+
+
+class GridConnector:
+    """The synchronous HTC-Grid connector (for scripts and notebooks without an event loop)."""
+
+    def __init__(self, client_config_data: Mapping[str, Any]):
+        self._loop = asyncio.new_event_loop()
+        self._async = AsyncGridConnector(client_config_data)
+
+    def _run(self, coro: Any) -> Any:
+        return self._loop.run_until_complete(coro)
+
+    def authenticate(self) -> None:
+        self._run(self._async.authenticate())
+
+    def send(self, tasks_list: list[dict[str, Any]], session_id: str | None = None) -> dict[str, Any]:
+        return self._run(self._async.send(tasks_list, session_id))
+
+    def get_results(self, submission_response: Mapping[str, Any], timeout_sec: float = 0) -> dict[str, Any]:
+        return self._run(self._async.get_results(submission_response, timeout_sec))
+
+    def cancel_sessions(self, session_ids: list[str]) -> dict[str, dict[str, int]]:
+        return self._run(self._async.cancel_sessions(session_ids))
+
+    def close(self) -> None:
+        self._run(self._async.close())
+        self._loop.close()
+
+    def __enter__(self) -> GridConnector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,82 @@
+"""`gridop worker`: run workers for one task batch, in this process or several, until it is done."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import multiprocessing
+import os
+import signal
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from .store import TaskStore
+from .worker import Worker, load_handler
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class WorkerOptions:
+    redis_url: str
+    session_id: str
+    handler: str
+    batch_size: int = 256
+    heartbeat_seconds: float = 5.0
+    lease_seconds: float = 30.0
+    task_timeout: float | None = None
+    retry_on_error: bool = True
+    exit_when_done: bool = True
+    key_prefix: str = "gridop"
+
+
+async def run_worker(options: WorkerOptions, stop: asyncio.Event | None = None) -> dict[str, Any]:
+    handler = load_handler(options.handler)
+    store = TaskStore(aioredis.Redis.from_url(options.redis_url), prefix=options.key_prefix)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)  # drain: finish the batch in hand, claim no more
+        except (RuntimeError, ValueError):
+            pass  # not the main thread
+    worker = Worker(
+        store, options.session_id, handler,
+        batch_size=options.batch_size, heartbeat_seconds=options.heartbeat_seconds,
+        lease_seconds=options.lease_seconds, task_timeout=options.task_timeout,
+        retry_on_error=options.retry_on_error, exit_when_done=options.exit_when_done,
+    )
+    try:
+        stats = await worker.run(stop)
+    finally:
+        await store.close()
+    log.info("worker %s done: %s", worker.worker_id, stats)
+    return dataclasses.asdict(stats)
+
+
+def _process_main(options: WorkerOptions) -> None:
+    asyncio.run(run_worker(options))
+
+
+def run_processes(options: WorkerOptions, processes: int) -> int:
+    """Run `processes` worker processes (one event loop each); returns the worst exit code."""
+    if processes <= 1:
+        asyncio.run(run_worker(options))
+        return 0
+    ctx = multiprocessing.get_context("spawn")
+    children = [ctx.Process(target=_process_main, args=(options,), daemon=False) for _ in range(processes)]
+    for child in children:
+        child.start()
+
+    def forward(signum: int, _frame: Any) -> None:  # each child drains on its own signal handler
+        for child in children:
+            if child.pid and child.is_alive():
+                os.kill(child.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for child in children:
+        child.join()
+    return max((child.exitcode or 0) for child in children)

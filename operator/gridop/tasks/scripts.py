@@ -1,0 +1,189 @@
+"""Lua scripts: every state transition is one atomic script over a whole batch of tasks.
+
+Keys are passed in the order of `KEYS` below (all share the `{sid}` hash tag, so a batch lives
+on one Redis Cluster slot). Counters in `n` move with every transition, so the totals per state
+are always one HGETALL away, whatever the number of tasks.
+"""
+
+from __future__ import annotations
+
+# Key roles, in KEYS[] order for every script.
+KEYS = ("meta", "q", "st", "att", "lease", "own", "in", "out", "err", "n", "retry", "done",
+        "ts:submitted", "ts:queued", "ts:claimed", "ts:started", "ts:finished", "wake")
+
+_PRELUDE = """
+local meta, q, st, att, lease, own, inp, out, err, n, retry, done = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local ts_sub, ts_q, ts_claim, ts_start, ts_fin, wake = KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17], KEYS[18]
+local function backoff(a)
+  local base = tonumber(redis.call('HGET', meta, 'backoff') or '1')
+  local mult = tonumber(redis.call('HGET', meta, 'backoff_mult') or '2')
+  local cap = tonumber(redis.call('HGET', meta, 'backoff_max') or '60')
+  local d = base * (mult ^ (a - 1))
+  if d > cap then d = cap end
+  return d
+end
+-- Retry (with backoff) while the budget lasts, else fail; `from` is the state being left.
+local function retry_or_fail(i, from, now, message)
+  local a = tonumber(redis.call('HGET', att, i) or '0')
+  local max_attempts = tonumber(redis.call('HGET', meta, 'max_attempts') or '1')
+  redis.call('HINCRBY', n, from, -1)
+  if message then redis.call('HSET', err, i, message) end
+  if a < max_attempts and redis.call('HGET', meta, 'cancelled') ~= '1' then
+    redis.call('HSET', st, i, 'retrying')
+    redis.call('ZADD', retry, now + backoff(a), i)
+    redis.call('HINCRBY', n, 'retrying', 1)
+    return 'retrying'
+  end
+  redis.call('HSET', st, i, 'failed')
+  redis.call('HSET', ts_fin, i, now)
+  redis.call('HINCRBY', n, 'failed', 1)
+  redis.call('XADD', done, '*', 'i', i, 's', 'failed')
+  return 'failed'
+end
+"""
+
+# ARGV: count, now, lease_deadline, worker
+CLAIM = _PRELUDE + """
+local count, now, deadline, worker = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
+if redis.call('HGET', meta, 'cancelled') == '1' or redis.call('HGET', meta, 'suspended') == '1' then return {} end
+local ids = redis.call('LPOP', q, count)
+if not ids then return {} end
+local result = {}
+local claimed = 0
+for _, i in ipairs(ids) do
+  if redis.call('HGET', st, i) == 'pending' then
+    local a = redis.call('HINCRBY', att, i, 1)
+    local token = worker .. ':' .. a
+    redis.call('HSET', st, i, 'processing')
+    redis.call('HSET', own, i, token)
+    redis.call('ZADD', lease, deadline, i)
+    redis.call('HSET', ts_claim, i, now)
+    claimed = claimed + 1
+    result[#result + 1] = i
+    result[#result + 1] = token
+    result[#result + 1] = a
+    result[#result + 1] = redis.call('HGET', inp, i)
+  end
+end
+if claimed > 0 then
+  redis.call('HINCRBY', n, 'pending', -claimed)
+  redis.call('HINCRBY', n, 'processing', claimed)
+end
+return result
+"""
+
+# ARGV: now, then (i, token, outcome, payload, started) per task; outcome is ok | error | fatal.
+COMPLETE = _PRELUDE + """
+local now = ARGV[1]
+local applied, stale, finished = 0, 0, 0
+for k = 2, #ARGV, 5 do
+  local i, token, outcome, payload, started = ARGV[k], ARGV[k + 1], ARGV[k + 2], ARGV[k + 3], ARGV[k + 4]
+  if redis.call('HGET', own, i) == token and redis.call('HGET', st, i) == 'processing' then
+    redis.call('HDEL', own, i)
+    redis.call('ZREM', lease, i)
+    if started ~= '' then redis.call('HSET', ts_start, i, started) end
+    if outcome == 'ok' then
+      redis.call('HSET', out, i, payload)
+      redis.call('HSET', st, i, 'finished')
+      redis.call('HSET', ts_fin, i, now)
+      redis.call('XADD', done, '*', 'i', i, 's', 'finished')
+      finished = finished + 1
+    elseif outcome == 'error' then
+      retry_or_fail(i, 'processing', tonumber(now), payload)
+    else
+      redis.call('HSET', err, i, payload)
+      redis.call('HINCRBY', n, 'processing', -1)
+      redis.call('HSET', st, i, 'failed')
+      redis.call('HSET', ts_fin, i, now)
+      redis.call('HINCRBY', n, 'failed', 1)
+      redis.call('XADD', done, '*', 'i', i, 's', 'failed')
+    end
+    applied = applied + 1
+  else
+    stale = stale + 1  -- reclaimed after a lost lease, or cancelled: this result does not count
+  end
+end
+if finished > 0 then
+  redis.call('HINCRBY', n, 'processing', -finished)
+  redis.call('HINCRBY', n, 'finished', finished)
+end
+return {applied, stale}
+"""
+
+# ARGV: deadline, then (i, token) per in-flight task. Returns the ids this worker no longer owns.
+HEARTBEAT = _PRELUDE + """
+local deadline = ARGV[1]
+local lost = {}
+for k = 2, #ARGV, 2 do
+  local i, token = ARGV[k], ARGV[k + 1]
+  if redis.call('HGET', own, i) == token and redis.call('HGET', st, i) == 'processing' then
+    redis.call('ZADD', lease, 'XX', deadline, i)
+  else
+    lost[#lost + 1] = i
+  end
+end
+return lost
+"""
+
+# ARGV: now, limit. Expired leases -> retrying/failed; due retries -> pending.
+SWEEP = _PRELUDE + """
+local now, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+local expired = redis.call('ZRANGEBYSCORE', lease, '-inf', now, 'LIMIT', 0, limit)
+local retried, failed = 0, 0
+for _, i in ipairs(expired) do
+  redis.call('ZREM', lease, i)
+  redis.call('HDEL', own, i)
+  if redis.call('HGET', st, i) == 'processing' then
+    if retry_or_fail(i, 'processing', now, 'lease expired: the worker stopped heartbeating (lost or killed)') == 'failed' then
+      failed = failed + 1
+    else
+      retried = retried + 1
+    end
+  end
+end
+local due = redis.call('ZRANGEBYSCORE', retry, '-inf', now, 'LIMIT', 0, limit)
+local requeued = 0
+for _, i in ipairs(due) do
+  redis.call('ZREM', retry, i)
+  if redis.call('HGET', st, i) == 'retrying' then
+    redis.call('HSET', st, i, 'pending')
+    redis.call('HSET', ts_q, i, now)
+    redis.call('RPUSH', q, i)
+    requeued = requeued + 1
+  end
+end
+if requeued > 0 then
+  redis.call('HINCRBY', n, 'retrying', -requeued)
+  redis.call('HINCRBY', n, 'pending', requeued)
+  redis.call('RPUSH', wake, 1)
+  redis.call('LTRIM', wake, -64, -1)
+end
+return {#expired, retried, failed, requeued}
+"""
+
+# ARGV: now. Cancels everything not yet terminal; returns {pending, retrying, processing}.
+CANCEL = _PRELUDE + """
+local now = ARGV[1]
+redis.call('HSET', meta, 'cancelled', '1')
+local counts = {pending = 0, retrying = 0, processing = 0}
+local function cancel(i, from)
+  if redis.call('HGET', st, i) == from then
+    redis.call('HSET', st, i, 'cancelled')
+    redis.call('HSET', ts_fin, i, now)
+    redis.call('XADD', done, '*', 'i', i, 's', 'cancelled')
+    counts[from] = counts[from] + 1
+  end
+end
+for _, i in ipairs(redis.call('LRANGE', q, 0, -1)) do cancel(i, 'pending') end
+redis.call('DEL', q)
+for _, i in ipairs(redis.call('ZRANGE', retry, 0, -1)) do cancel(i, 'retrying') end
+redis.call('DEL', retry)
+for _, i in ipairs(redis.call('ZRANGE', lease, 0, -1)) do cancel(i, 'processing') end
+redis.call('DEL', lease, own)
+local total = counts.pending + counts.retrying + counts.processing
+for from, c in pairs(counts) do
+  if c > 0 then redis.call('HINCRBY', n, from, -c) end
+end
+if total > 0 then redis.call('HINCRBY', n, 'cancelled', total) end
+return {counts.pending, counts.retrying, counts.processing}
+"""

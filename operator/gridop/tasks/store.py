@@ -1,0 +1,298 @@
+"""The Redis data plane of one or many task batches (asyncio, redis-py with hiredis).
+
+Layout for batch `sid` (every key carries the `{sid}` hash tag):
+
+    gridop:{sid}:meta        hash   total, submitted, max_attempts, backoff*, cancelled, suspended, created
+    gridop:{sid}:q           list   pending task indices, in order
+    gridop:{sid}:st|att      hash   index -> state | attempts
+    gridop:{sid}:in|out|err  hash   index -> base64 JSON input | base64 JSON output | error message
+    gridop:{sid}:ts:<stage>  hash   index -> unix time (submitted, queued, claimed, started, finished)
+    gridop:{sid}:lease       zset   index -> lease deadline, while processing
+    gridop:{sid}:own         hash   index -> claim token (worker:attempt)
+    gridop:{sid}:retry       zset   index -> time it may run again
+    gridop:{sid}:n           hash   state -> count
+    gridop:{sid}:done        stream one entry per task reaching a terminal state (i, s)
+    gridop:{sid}:wake        list   a nudge for idle workers when work arrives
+
+Columns rather than a hash per task: a batch of N tasks is a few commands, not N.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from . import scripts
+from .codec import PayloadError, decode, encode
+from .states import STAGES, TaskState
+
+SESSION_ID = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+SUBMIT_CHUNK = 5000
+
+
+def task_id(sid: str, index: int | str) -> str:
+    return f"{sid}-{index}"
+
+
+def parse_task_id(tid: str) -> tuple[str, int]:
+    sid, sep, index = tid.rpartition("-")
+    if not sep or not index.isdigit():
+        raise ValueError(f"task id {tid!r} is not of the form <session_id>-<index>")
+    return sid, int(index)
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int = 3
+    backoff_seconds: float = 1.0
+    backoff_multiplier: float = 2.0
+    backoff_max_seconds: float = 60.0
+
+
+@dataclasses.dataclass
+class ClaimedTask:
+    index: int
+    token: str
+    attempt: int
+    payload: bytes
+
+
+@dataclasses.dataclass
+class Outcome:
+    index: int
+    token: str
+    outcome: str  # ok | error | fatal
+    payload: bytes | str  # base64 output for ok, error message otherwise
+    started: float | None = None
+
+
+@dataclasses.dataclass
+class TaskRecord:
+    task_id: str
+    state: TaskState
+    attempts: int
+    input: Any
+    output: Any
+    error: str | None
+    timestamps: dict[str, float]
+
+
+class BatchExists(ValueError):
+    pass
+
+
+class TaskStore:
+    def __init__(self, redis: aioredis.Redis, *, prefix: str = "gridop"):
+        self.redis = redis
+        self.prefix = prefix
+        self._scripts = {
+            name: redis.register_script(getattr(scripts, name))
+            for name in ("CLAIM", "COMPLETE", "HEARTBEAT", "SWEEP", "CANCEL")
+        }
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> TaskStore:
+        return cls(aioredis.Redis.from_url(url, **kwargs))
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    def key(self, sid: str, role: str) -> str:
+        return f"{self.prefix}:{{{sid}}}:{role}"
+
+    def keys(self, sid: str) -> list[str]:
+        return [self.key(sid, role) for role in scripts.KEYS]
+
+    # -- submission -----------------------------------------------------------------------
+
+    async def create(self, sid: str, total: int, policy: RetryPolicy) -> int:
+        """Declare a batch of `total` tasks; returns how many were already submitted (resume point).
+
+        Idempotent: the same id with the same total resumes an interrupted submission.
+        """
+        meta = self.key(sid, "meta")
+        fields = {
+            "total": total, "submitted": 0, "max_attempts": policy.max_retries + 1,
+            "backoff": policy.backoff_seconds, "backoff_mult": policy.backoff_multiplier,
+            "backoff_max": policy.backoff_max_seconds, "created": time.time(), "cancelled": 0, "suspended": 0,
+        }
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hsetnx(meta, "total", total)
+        pipe.hget(meta, "total")
+        pipe.hget(meta, "submitted")
+        created, existing_total, submitted = (await pipe.execute())
+        if not created:
+            if int(existing_total) != total:
+                raise BatchExists(f"session {sid!r} already exists with {int(existing_total)} tasks, not {total}")
+            return int(submitted or 0)
+        await self.redis.hset(meta, mapping={k: v for k, v in fields.items() if k != "total"})
+        await self.redis.hset(self.key(sid, "n"), mapping={s.value: 0 for s in TaskState})
+        return 0
+
+    async def submit(self, sid: str, payloads: Sequence[bytes], start: int = 0) -> None:
+        """Write tasks start.. in atomic chunks; each chunk advances meta.submitted."""
+        for lo in range(start, len(payloads), SUBMIT_CHUNK):
+            hi = min(lo + SUBMIT_CHUNK, len(payloads))
+            idx = range(lo, hi)
+            now = time.time()
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hset(self.key(sid, "in"), mapping={i: payloads[i] for i in idx})
+            pipe.hset(self.key(sid, "st"), mapping=dict.fromkeys(idx, TaskState.PENDING.value))
+            pipe.hset(self.key(sid, "ts:submitted"), mapping=dict.fromkeys(idx, now))
+            pipe.hset(self.key(sid, "ts:queued"), mapping=dict.fromkeys(idx, now))
+            pipe.rpush(self.key(sid, "q"), *idx)
+            pipe.hincrby(self.key(sid, "n"), TaskState.PENDING.value, hi - lo)
+            pipe.hset(self.key(sid, "meta"), "submitted", hi)
+            pipe.rpush(self.key(sid, "wake"), 1)
+            pipe.ltrim(self.key(sid, "wake"), -64, -1)
+            await pipe.execute()
+
+    # -- workers ----------------------------------------------------------------------------
+
+    async def claim(self, sid: str, worker: str, count: int, lease_seconds: float) -> list[ClaimedTask]:
+        now = time.time()
+        flat = await self._scripts["CLAIM"](keys=self.keys(sid), args=[count, now, now + lease_seconds, worker])
+        return [
+            ClaimedTask(int(flat[k]), flat[k + 1].decode(), int(flat[k + 2]), flat[k + 3])
+            for k in range(0, len(flat), 4)
+        ]
+
+    async def wait_for_work(self, sid: str, timeout: float) -> None:
+        """Block until someone nudges the batch's wake list (or the timeout passes)."""
+        await self.redis.blpop([self.key(sid, "wake")], timeout=timeout)
+
+    async def nudge(self, sid: str) -> None:
+        await self.redis.rpush(self.key(sid, "wake"), 1)
+
+    async def complete(self, sid: str, outcomes: Iterable[Outcome]) -> tuple[int, int]:
+        args: list[Any] = [time.time()]
+        for o in outcomes:
+            args += [o.index, o.token, o.outcome, o.payload, "" if o.started is None else o.started]
+        if len(args) == 1:
+            return 0, 0
+        applied, stale = await self._scripts["COMPLETE"](keys=self.keys(sid), args=args)
+        return int(applied), int(stale)
+
+    async def heartbeat(self, sid: str, held: Iterable[tuple[int, str]], lease_seconds: float) -> list[int]:
+        """Extend the leases of the tasks we hold; returns those we no longer own (cancelled or reclaimed)."""
+        args: list[Any] = [time.time() + lease_seconds]
+        for index, token in held:
+            args += [index, token]
+        if len(args) == 1:
+            return []
+        return [int(i) for i in await self._scripts["HEARTBEAT"](keys=self.keys(sid), args=args)]
+
+    # -- control ----------------------------------------------------------------------------
+
+    async def sweep(self, sid: str, limit: int = 1000) -> dict[str, int]:
+        expired, retried, failed, requeued = await self._scripts["SWEEP"](keys=self.keys(sid), args=[time.time(), limit])
+        return {"expired": int(expired), "retried": int(retried), "failed": int(failed), "requeued": int(requeued)}
+
+    async def cancel(self, sid: str) -> dict[str, int]:
+        pending, retrying, processing = await self._scripts["CANCEL"](keys=self.keys(sid), args=[time.time()])
+        return {"pending": int(pending), "retrying": int(retrying), "processing": int(processing)}
+
+    async def set_suspended(self, sid: str, suspended: bool) -> None:
+        await self.redis.hset(self.key(sid, "meta"), "suspended", int(suspended))
+        if not suspended:
+            await self.nudge(sid)
+
+    async def delete(self, sid: str) -> int:
+        """Remove every key of the batch."""
+        return int(await self.redis.delete(*self.keys(sid)))
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def exists(self, sid: str) -> bool:
+        return bool(await self.redis.exists(self.key(sid, "meta")))
+
+    async def meta(self, sid: str) -> dict[str, str]:
+        raw = await self.redis.hgetall(self.key(sid, "meta"))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def counts(self, sid: str) -> dict[str, int]:
+        raw = await self.redis.hgetall(self.key(sid, "n"))
+        counts = {s.value: 0 for s in TaskState}
+        counts.update({k.decode(): int(v) for k, v in raw.items()})
+        return counts
+
+    async def states(self, sid: str, indices: Sequence[int]) -> list[TaskState | None]:
+        if not indices:
+            return []
+        raw = await self.redis.hmget(self.key(sid, "st"), indices)
+        return [TaskState(v.decode()) if v else None for v in raw]
+
+    async def outputs(self, sid: str, indices: Sequence[int]) -> list[bytes | None]:
+        return list(await self.redis.hmget(self.key(sid, "out"), indices)) if indices else []
+
+    async def errors(self, sid: str, indices: Sequence[int]) -> list[str | None]:
+        if not indices:
+            return []
+        return [v.decode() if v else None for v in await self.redis.hmget(self.key(sid, "err"), indices)]
+
+    async def record(self, sid: str, index: int) -> TaskRecord | None:
+        pipe = self.redis.pipeline(transaction=False)
+        for role in ("st", "att", "in", "out", "err", *(f"ts:{s}" for s in STAGES)):
+            pipe.hget(self.key(sid, role), index)
+        st, att, inp, out, err, *ts = await pipe.execute()
+        if st is None:
+            return None
+        return TaskRecord(
+            task_id=task_id(sid, index),
+            state=TaskState(st.decode()),
+            attempts=int(att or 0),
+            input=decode(inp) if inp else None,
+            output=decode(out) if out else None,
+            error=err.decode() if err else None,
+            timestamps={stage: float(t) for stage, t in zip(STAGES, ts) if t is not None},
+        )
+
+    async def terminal_events(self, sid: str, after: str = "0-0", block_ms: int | None = None,
+                              count: int = 10000) -> tuple[str, list[tuple[int, TaskState]]]:
+        """Tasks that reached a terminal state after stream position `after`: (new position, [(i, state)])."""
+        reply = await self.redis.xread({self.key(sid, "done"): after}, count=count, block=block_ms)
+        if not reply:
+            return after, []
+        entries = reply[0][1]
+        events = [(int(fields[b"i"]), TaskState(fields[b"s"].decode())) for _, fields in entries]
+        return entries[-1][0].decode(), events
+
+    async def stream_position(self, sid: str) -> str:
+        """The id of the latest terminal event (to wait for events after it without missing any)."""
+        last = await self.redis.xrevrange(self.key(sid, "done"), count=1)
+        return last[0][0].decode() if last else "0-0"
+
+    async def stream_terminal(self, sid: str, block_ms: int = 1000) -> AsyncIterator[tuple[int, TaskState]]:
+        position = "0-0"
+        while True:
+            position, events = await self.terminal_events(sid, position, block_ms=block_ms)
+            for event in events:
+                yield event
+
+
+def encode_tasks(tasks_list: Any, max_payload_bytes: int) -> list[bytes]:
+    """Validate and encode every task before anything is written (ValueError names the task)."""
+    if not isinstance(tasks_list, list | tuple):
+        raise ValueError(f"tasks_list must be a list of dicts, got {type(tasks_list).__name__}")
+    if not tasks_list:
+        raise ValueError("tasks_list is empty")
+    encoded = []
+    for n, task in enumerate(tasks_list):
+        if not isinstance(task, dict):
+            raise ValueError(f"tasks_list[{n}] must be a dict, got {type(task).__name__}")
+        try:
+            payload = encode(task, what=f"tasks_list[{n}]")
+        except PayloadError as exc:
+            raise ValueError(str(exc)) from exc
+        if len(payload) > max_payload_bytes:
+            raise ValueError(
+                f"tasks_list[{n}] is {len(payload)} bytes encoded, over the {max_payload_bytes}-byte limit; "
+                "pass large data by reference (e.g. an object-store URL)"
+            )
+        encoded.append(payload)
+    return encoded

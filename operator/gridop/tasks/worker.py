@@ -1,0 +1,309 @@
+"""The worker runtime: pull tasks in batches, run the user's handler, heartbeat, report.
+
+A handler is `module:function(event, context) -> dict`. Async handlers run concurrently on the
+event loop; sync handlers run a batch at a time in a thread, watched from the loop so that one
+that hangs past the task timeout is reported (and abandoned) without stopping the worker.
+Cancellation and lost leases come back with each heartbeat and stop the affected tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import importlib
+import inspect
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from .codec import PayloadError, decode, encode
+from .store import ClaimedTask, Outcome, TaskStore, task_id
+
+log = logging.getLogger(__name__)
+
+
+class PermanentError(Exception):
+    """Raise from a handler to fail the task without retrying it."""
+
+
+@dataclasses.dataclass
+class Context:
+    """What the handler receives as `context` (Lambda-like)."""
+
+    session_id: str
+    task_id: str
+    attempt: int
+    deadline: float | None  # time.monotonic() deadline, None without a timeout
+    worker_id: str
+
+    def get_remaining_time_in_millis(self) -> int | None:
+        if self.deadline is None:
+            return None
+        return max(0, int((self.deadline - time.monotonic()) * 1000))
+
+
+def load_handler(spec: str) -> Callable[..., Any]:
+    """`package.module:function` -> the function (ValueError naming what is wrong)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"handler {spec!r} must look like 'module:function'")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"handler {spec!r}: cannot import {module_name!r}: {exc}") from exc
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ValueError(f"handler {spec!r}: {module_name} has no callable {attr!r}")
+    return fn
+
+
+@dataclasses.dataclass
+class WorkerStats:
+    claimed: int = 0
+    finished: int = 0
+    errors: int = 0
+    stale: int = 0
+    batches: int = 0
+
+
+def _describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 4000 else text[:4000] + "..."
+
+
+class _SyncBatch:
+    """Runs claimed tasks one after another in a thread; the loop watches `current`."""
+
+    def __init__(self, handler: Callable[..., Any], items: list[tuple[ClaimedTask, Any, Context]], skip: set[int]):
+        self.handler = handler
+        self.items = items
+        self.skip = skip
+        self.results: dict[int, Outcome] = {}
+        self.current: tuple[int, float] | None = None
+        self.abandoned = threading.Event()
+
+    def run(self) -> None:
+        for task, event, ctx in self.items:
+            if self.abandoned.is_set():
+                return
+            if task.index in self.skip:
+                continue
+            started = time.time()
+            self.current = (task.index, time.monotonic())
+            outcome = _call(self.handler, task, event, ctx, started)
+            self.current = None
+            if not self.abandoned.is_set():
+                self.results[task.index] = outcome
+
+
+def _call(handler: Callable[..., Any], task: ClaimedTask, event: Any, ctx: Context, started: float) -> Outcome:
+    try:
+        result = handler(event, ctx)
+    except PermanentError as exc:
+        return Outcome(task.index, task.token, "fatal", _describe(exc), started)
+    except Exception as exc:
+        return Outcome(task.index, task.token, "error", _describe(exc), started)
+    return _encode_result(task, result, started)
+
+
+def _encode_result(task: ClaimedTask, result: Any, started: float) -> Outcome:
+    try:
+        return Outcome(task.index, task.token, "ok", encode(result, what="handler result"), started)
+    except PayloadError as exc:
+        # Deterministic: retrying would produce the same value again.
+        return Outcome(task.index, task.token, "fatal", str(exc), started)
+
+
+class Worker:
+    def __init__(
+        self,
+        store: TaskStore,
+        session_id: str,
+        handler: Callable[..., Any],
+        *,
+        worker_id: str | None = None,
+        batch_size: int = 256,
+        heartbeat_seconds: float = 5.0,
+        lease_seconds: float = 30.0,
+        task_timeout: float | None = None,
+        retry_on_error: bool = True,
+        exit_when_done: bool = True,
+        idle_wait: float = 1.0,
+    ):
+        if lease_seconds <= heartbeat_seconds:
+            raise ValueError(f"lease_seconds ({lease_seconds}) must exceed heartbeat_seconds ({heartbeat_seconds})")
+        self.store = store
+        self.sid = session_id
+        self.handler = handler
+        self.is_async = inspect.iscoroutinefunction(handler)
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.batch_size = batch_size
+        self.heartbeat_seconds = heartbeat_seconds
+        self.lease_seconds = lease_seconds
+        self.task_timeout = task_timeout
+        self.retry_on_error = retry_on_error
+        self.exit_when_done = exit_when_done
+        self.idle_wait = idle_wait
+        self.stats = WorkerStats()
+        self._held: dict[int, str] = {}  # index -> claim token
+        self._lost: set[int] = set()
+        self._async_tasks: dict[int, asyncio.Task[Outcome]] = {}
+        self._executor = self._new_executor()
+
+    async def run(self, stop: asyncio.Event | None = None) -> WorkerStats:
+        stop = stop or asyncio.Event()
+        heartbeats = asyncio.create_task(self._heartbeat_loop())
+        try:
+            while not stop.is_set():
+                claimed = await self.store.claim(self.sid, self.worker_id, self.batch_size, self.lease_seconds)
+                if not claimed:
+                    if self.exit_when_done and await self._batch_done():
+                        break
+                    waiter = asyncio.create_task(self.store.wait_for_work(self.sid, self.idle_wait))
+                    stopper = asyncio.create_task(stop.wait())
+                    await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
+                    for t in (waiter, stopper):
+                        t.cancel()
+                    continue
+                if len(claimed) == self.batch_size:
+                    await self.store.nudge(self.sid)  # likely more work: wake an idle sibling
+                self.stats.claimed += len(claimed)
+                self.stats.batches += 1
+                self._held.update({t.index: t.token for t in claimed})
+                outcomes = await self._run_batch(claimed)
+                applied, stale = await self.store.complete(self.sid, outcomes)
+                self.stats.stale += stale
+                self.stats.finished += sum(1 for o in outcomes if o.outcome == "ok")
+                self.stats.errors += sum(1 for o in outcomes if o.outcome != "ok")
+                for t in claimed:
+                    self._held.pop(t.index, None)
+                    self._lost.discard(t.index)
+        finally:
+            heartbeats.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeats
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        return self.stats
+
+    async def _batch_done(self) -> bool:
+        meta = await self.store.meta(self.sid)
+        if not meta:
+            return False  # not created yet: wait for it
+        if meta.get("cancelled") == "1":
+            return True
+        counts = await self.store.counts(self.sid)
+        submitted_all = meta.get("submitted") == meta.get("total")
+        return submitted_all and counts["pending"] + counts["processing"] + counts["retrying"] == 0
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_seconds)
+            held = list(self._held.items())
+            if not held:
+                continue
+            try:
+                lost = await self.store.heartbeat(self.sid, held, self.lease_seconds)
+            except Exception as exc:  # Redis hiccup: the lease outlives a missed heartbeat
+                log.warning("heartbeat failed: %s", exc)
+                continue
+            for index in lost:
+                self._lost.add(index)
+                task = self._async_tasks.get(index)
+                if task is not None:
+                    task.cancel()
+            if lost:
+                log.info("stopped %d task(s) that were cancelled or reclaimed", len(lost))
+
+    def _context(self, task: ClaimedTask) -> Context:
+        deadline = time.monotonic() + self.task_timeout if self.task_timeout else None
+        return Context(self.sid, task_id(self.sid, task.index), task.attempt, deadline, self.worker_id)
+
+    def _error_kind(self) -> str:
+        return "error" if self.retry_on_error else "fatal"
+
+    async def _run_batch(self, claimed: list[ClaimedTask]) -> list[Outcome]:
+        items = []
+        outcomes: list[Outcome] = []
+        for task in claimed:
+            try:
+                event = decode(task.payload)
+            except Exception as exc:
+                outcomes.append(Outcome(task.index, task.token, "fatal", f"undecodable task input: {exc}"))
+                continue
+            items.append((task, event, self._context(task)))
+        if self.is_async:
+            outcomes += await self._run_async(items)
+        else:
+            outcomes += await self._run_sync(items)
+        kind = self._error_kind()
+        return [dataclasses.replace(o, outcome=kind) if o.outcome == "error" else o for o in outcomes]
+
+    async def _run_async(self, items: list[tuple[ClaimedTask, Any, Context]]) -> list[Outcome]:
+        async def one(task: ClaimedTask, event: Any, ctx: Context) -> Outcome:
+            started = time.time()
+            try:
+                result = await asyncio.wait_for(self.handler(event, ctx), timeout=self.task_timeout)
+            except TimeoutError:
+                return Outcome(task.index, task.token, "error", f"timed out after {self.task_timeout}s", started)
+            except PermanentError as exc:
+                return Outcome(task.index, task.token, "fatal", _describe(exc), started)
+            except asyncio.CancelledError:
+                if task.index in self._lost:
+                    return Outcome(task.index, task.token, "error", "cancelled", started)  # discarded as stale
+                raise
+            except Exception as exc:
+                return Outcome(task.index, task.token, "error", _describe(exc), started)
+            return _encode_result(task, result, started)
+
+        for task, event, ctx in items:
+            self._async_tasks[task.index] = asyncio.ensure_future(one(task, event, ctx))
+        try:
+            return list(await asyncio.gather(*(self._async_tasks[t.index] for t, _, _ in items)))
+        finally:
+            for task, _, _ in items:
+                self._async_tasks.pop(task.index, None)
+
+    async def _run_sync(self, items: list[tuple[ClaimedTask, Any, Context]]) -> list[Outcome]:
+        loop = asyncio.get_running_loop()
+        outcomes: dict[int, Outcome] = {}
+        remaining = items
+        while remaining:
+            batch = _SyncBatch(self.handler, remaining, self._lost)
+            future = loop.run_in_executor(self._executor, batch.run)
+            timed_out: int | None = None
+            while not future.done():
+                await asyncio.wait([future], timeout=self._watch_interval())
+                current = batch.current
+                if self.task_timeout and current and time.monotonic() - current[1] > self.task_timeout:
+                    # The hung thread is left to finish on its own (Python cannot kill it); its result is
+                    # ignored, and a fresh pool keeps the worker's capacity.
+                    batch.abandoned.set()
+                    timed_out = current[0]
+                    self._executor.shutdown(wait=False)
+                    self._executor = self._new_executor()
+                    break
+            outcomes.update(batch.results)
+            if timed_out is None:
+                break
+            task = next(t for t, _, _ in remaining if t.index == timed_out)
+            outcomes[timed_out] = Outcome(task.index, task.token, "error", f"timed out after {self.task_timeout}s")
+            log.warning("task %s hung past its %ss timeout; abandoned its thread", task_id(self.sid, timed_out), self.task_timeout)
+            remaining = [(t, e, c) for t, e, c in remaining if t.index not in outcomes and t.index not in self._lost]
+        return list(outcomes.values())
+
+    @staticmethod
+    def _new_executor() -> concurrent.futures.ThreadPoolExecutor:
+        return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gridop-handler")
+
+    def _watch_interval(self) -> float:
+        return min(0.5, self.task_timeout / 4) if self.task_timeout else 0.5

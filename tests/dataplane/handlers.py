@@ -1,0 +1,49 @@
+"""Handlers the data-plane tests run (importable as tests.dataplane.handlers:<name>)."""
+
+import asyncio
+import os
+import time
+
+
+def echo(event, context):
+    return {"echo": event, "attempt": context.attempt}
+
+
+def zero(event, context):
+    return {}
+
+
+async def aecho(event, context):
+    await asyncio.sleep(0)
+    return {"echo": event}
+
+
+def flaky(event, context):
+    """Fails on the first attempt, succeeds after."""
+    if context.attempt == 1:
+        raise RuntimeError(f"transient failure on {context.task_id}")
+    return {"ok": True}
+
+
+def boom(event, context):
+    raise ValueError("bad input: " + str(event.get("x")))
+
+
+def hang(event, context):
+    if event.get("hang"):
+        time.sleep(event.get("seconds", 30))
+    return {"done": True}
+
+
+def unserialisable(event, context):
+    return {"when": object()}
+
+
+def slow(event, context):
+    time.sleep(event.get("seconds", 0.01))
+    return {"pid": os.getpid()}
+
+
+async def aslow(event, context):
+    await asyncio.sleep(event.get("seconds", 0.01))
+    return {"pid": os.getpid()}

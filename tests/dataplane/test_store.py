@@ -1,0 +1,137 @@
+"""The task state machine in Redis, transition by transition."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from gridop.client.tasks import AsyncGridConnector
+from gridop.tasks.codec import decode, encode
+from gridop.tasks.store import Outcome, RetryPolicy, TaskStore
+
+
+def connector(redis_url: str, **extra) -> AsyncGridConnector:
+    return AsyncGridConnector({"redis_url": redis_url, "retry_backoff_sec": 0.1, **extra})
+
+
+async def test_send_returns_ordered_ids_and_queues_every_task(redis_url: str, store: TaskStore) -> None:
+    async with connector(redis_url) as c:
+        sub = await c.send([{"n": i} for i in range(12)], session_id="s1")
+    assert sub == {"session_id": "s1", "task_ids": [f"s1-{i}" for i in range(12)]}
+    assert (await store.counts("s1"))["pending"] == 12
+    claimed = await store.claim("s1", "w", 5, lease_seconds=30)
+    assert [t.index for t in claimed] == [0, 1, 2, 3, 4]  # FIFO
+    assert decode(claimed[3].payload) == {"n": 3} and claimed[0].attempt == 1
+    counts = await store.counts("s1")
+    assert (counts["pending"], counts["processing"]) == (7, 5)
+    record = await store.record("s1", 3)
+    assert record.state == "processing" and set(record.timestamps) == {"submitted", "queued", "claimed"}
+
+
+async def test_results_have_the_htc_grid_shape(redis_url: str, store: TaskStore) -> None:
+    async with connector(redis_url, max_retries=0) as c:
+        sub = await c.send([{"n": 0}, {"n": 1}, {"n": 2}], session_id="s2")
+        a, b, _ = await store.claim("s2", "w", 3, lease_seconds=30)
+        await store.complete("s2", [Outcome(a.index, a.token, "ok", encode({"r": 0}), time.time()),
+                                     Outcome(b.index, b.token, "error", "ValueError: nope")])
+        results = await c.get_results(sub, timeout_sec=0)
+        assert results == {
+            "finished": ["s2-0"], "finished_OUTPUT": ['{"r":0}'],
+            "failed": ["s2-1"], "failed_OUTPUT": ["ValueError: nope"],
+            "cancelled": [], "cancelled_OUTPUT": [],
+            "metadata": {"tasks_in_response": 2},
+        }
+        cancelled = await c.cancel_sessions(["s2"])
+        assert cancelled == {"s2": {"cancelled_retrying": 0, "cancelled_pending": 0, "cancelled_processing": 1,
+                                    "total_cancelled_tasks": 1}}
+        results = await c.get_results(sub, timeout_sec=1)
+        assert results["cancelled"] == ["s2-2"] and results["metadata"]["tasks_in_response"] == 3
+    record = await store.record("s2", 0)
+    assert record.output == {"r": 0} and set(record.timestamps) == {"submitted", "queued", "claimed", "started", "finished"}
+
+
+async def test_a_lost_lease_retries_with_backoff_and_the_late_result_is_discarded(store: TaskStore) -> None:
+    await store.create("s3", 1, RetryPolicy(max_retries=1, backoff_seconds=0.2))
+    await store.submit("s3", [encode({})])
+    (first,) = await store.claim("s3", "w1", 1, lease_seconds=0.1)
+    await asyncio.sleep(0.15)
+    assert await store.sweep("s3") == {"expired": 1, "retried": 1, "failed": 0, "requeued": 0}
+    assert (await store.record("s3", 0)).state == "retrying"
+    assert await store.sweep("s3") == {"expired": 0, "retried": 0, "failed": 0, "requeued": 0}  # backoff
+    await asyncio.sleep(0.25)
+    assert (await store.sweep("s3"))["requeued"] == 1
+    (second,) = await store.claim("s3", "w2", 1, lease_seconds=30)
+    assert second.attempt == 2 and second.token != first.token
+
+    # The first worker was only slow, not dead: its result arrives late and is ignored.
+    assert await store.complete("s3", [Outcome(0, first.token, "ok", encode({"by": "w1"}))]) == (0, 1)
+    assert await store.heartbeat("s3", [(0, first.token)], 30) == [0]  # and it learns it lost the task
+    assert await store.complete("s3", [Outcome(0, second.token, "ok", encode({"by": "w2"}))]) == (1, 0)
+    record = await store.record("s3", 0)
+    assert (record.state, record.output, record.attempts) == ("finished", {"by": "w2"}, 2)
+    counts = await store.counts("s3")
+    assert counts["finished"] == 1 and sum(counts.values()) == 1
+
+
+async def test_the_retry_budget_runs_out_into_failed(store: TaskStore) -> None:
+    await store.create("s4", 1, RetryPolicy(max_retries=0))
+    await store.submit("s4", [encode({})])
+    await store.claim("s4", "w", 1, lease_seconds=0.05)
+    await asyncio.sleep(0.1)
+    assert (await store.sweep("s4"))["failed"] == 1
+    record = await store.record("s4", 0)
+    assert record.state == "failed" and "lease expired" in record.error
+
+
+async def test_cancel_reports_each_state_and_stops_heartbeats(store: TaskStore) -> None:
+    await store.create("s5", 6, RetryPolicy(max_retries=2, backoff_seconds=60))
+    await store.submit("s5", [encode({"i": i}) for i in range(6)])
+    claimed = await store.claim("s5", "w", 3, lease_seconds=30)
+    # one of the claimed tasks fails and goes to retrying
+    await store.complete("s5", [Outcome(claimed[0].index, claimed[0].token, "error", "boom")])
+    assert await store.cancel("s5") == {"pending": 3, "retrying": 1, "processing": 2}
+    lost = await store.heartbeat("s5", [(t.index, t.token) for t in claimed[1:]], 30)
+    assert sorted(lost) == [claimed[1].index, claimed[2].index]
+    assert await store.claim("s5", "w", 10, lease_seconds=30) == []
+    assert (await store.counts("s5"))["cancelled"] == 6
+
+
+async def test_send_is_idempotent_with_a_client_supplied_id(redis_url: str, store: TaskStore) -> None:
+    async with connector(redis_url) as c:
+        first = await c.send([{"a": 1}, {"a": 2}], session_id="s6")
+        again = await c.send([{"a": 1}, {"a": 2}], session_id="s6")
+        assert first == again and (await store.counts("s6"))["pending"] == 2
+        with pytest.raises(ValueError, match="already exists with 2 tasks"):
+            await c.send([{"a": 1}], session_id="s6")
+
+
+@pytest.mark.parametrize(
+    "tasks, message",
+    [
+        ("not a list", "must be a list"),
+        ([], "empty"),
+        ([{"ok": 1}, "nope"], r"tasks_list\[1\] must be a dict"),
+        ([{"when": object()}], r"tasks_list\[0\] is not JSON-serialisable"),
+        ([{"blob": "x" * 2000}], r"tasks_list\[0\] is \d+ bytes encoded, over the 1024-byte limit"),
+    ],
+)
+async def test_bad_task_lists_are_refused_before_anything_is_written(
+    redis_url: str, store: TaskStore, tasks, message: str
+) -> None:
+    async with connector(redis_url, max_payload_bytes=1024) as c:
+        with pytest.raises(ValueError, match=message):
+            await c.send(tasks, session_id="bad")
+    assert await store.redis.dbsize() == 0
+
+
+def test_connector_config_errors_and_aws_keys(redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(ValueError, match="redis_url"):
+        AsyncGridConnector({})
+    with pytest.raises(ValueError, match="grid_storage_service"):
+        AsyncGridConnector({"redis_url": redis_url, "grid_storage_service": "S3"})
+    with pytest.raises(ValueError, match="unknown keys"):
+        AsyncGridConnector({"redis_url": redis_url, "colour": "blue"})
+    AsyncGridConnector({"redis_url": redis_url, "region": "eu-west-1", "s3_bucket": "b", "grid_storage_service": "REDIS"})
+    assert "ignoring AWS-only configuration keys: region, s3_bucket" in caplog.text
