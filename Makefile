@@ -58,3 +58,8 @@ down:
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+bench: venv
+	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/python -m bench.tasks
+	$(BIN)/python -m bench.session_start --sessions 20

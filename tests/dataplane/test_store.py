@@ -135,3 +135,13 @@ def test_connector_config_errors_and_aws_keys(redis_url: str, caplog: pytest.Log
         AsyncGridConnector({"redis_url": redis_url, "colour": "blue"})
     AsyncGridConnector({"redis_url": redis_url, "region": "eu-west-1", "s3_bucket": "b", "grid_storage_service": "REDIS"})
     assert "ignoring AWS-only configuration keys: region, s3_bucket" in caplog.text
+
+
+async def test_appending_to_an_open_batch(redis_url: str, store: TaskStore) -> None:
+    async with connector(redis_url) as c:
+        first = await c.send([{"a": 0}], session_id="open", append=True)
+        more = await c.send([{"a": 1}, {"a": 2}], session_id="open", append=True)
+    assert more["task_ids"] == ["open-1", "open-2"] and first["task_ids"] == ["open-0"]
+    meta = await store.meta("open")
+    assert (meta["total"], meta["submitted"]) == ("3", "3")
+    assert [t.index for t in await store.claim("open", "w", 10, 30)] == [0, 1, 2]

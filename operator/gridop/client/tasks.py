@@ -76,6 +76,9 @@ class AsyncGridConnector:
             backoff_seconds=float(config.get("retry_backoff_sec", 1.0)),
         )
         self.session_prefix = str(config.get("session_prefix", "tb"))
+        # Where each session's terminal-event stream stood just before our last send to it: lets
+        # get_results wait for exactly those events instead of polling first.
+        self._positions: dict[str, str] = {}
         self._store = TaskStore(aioredis.Redis.from_url(self.redis_url), prefix=str(config.get("key_prefix", "gridop")))
 
     @property
@@ -95,16 +98,25 @@ class AsyncGridConnector:
         """Check that the data plane is reachable (gridop authenticates with Redis credentials in the URL)."""
         await self._store.redis.ping()
 
-    async def send(self, tasks_list: list[dict[str, Any]], session_id: str | None = None) -> dict[str, Any]:
+    async def send(
+        self, tasks_list: list[dict[str, Any]], session_id: str | None = None, *, append: bool = False
+    ) -> dict[str, Any]:
         """Submit tasks; returns {'session_id', 'task_ids'} with ids in submission order.
 
         Everything is validated and encoded before anything is written. With a client-supplied
-        `session_id`, sending the same list again is idempotent (it resumes an interrupted send).
+        `session_id`, sending the same list again is idempotent (it resumes an interrupted send);
+        with `append=True`, the tasks are added to that session instead (a long-lived batch).
         """
         payloads = encode_tasks(tasks_list, self.max_payload_bytes)
         sid = _validate_session_id(session_id) if session_id is not None else (
             f"{self.session_prefix}-{uuid.uuid4().hex[:12]}"
         )
+        if append:
+            appended = await self._store.append(sid, payloads)
+            if appended is not None:
+                indices, position = appended
+                self._positions[sid] = position
+                return {"session_id": sid, "task_ids": [task_id(sid, i) for i in indices]}
         start = await self._store.create(sid, len(payloads), self.retry_policy)
         if start < len(payloads):
             await self._store.submit(sid, payloads, start)
@@ -126,49 +138,75 @@ class AsyncGridConnector:
             indices.append(index)
         return sid, indices
 
-    async def _terminal_count(self, sid: str, indices: list[int], total: int | None) -> int:
-        if total is not None and len(indices) == total:
-            counts = await self._store.counts(sid)
-            return sum(counts[s.value] for s in (TaskState.FINISHED, TaskState.FAILED, TaskState.CANCELLED))
-        states = await self._store.states(sid, indices)
-        return sum(1 for s in states if s is not None and s.is_terminal)
-
     async def get_results(self, submission_response: Mapping[str, Any], timeout_sec: float = 0) -> dict[str, Any]:
         """Wait until every task of the submission is terminal or `timeout_sec` passes; report them."""
         sid, indices = self._submission(submission_response)
-        meta = await self._store.meta(sid)
-        total = int(meta["total"]) if meta.get("total") else None
         deadline = time.monotonic() + max(0.0, float(timeout_sec))
+        position = self._positions.pop(sid, None)
+        if position is not None and len(indices) <= 1000:
+            # Fast path: wait for these tasks' own terminal events. When they all finished with
+            # outputs small enough to travel in the events, that is the whole answer.
+            waiting = set(indices)
+            carried: dict[int, bytes] = {}
+            clean = True
+            while waiting and (remaining := deadline - time.monotonic()) > 0:
+                block = int(max(1, min(remaining, self.poll_interval) * 1000))
+                position, events = await self._store.terminal_events_with_output(sid, position, block_ms=block)
+                for i, state, output in events:
+                    if i in waiting:
+                        waiting.discard(i)
+                        if state == TaskState.FINISHED and output is not None:
+                            carried[i] = output
+                        else:
+                            clean = False
+            if not waiting and clean:
+                return self._shape(sid, indices, [(TaskState.FINISHED, carried[i]) for i in indices])
         while True:
-            position = await self._store.stream_position(sid)
-            if await self._terminal_count(sid, indices, total) >= len(indices):
-                break
+            position, terminal, report = await self._store.collect(sid, indices)
+            if report is not None:
+                return self._shape(sid, indices, report)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            # Sleep until a task of this batch reaches a terminal state (or the poll interval passes).
+            # Sleep until a task of this batch reaches a terminal state (or the poll interval passes);
+            # on a busy batch, look again at most every few milliseconds.
             block = int(max(1, min(remaining, self.poll_interval) * 1000))
-            position, _ = await self._store.terminal_events(sid, position, block_ms=block, count=1)
-        return await self._report(sid, indices)
-
-    async def _report(self, sid: str, indices: list[int]) -> dict[str, Any]:
+            _, events = await self._store.terminal_events(sid, position, block_ms=block, count=1)
+            if events and len(indices) > 1:
+                await asyncio.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
         states = await self._store.states(sid, indices)
-        by_state: dict[TaskState, list[int]] = {TaskState.FINISHED: [], TaskState.FAILED: [], TaskState.CANCELLED: []}
-        for index, state in zip(indices, states):
-            if state in by_state:
-                by_state[state].append(index)
-        finished = by_state[TaskState.FINISHED]
-        outputs = await self._store.outputs(sid, finished)
-        errors = await self._store.errors(sid, by_state[TaskState.FAILED])
-        return {
-            "finished": [task_id(sid, i) for i in finished],
-            "finished_OUTPUT": [decode_text(o) if o else "" for o in outputs],
-            "failed": [task_id(sid, i) for i in by_state[TaskState.FAILED]],
-            "failed_OUTPUT": [e or READ_FROM_REDIS for e in errors],
-            "cancelled": [task_id(sid, i) for i in by_state[TaskState.CANCELLED]],
-            "cancelled_OUTPUT": [READ_FROM_REDIS] * len(by_state[TaskState.CANCELLED]),
-            "metadata": {"tasks_in_response": sum(len(v) for v in by_state.values())},
+        terminal = [i for i, s in zip(indices, states) if s is not None and s.is_terminal]
+        partial = dict(zip(terminal, await self._payloads(sid, terminal, states, indices)))
+        return self._shape(sid, terminal, [partial[i] for i in terminal])
+
+    async def _payloads(self, sid: str, terminal: list[int], states: list[TaskState | None], indices: list[int]
+                        ) -> list[tuple[TaskState | None, bytes | None]]:
+        state_of = dict(zip(indices, states))
+        finished = [i for i in terminal if state_of[i] == TaskState.FINISHED]
+        failed = [i for i in terminal if state_of[i] == TaskState.FAILED]
+        outputs = dict(zip(finished, await self._store.outputs(sid, finished)))
+        errors = dict(zip(failed, await self._store.errors(sid, failed)))
+        return [(state_of[i], outputs.get(i) or (errors.get(i) or "").encode() or None) for i in terminal]
+
+    @staticmethod
+    def _shape(sid: str, indices: list[int], report: list[tuple[TaskState | None, bytes | None]]) -> dict[str, Any]:
+        """HTC-Grid's get_results dict from (state, output-or-error) per task."""
+        shaped: dict[str, Any] = {
+            "finished": [], "finished_OUTPUT": [], "failed": [], "failed_OUTPUT": [],
+            "cancelled": [], "cancelled_OUTPUT": [],
         }
+        for index, (state, payload) in zip(indices, report):
+            if state == TaskState.FINISHED:
+                shaped["finished"].append(task_id(sid, index))
+                shaped["finished_OUTPUT"].append(decode_text(payload) if payload else "")
+            elif state == TaskState.FAILED:
+                shaped["failed"].append(task_id(sid, index))
+                shaped["failed_OUTPUT"].append(payload.decode() if payload else READ_FROM_REDIS)
+            elif state == TaskState.CANCELLED:
+                shaped["cancelled"].append(task_id(sid, index))
+                shaped["cancelled_OUTPUT"].append(READ_FROM_REDIS)
+        shaped["metadata"] = {"tasks_in_response": len(shaped["finished"]) + len(shaped["failed"]) + len(shaped["cancelled"])}
+        return shaped
 
     async def iter_results(
         self, submission_response: Mapping[str, Any], timeout_sec: float | None = None

@@ -1,8 +1,9 @@
 """Lua scripts: every state transition is one atomic script over a whole batch of tasks.
 
-Keys are passed in the order of `KEYS` below (all share the `{sid}` hash tag, so a batch lives
-on one Redis Cluster slot). Counters in `n` move with every transition, so the totals per state
-are always one HGETALL away, whatever the number of tasks.
+Each script gets one key, the batch's `meta` hash, and derives the others from it by role
+(all share the `{sid}` hash tag, so a batch lives on one Redis Cluster slot). Passing one key
+instead of eighteen keeps the per-call cost down on the hot path. Counters in `n` move with
+every transition, so the totals per state are always one HGETALL away.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ KEYS = ("meta", "q", "st", "att", "lease", "own", "in", "out", "err", "n", "retr
         "ts:submitted", "ts:queued", "ts:claimed", "ts:started", "ts:finished", "wake")
 
 _PRELUDE = """
-local meta, q, st, att, lease, own, inp, out, err, n, retry, done = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
-local ts_sub, ts_q, ts_claim, ts_start, ts_fin, wake = KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17], KEYS[18]
+local meta = KEYS[1]
+local base = string.sub(meta, 1, #meta - 4)
+local q, st, att, lease, own, inp, out, err, n, retry, done = base .. 'q', base .. 'st', base .. 'att', base .. 'lease', base .. 'own', base .. 'in', base .. 'out', base .. 'err', base .. 'n', base .. 'retry', base .. 'done'
+local ts_sub, ts_q, ts_claim, ts_start, ts_fin, wake = base .. 'ts:submitted', base .. 'ts:queued', base .. 'ts:claimed', base .. 'ts:started', base .. 'ts:finished', base .. 'wake'
 local function backoff(a)
   local base = tonumber(redis.call('HGET', meta, 'backoff') or '1')
   local mult = tonumber(redis.call('HGET', meta, 'backoff_mult') or '2')
@@ -86,7 +89,12 @@ for k = 2, #ARGV, 5 do
       redis.call('HSET', out, i, payload)
       redis.call('HSET', st, i, 'finished')
       redis.call('HSET', ts_fin, i, now)
-      redis.call('XADD', done, '*', 'i', i, 's', 'finished')
+      -- Small outputs ride along in the event, so a waiting client needs no second read.
+      if #payload <= 512 then
+        redis.call('XADD', done, '*', 'i', i, 's', 'finished', 'o', payload)
+      else
+        redis.call('XADD', done, '*', 'i', i, 's', 'finished')
+      end
       finished = finished + 1
     elseif outcome == 'error' then
       retry_or_fail(i, 'processing', tonumber(now), payload)
@@ -186,4 +194,72 @@ for from, c in pairs(counts) do
 end
 if total > 0 then redis.call('HINCRBY', n, 'cancelled', total) end
 return {counts.pending, counts.retrying, counts.processing}
+"""
+
+# ARGV: now, payloads... Appends to an existing batch; returns {first new index, last terminal-event
+# id} (the id lets the caller wait for these tasks without missing an event), or {-1} if no batch.
+APPEND = _PRELUDE + """
+if redis.call('EXISTS', meta) == 0 then return {-1} end
+local now = ARGV[1]
+local count = #ARGV - 1
+local total = redis.call('HINCRBY', meta, 'total', count)
+local first = total - count
+for k = 2, #ARGV do
+  local i = first + k - 2
+  redis.call('HSET', inp, i, ARGV[k])
+  redis.call('HSET', st, i, 'pending')
+  redis.call('HSET', ts_sub, i, now)
+  redis.call('HSET', ts_q, i, now)
+  redis.call('RPUSH', q, i)
+end
+redis.call('HINCRBY', meta, 'submitted', count)
+redis.call('HINCRBY', n, 'pending', count)
+redis.call('RPUSH', wake, 1)
+redis.call('LTRIM', wake, -64, -1)
+local last = redis.call('XREVRANGE', done, '+', '-', 'COUNT', 1)
+if #last > 0 then return {first, last[1][1]} end
+return {first, '0-0'}
+"""
+
+# ARGV: indices... Returns {last_done_id, terminal_count} while some are not terminal, and
+# {last_done_id, terminal_count, state1, payload1, ...} (output or error) once all are.
+COLLECT = _PRELUDE + """
+local last = redis.call('XREVRANGE', done, '+', '-', 'COUNT', 1)
+local last_id = '0-0'
+if #last > 0 then last_id = last[1][1] end
+local k = #ARGV
+local total = tonumber(redis.call('HGET', meta, 'total') or '-1')
+local function hmget(key)
+  local values = {}
+  for lo = 1, k, 4000 do
+    local hi = math.min(lo + 3999, k)
+    local part = redis.call('HMGET', key, unpack(ARGV, lo, hi))
+    for j = 1, #part do values[#values + 1] = part[j] end
+  end
+  return values
+end
+local terminal = 0
+local states = nil
+if k == total then
+  for _, s in ipairs({'finished', 'failed', 'cancelled'}) do
+    terminal = terminal + tonumber(redis.call('HGET', n, s) or '0')
+  end
+else
+  states = hmget(st)
+  for _, s in ipairs(states) do
+    if s == 'finished' or s == 'failed' or s == 'cancelled' then terminal = terminal + 1 end
+  end
+end
+if terminal < k then return {last_id, terminal} end
+states = states or hmget(st)
+local result = {last_id, terminal}
+for j = 1, k do
+  local s = states[j]
+  local payload = false
+  if s == 'finished' then payload = redis.call('HGET', out, ARGV[j])
+  elseif s == 'failed' then payload = redis.call('HGET', err, ARGV[j]) end
+  result[#result + 1] = s
+  result[#result + 1] = payload
+end
+return result
 """

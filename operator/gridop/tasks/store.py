@@ -33,6 +33,8 @@ from .states import STAGES, TaskState
 
 SESSION_ID = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 SUBMIT_CHUNK = 5000
+ROLES = ("meta", "q", "st", "att", "lease", "own", "in", "out", "err", "n", "retry", "done", "wake",
+         *(f"ts:{stage}" for stage in STAGES))
 
 
 def task_id(sid: str, index: int | str) -> str:
@@ -92,7 +94,7 @@ class TaskStore:
         self.prefix = prefix
         self._scripts = {
             name: redis.register_script(getattr(scripts, name))
-            for name in ("CLAIM", "COMPLETE", "HEARTBEAT", "SWEEP", "CANCEL")
+            for name in ("CLAIM", "COMPLETE", "HEARTBEAT", "SWEEP", "CANCEL", "APPEND", "COLLECT")
         }
 
     @classmethod
@@ -106,7 +108,8 @@ class TaskStore:
         return f"{self.prefix}:{{{sid}}}:{role}"
 
     def keys(self, sid: str) -> list[str]:
-        return [self.key(sid, role) for role in scripts.KEYS]
+        """What the scripts are given: the meta key; they derive the other keys from it."""
+        return [self.key(sid, "meta")]
 
     # -- submission -----------------------------------------------------------------------
 
@@ -133,6 +136,34 @@ class TaskStore:
         await self.redis.hset(meta, mapping={k: v for k, v in fields.items() if k != "total"})
         await self.redis.hset(self.key(sid, "n"), mapping={s.value: 0 for s in TaskState})
         return 0
+
+    async def append(self, sid: str, payloads: Sequence[bytes]) -> tuple[list[int], str] | None:
+        """Add tasks to an existing (open) batch, one script per chunk: (their indices, the
+        terminal-event position before them). None if the batch does not exist."""
+        indices: list[int] = []
+        position = "0-0"
+        for lo in range(0, len(payloads), SUBMIT_CHUNK):
+            chunk = payloads[lo:lo + SUBMIT_CHUNK]
+            reply = await self._scripts["APPEND"](keys=self.keys(sid), args=[time.time(), *chunk])
+            if int(reply[0]) < 0:
+                return None
+            if lo == 0:
+                position = reply[1].decode()
+            indices.extend(range(int(reply[0]), int(reply[0]) + len(chunk)))
+        return indices, position
+
+    async def collect(self, sid: str, indices: Sequence[int]) -> tuple[str, int, list[tuple[TaskState | None, bytes | None]] | None]:
+        """(last terminal-event id, how many of `indices` are terminal, and — once all are — their
+        states with output (finished) or error (failed)). One round trip."""
+        reply = await self._scripts["COLLECT"](keys=self.keys(sid), args=list(indices))
+        last_id, terminal = reply[0].decode(), int(reply[1])
+        if len(reply) == 2:
+            return last_id, terminal, None
+        report = [
+            (TaskState(reply[j].decode()) if reply[j] else None, reply[j + 1] or None)
+            for j in range(2, len(reply), 2)
+        ]
+        return last_id, terminal, report
 
     async def submit(self, sid: str, payloads: Sequence[bytes], start: int = 0) -> None:
         """Write tasks start.. in atomic chunks; each chunk advances meta.submitted."""
@@ -204,7 +235,7 @@ class TaskStore:
 
     async def delete(self, sid: str) -> int:
         """Remove every key of the batch."""
-        return int(await self.redis.delete(*self.keys(sid)))
+        return int(await self.redis.delete(*(self.key(sid, role) for role in ROLES)))
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -255,11 +286,18 @@ class TaskStore:
     async def terminal_events(self, sid: str, after: str = "0-0", block_ms: int | None = None,
                               count: int = 10000) -> tuple[str, list[tuple[int, TaskState]]]:
         """Tasks that reached a terminal state after stream position `after`: (new position, [(i, state)])."""
+        position, events = await self.terminal_events_with_output(sid, after, block_ms, count)
+        return position, [(i, s) for i, s, _ in events]
+
+    async def terminal_events_with_output(
+        self, sid: str, after: str = "0-0", block_ms: int | None = None, count: int = 10000
+    ) -> tuple[str, list[tuple[int, TaskState, bytes | None]]]:
+        """As terminal_events, with the output when it was small enough to travel in the event."""
         reply = await self.redis.xread({self.key(sid, "done"): after}, count=count, block=block_ms)
         if not reply:
             return after, []
         entries = reply[0][1]
-        events = [(int(fields[b"i"]), TaskState(fields[b"s"].decode())) for _, fields in entries]
+        events = [(int(f[b"i"]), TaskState(f[b"s"].decode()), f.get(b"o")) for _, f in entries]
         return entries[-1][0].decode(), events
 
     async def stream_position(self, sid: str) -> str:
