@@ -156,6 +156,15 @@ def celery_run(port: int, n: int, latency_n: int) -> dict[str, float]:
     return result
 
 
+def run_loop():
+    """uvloop when installed (gridop's worker and sync client use it too), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=100_000, help="tasks for submit-only and end-to-end")
@@ -167,7 +176,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         redis_proc = start_redis(port, tmp)
         try:
-            g = asyncio.run(gridop_run(f"redis://127.0.0.1:{port}/0", args.tasks, args.latency))
+            g = run_loop()(gridop_run(f"redis://127.0.0.1:{port}/0", args.tasks, args.latency))
             c = None if args.skip_celery else celery_run(port, args.celery_tasks or args.tasks, args.latency)
         finally:
             stop([redis_proc])

@@ -56,14 +56,23 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event | None = None) 
     return dataclasses.asdict(stats)
 
 
+def _event_loop_runner() -> Any:
+    """uvloop when available: its faster I/O path is most of a worker's per-task overhead."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
+
+
 def _process_main(options: WorkerOptions) -> None:
-    asyncio.run(run_worker(options))
+    _event_loop_runner()(run_worker(options))
 
 
 def run_processes(options: WorkerOptions, processes: int) -> int:
     """Run `processes` worker processes (one event loop each); returns the worst exit code."""
     if processes <= 1:
-        asyncio.run(run_worker(options))
+        _event_loop_runner()(run_worker(options))
         return 0
     ctx = multiprocessing.get_context("spawn")
     children = [ctx.Process(target=_process_main, args=(options,), daemon=False) for _ in range(processes)]

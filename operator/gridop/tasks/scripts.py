@@ -17,6 +17,65 @@ local meta = KEYS[1]
 local base = string.sub(meta, 1, #meta - 4)
 local q, st, att, lease, own, inp, out, err, n, retry, done = base .. 'q', base .. 'st', base .. 'att', base .. 'lease', base .. 'own', base .. 'in', base .. 'out', base .. 'err', base .. 'n', base .. 'retry', base .. 'done'
 local ts_sub, ts_q, ts_claim, ts_start, ts_fin, wake = base .. 'ts:submitted', base .. 'ts:queued', base .. 'ts:claimed', base .. 'ts:started', base .. 'ts:finished', base .. 'wake'
+local idle = base .. 'idle'
+-- Bulk writes: one command per key per script instead of one per task (Redis time per task is
+-- dominated by command dispatch, so this is most of the data plane's throughput).
+local function chunks(list, fn, step)
+  step = step or 4000
+  for lo = 1, #list, step do fn(unpack(list, lo, math.min(lo + step - 1, #list))) end
+end
+local function hset_all(key, pairs) chunks(pairs, function(...) redis.call('HSET', key, ...) end) end
+local function hmget_all(key, fields)
+  local values = {}
+  chunks(fields, function(...)
+    local part = redis.call('HMGET', key, ...)
+    for j = 1, #part do values[#values + 1] = part[j] end
+  end)
+  return values
+end
+-- Claim the pending ones among `ids` for `worker`; returns flat {i, token, attempt, input, ...}
+-- and how many were claimed (counters are the caller's).
+local function claim_all(ids, worker, now, deadline)
+  local states, attempts = hmget_all(st, ids), hmget_all(att, ids)
+  local taken, set_st, set_own, set_att, set_ts, leases = {}, {}, {}, {}, {}, {}
+  local tokens, tries = {}, {}
+  for j, i in ipairs(ids) do
+    if states[j] == 'pending' then
+      local a = tonumber(attempts[j] or '0') + 1
+      local token = worker .. ':' .. a
+      taken[#taken + 1] = i
+      tokens[#tokens + 1] = token
+      tries[#tries + 1] = a
+      set_st[#set_st + 1] = i; set_st[#set_st + 1] = 'processing'
+      set_own[#set_own + 1] = i; set_own[#set_own + 1] = token
+      set_att[#set_att + 1] = i; set_att[#set_att + 1] = a
+      set_ts[#set_ts + 1] = i; set_ts[#set_ts + 1] = now
+      leases[#leases + 1] = deadline; leases[#leases + 1] = i
+    end
+  end
+  local result = {}
+  if #taken == 0 then return result, 0 end
+  hset_all(st, set_st); hset_all(own, set_own); hset_all(att, set_att); hset_all(ts_claim, set_ts)
+  chunks(leases, function(...) redis.call('ZADD', lease, ...) end)
+  local inputs = hmget_all(inp, taken)
+  for j, i in ipairs(taken) do
+    result[#result + 1] = i
+    result[#result + 1] = tokens[j]
+    result[#result + 1] = tries[j]
+    result[#result + 1] = inputs[j]
+  end
+  return result, #taken
+end
+-- Claim task i for `worker` (the caller checked it is pending and accounted the counters).
+local function take(i, worker, now, deadline)
+  local a = redis.call('HINCRBY', att, i, 1)
+  local token = worker .. ':' .. a
+  redis.call('HSET', st, i, 'processing')
+  redis.call('HSET', own, i, token)
+  redis.call('ZADD', lease, deadline, i)
+  redis.call('HSET', ts_claim, i, now)
+  return token, a
+end
 local function backoff(a)
   local base = tonumber(redis.call('HGET', meta, 'backoff') or '1')
   local mult = tonumber(redis.call('HGET', meta, 'backoff_mult') or '2')
@@ -51,23 +110,7 @@ local count, now, deadline, worker = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4
 if redis.call('HGET', meta, 'cancelled') == '1' or redis.call('HGET', meta, 'suspended') == '1' then return {} end
 local ids = redis.call('LPOP', q, count)
 if not ids then return {} end
-local result = {}
-local claimed = 0
-for _, i in ipairs(ids) do
-  if redis.call('HGET', st, i) == 'pending' then
-    local a = redis.call('HINCRBY', att, i, 1)
-    local token = worker .. ':' .. a
-    redis.call('HSET', st, i, 'processing')
-    redis.call('HSET', own, i, token)
-    redis.call('ZADD', lease, deadline, i)
-    redis.call('HSET', ts_claim, i, now)
-    claimed = claimed + 1
-    result[#result + 1] = i
-    result[#result + 1] = token
-    result[#result + 1] = a
-    result[#result + 1] = redis.call('HGET', inp, i)
-  end
-end
+local result, claimed = claim_all(ids, worker, now, deadline)
 if claimed > 0 then
   redis.call('HINCRBY', n, 'pending', -claimed)
   redis.call('HINCRBY', n, 'processing', claimed)
@@ -75,20 +118,28 @@ end
 return result
 """
 
-# ARGV: now, then (i, token, outcome, payload, started) per task; outcome is ok | error | fatal.
+# ARGV: now, next_count, worker, lease_seconds, idle_ttl, then (i, token, outcome, payload, started)
+# per task; outcome is ok | error | fatal. After recording the outcomes, the worker's next step
+# happens in the same call: claim up to next_count more tasks, or, when there are none and
+# idle_ttl > 0, register it for direct handoff. Returns {applied, stale, idle entry or false,
+# then i, token, attempt, input per newly claimed task}.
 COMPLETE = _PRELUDE + """
-local now = ARGV[1]
+local now, next_count, worker, lease_s, idle_ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local ids = {}
+for k = 6, #ARGV, 5 do ids[#ids + 1] = ARGV[k] end
+local owners, states = hmget_all(own, ids), hmget_all(st, ids)
 local applied, stale, finished = 0, 0, 0
-for k = 2, #ARGV, 5 do
-  local i, token, outcome, payload, started = ARGV[k], ARGV[k + 1], ARGV[k + 2], ARGV[k + 3], ARGV[k + 4]
-  if redis.call('HGET', own, i) == token and redis.call('HGET', st, i) == 'processing' then
-    redis.call('HDEL', own, i)
-    redis.call('ZREM', lease, i)
-    if started ~= '' then redis.call('HSET', ts_start, i, started) end
+local released, set_out, set_st, set_fin, set_start = {}, {}, {}, {}, {}
+for j, i in ipairs(ids) do
+  local k = 6 + (j - 1) * 5
+  local token, outcome, payload, started = ARGV[k + 1], ARGV[k + 2], ARGV[k + 3], ARGV[k + 4]
+  if owners[j] == token and states[j] == 'processing' then
+    released[#released + 1] = i
+    if started ~= '' then set_start[#set_start + 1] = i; set_start[#set_start + 1] = started end
     if outcome == 'ok' then
-      redis.call('HSET', out, i, payload)
-      redis.call('HSET', st, i, 'finished')
-      redis.call('HSET', ts_fin, i, now)
+      set_out[#set_out + 1] = i; set_out[#set_out + 1] = payload
+      set_st[#set_st + 1] = i; set_st[#set_st + 1] = 'finished'
+      set_fin[#set_fin + 1] = i; set_fin[#set_fin + 1] = now
       -- Small outputs ride along in the event, so a waiting client needs no second read.
       if #payload <= 512 then
         redis.call('XADD', done, '*', 'i', i, 's', 'finished', 'o', payload)
@@ -111,11 +162,31 @@ for k = 2, #ARGV, 5 do
     stale = stale + 1  -- reclaimed after a lost lease, or cancelled: this result does not count
   end
 end
+if #released > 0 then
+  chunks(released, function(...) redis.call('HDEL', own, ...) end)
+  chunks(released, function(...) redis.call('ZREM', lease, ...) end)
+end
+hset_all(out, set_out); hset_all(st, set_st); hset_all(ts_fin, set_fin); hset_all(ts_start, set_start)
 if finished > 0 then
   redis.call('HINCRBY', n, 'processing', -finished)
   redis.call('HINCRBY', n, 'finished', finished)
 end
-return {applied, stale}
+local result = {applied, stale, false}
+if next_count > 0 and redis.call('HGET', meta, 'cancelled') ~= '1' and redis.call('HGET', meta, 'suspended') ~= '1' then
+  local next_ids = redis.call('LPOP', q, next_count)
+  local claimed_list, claimed = {}, 0
+  if next_ids then claimed_list, claimed = claim_all(next_ids, worker, now, tonumber(now) + lease_s) end
+  if claimed > 0 then
+    redis.call('HINCRBY', n, 'pending', -claimed)
+    redis.call('HINCRBY', n, 'processing', claimed)
+    for _, v in ipairs(claimed_list) do result[#result + 1] = v end
+  elseif idle_ttl > 0 then
+    local entry = worker .. '|' .. lease_s .. '|' .. (tonumber(now) + idle_ttl)
+    redis.call('RPUSH', idle, entry)
+    result[3] = entry
+  end
+end
+return result
 """
 
 # ARGV: deadline, then (i, token) per in-flight task. Returns the ids this worker no longer owns.
@@ -204,18 +275,45 @@ local now = ARGV[1]
 local count = #ARGV - 1
 local total = redis.call('HINCRBY', meta, 'total', count)
 local first = total - count
+local open = redis.call('HGET', meta, 'cancelled') ~= '1' and redis.call('HGET', meta, 'suspended') ~= '1'
+-- A worker waiting idle gets the task handed straight to its inbox, already claimed: no queue
+-- round trip. Entries are "worker|lease seconds|registration expiry".
+local function idle_worker()
+  while open do
+    local entry = redis.call('LPOP', idle)
+    if not entry then return nil end
+    local worker, lease_s, expires = string.match(entry, '^(.*)|([^|]*)|([^|]*)$')
+    if worker and tonumber(expires) > tonumber(now) then return worker, tonumber(lease_s) end
+  end
+  return nil
+end
+local queued, handed = 0, 0
+local set_in, set_ts, set_st, queue = {}, {}, {}, {}
 for k = 2, #ARGV do
   local i = first + k - 2
-  redis.call('HSET', inp, i, ARGV[k])
-  redis.call('HSET', st, i, 'pending')
-  redis.call('HSET', ts_sub, i, now)
-  redis.call('HSET', ts_q, i, now)
-  redis.call('RPUSH', q, i)
+  set_in[#set_in + 1] = i; set_in[#set_in + 1] = ARGV[k]
+  set_ts[#set_ts + 1] = i; set_ts[#set_ts + 1] = now
+  local worker, lease_s = nil, nil
+  if queued == 0 then worker, lease_s = idle_worker() end  -- once one is queued, the rest queue too
+  if worker then
+    local token, a = take(i, worker, now, tonumber(now) + lease_s)
+    redis.call('RPUSH', base .. 'inbox:' .. worker, i .. '\\n' .. token .. '\\n' .. a .. '\\n' .. ARGV[k])
+    handed = handed + 1
+  else
+    set_st[#set_st + 1] = i; set_st[#set_st + 1] = 'pending'
+    queue[#queue + 1] = i
+    queued = queued + 1
+  end
 end
+hset_all(inp, set_in); hset_all(ts_sub, set_ts); hset_all(ts_q, set_ts); hset_all(st, set_st)
+chunks(queue, function(...) redis.call('RPUSH', q, ...) end)
 redis.call('HINCRBY', meta, 'submitted', count)
-redis.call('HINCRBY', n, 'pending', count)
-redis.call('RPUSH', wake, 1)
-redis.call('LTRIM', wake, -64, -1)
+if handed > 0 then redis.call('HINCRBY', n, 'processing', handed) end
+if queued > 0 then
+  redis.call('HINCRBY', n, 'pending', queued)
+  redis.call('RPUSH', wake, 1)
+  redis.call('LTRIM', wake, -64, -1)
+end
 local last = redis.call('XREVRANGE', done, '+', '-', 'COUNT', 1)
 if #last > 0 then return {first, last[1][1]} end
 return {first, '0-0'}
@@ -262,4 +360,13 @@ for j = 1, k do
   result[#result + 1] = payload
 end
 return result
+"""
+
+# ARGV: entry. A worker stops waiting: withdraw its idle registration. If a sender already took
+# it, a task is (atomically) in the worker's inbox: return that inbox item so it is not missed.
+UNIDLE = _PRELUDE + """
+local entry = ARGV[1]
+if redis.call('LREM', idle, 1, entry) == 1 then return false end
+local worker = string.match(entry, '^(.*)|[^|]*|[^|]*$')
+return redis.call('LPOP', base .. 'inbox:' .. worker)
 """

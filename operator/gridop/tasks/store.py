@@ -33,7 +33,7 @@ from .states import STAGES, TaskState
 
 SESSION_ID = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 SUBMIT_CHUNK = 5000
-ROLES = ("meta", "q", "st", "att", "lease", "own", "in", "out", "err", "n", "retry", "done", "wake",
+ROLES = ("meta", "q", "st", "att", "lease", "own", "in", "out", "err", "n", "retry", "done", "wake", "idle",
          *(f"ts:{stage}" for stage in STAGES))
 
 
@@ -94,7 +94,7 @@ class TaskStore:
         self.prefix = prefix
         self._scripts = {
             name: redis.register_script(getattr(scripts, name))
-            for name in ("CLAIM", "COMPLETE", "HEARTBEAT", "SWEEP", "CANCEL", "APPEND", "COLLECT")
+            for name in ("CLAIM", "COMPLETE", "HEARTBEAT", "SWEEP", "CANCEL", "APPEND", "COLLECT", "UNIDLE")
         }
 
     @classmethod
@@ -193,21 +193,49 @@ class TaskStore:
             for k in range(0, len(flat), 4)
         ]
 
-    async def wait_for_work(self, sid: str, timeout: float) -> None:
-        """Block until someone nudges the batch's wake list (or the timeout passes)."""
-        await self.redis.blpop([self.key(sid, "wake")], timeout=timeout)
+    async def register_idle(self, sid: str, worker: str, lease_seconds: float, ttl: float) -> str:
+        """Offer this worker for direct handoff of the next appended task; returns the registration."""
+        entry = f"{worker}|{lease_seconds}|{time.time() + ttl}"
+        await self.redis.rpush(self.key(sid, "idle"), entry)
+        return entry
+
+    async def wait_for_work(self, sid: str, worker: str, timeout: float) -> ClaimedTask | None:
+        """Block until a task is handed to this worker (returned, already claimed) or the batch's
+        wake list is nudged (None: go and claim), or the timeout passes (None)."""
+        reply = await self.redis.blpop([self.key(sid, f"inbox:{worker}"), self.key(sid, "wake")], timeout=timeout)
+        if reply is None or reply[0].decode().endswith(":wake"):
+            return None
+        return _inbox_item(reply[1])
+
+    async def unidle(self, sid: str, entry: str) -> ClaimedTask | None:
+        """Withdraw a registration; a task handed over meanwhile is returned rather than lost."""
+        item = await self._scripts["UNIDLE"](keys=self.keys(sid), args=[entry])
+        return _inbox_item(item) if item else None
 
     async def nudge(self, sid: str) -> None:
         await self.redis.rpush(self.key(sid, "wake"), 1)
 
     async def complete(self, sid: str, outcomes: Iterable[Outcome]) -> tuple[int, int]:
-        args: list[Any] = [time.time()]
+        """Record outcomes: (applied, stale). Stale results (task reclaimed or cancelled) are dropped."""
+        applied, stale, _, _ = await self.complete_and_next(sid, outcomes)
+        return applied, stale
+
+    async def complete_and_next(
+        self, sid: str, outcomes: Iterable[Outcome], *, worker: str = "", next_count: int = 0,
+        lease_seconds: float = 30.0, idle_ttl: float = 0.0,
+    ) -> tuple[int, int, str | None, list[ClaimedTask]]:
+        """Record outcomes and take the next step in the same round trip: claim up to `next_count`
+        more tasks, or (none left, idle_ttl > 0) register for direct handoff.
+        Returns (applied, stale, idle registration or None, newly claimed tasks)."""
+        args: list[Any] = [time.time(), next_count, worker, lease_seconds, idle_ttl]
         for o in outcomes:
             args += [o.index, o.token, o.outcome, o.payload, "" if o.started is None else o.started]
-        if len(args) == 1:
-            return 0, 0
-        applied, stale = await self._scripts["COMPLETE"](keys=self.keys(sid), args=args)
-        return int(applied), int(stale)
+        reply = await self._scripts["COMPLETE"](keys=self.keys(sid), args=args)
+        claimed = [
+            ClaimedTask(int(reply[k]), reply[k + 1].decode(), int(reply[k + 2]), reply[k + 3])
+            for k in range(3, len(reply), 4)
+        ]
+        return int(reply[0]), int(reply[1]), reply[2].decode() if reply[2] else None, claimed
 
     async def heartbeat(self, sid: str, held: Iterable[tuple[int, str]], lease_seconds: float) -> list[int]:
         """Extend the leases of the tasks we hold; returns those we no longer own (cancelled or reclaimed)."""
@@ -235,7 +263,8 @@ class TaskStore:
 
     async def delete(self, sid: str) -> int:
         """Remove every key of the batch."""
-        return int(await self.redis.delete(*(self.key(sid, role) for role in ROLES)))
+        inboxes = [k async for k in self.redis.scan_iter(match=self.key(sid, "inbox:*"), count=1000)]
+        return int(await self.redis.delete(*(self.key(sid, role) for role in ROLES), *inboxes))
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -311,6 +340,11 @@ class TaskStore:
             position, events = await self.terminal_events(sid, position, block_ms=block_ms)
             for event in events:
                 yield event
+
+
+def _inbox_item(raw: bytes) -> ClaimedTask:
+    index, token, attempt, payload = raw.split(b"\n", 3)
+    return ClaimedTask(int(index), token.decode(), int(attempt), payload)
 
 
 def encode_tasks(tasks_list: Any, max_payload_bytes: int) -> list[bytes]:

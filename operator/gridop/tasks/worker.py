@@ -74,6 +74,7 @@ class WorkerStats:
     errors: int = 0
     stale: int = 0
     batches: int = 0
+    handoffs: int = 0  # tasks handed straight to this worker while it waited
 
 
 def _describe(exc: BaseException) -> str:
@@ -163,17 +164,21 @@ class Worker:
     async def run(self, stop: asyncio.Event | None = None) -> WorkerStats:
         stop = stop or asyncio.Event()
         heartbeats = asyncio.create_task(self._heartbeat_loop())
+        claimed: list[ClaimedTask] = []
+        idle_entry: str | None = None  # our direct-handoff registration, when the last step made one
         try:
-            while not stop.is_set():
-                claimed = await self.store.claim(self.sid, self.worker_id, self.batch_size, self.lease_seconds)
+            while claimed or not stop.is_set():
+                if not claimed:
+                    claimed = await self.store.claim(self.sid, self.worker_id, self.batch_size, self.lease_seconds)
                 if not claimed:
                     if self.exit_when_done and await self._batch_done():
+                        if idle_entry is not None:
+                            claimed = [t for t in [await self.store.unidle(self.sid, idle_entry)] if t]
+                            idle_entry = None
+                            continue
                         break
-                    waiter = asyncio.create_task(self.store.wait_for_work(self.sid, self.idle_wait))
-                    stopper = asyncio.create_task(stop.wait())
-                    await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
-                    for t in (waiter, stopper):
-                        t.cancel()
+                    claimed = await self._wait_for_work(stop, idle_entry)
+                    idle_entry = None
                     continue
                 if len(claimed) == self.batch_size:
                     await self.store.nudge(self.sid)  # likely more work: wake an idle sibling
@@ -181,19 +186,46 @@ class Worker:
                 self.stats.batches += 1
                 self._held.update({t.index: t.token for t in claimed})
                 outcomes = await self._run_batch(claimed)
-                applied, stale = await self.store.complete(self.sid, outcomes)
+                # Report, and take the next batch (or register as idle) in the same round trip.
+                stopping = stop.is_set()
+                _, stale, idle_entry, following = await self.store.complete_and_next(
+                    self.sid, outcomes, worker=self.worker_id, next_count=0 if stopping else self.batch_size,
+                    lease_seconds=self.lease_seconds, idle_ttl=0 if stopping else self.idle_wait + 1,
+                )
                 self.stats.stale += stale
                 self.stats.finished += sum(1 for o in outcomes if o.outcome == "ok")
                 self.stats.errors += sum(1 for o in outcomes if o.outcome != "ok")
                 for t in claimed:
                     self._held.pop(t.index, None)
                     self._lost.discard(t.index)
+                claimed = following
         finally:
             heartbeats.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeats
             self._executor.shutdown(wait=False, cancel_futures=True)
         return self.stats
+
+    async def _wait_for_work(self, stop: asyncio.Event, entry: str | None) -> list[ClaimedTask]:
+        """Idle: offer ourselves for direct handoff and wait for a task, a nudge, or a stop."""
+        if entry is None:
+            entry = await self.store.register_idle(self.sid, self.worker_id, self.lease_seconds, ttl=self.idle_wait + 1)
+        waiter = asyncio.create_task(self.store.wait_for_work(self.sid, self.worker_id, self.idle_wait))
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        handed = None
+        if waiter.done():
+            handed = waiter.result()
+        else:
+            waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiter
+        if handed is None:
+            handed = await self.store.unidle(self.sid, entry)
+        if handed is not None:
+            self.stats.handoffs += 1
+        return [handed] if handed is not None else []
 
     async def _batch_done(self) -> bool:
         meta = await self.store.meta(self.sid)
