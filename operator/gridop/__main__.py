@@ -39,7 +39,7 @@ def _worker(args: argparse.Namespace) -> int:
     options = WorkerOptions(
         redis_url=args.redis_url, session_id=args.session, handler=args.handler, batch_size=args.batch_size,
         heartbeat_seconds=args.heartbeat, lease_seconds=args.lease, task_timeout=args.timeout,
-        retry_on_error=not args.fail_on_error, exit_when_done=not args.keep_running,
+        retry_on_error=not args.fail_on_error, exit_when_done=not args.keep_running, key_prefix=args.key_prefix,
     )
     return run_processes(options, args.processes)
 
@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="per-task timeout in seconds (default: none)")
     wk.add_argument("--fail-on-error", action="store_true", default=env("GRIDOP_RETRY_ON_ERROR") == "false",
                     help="fail tasks whose handler raises instead of retrying them")
+    wk.add_argument("--key-prefix", default=env("GRIDOP_KEY_PREFIX", "gridop:default"),
+                    help="data-plane key prefix [GRIDOP_KEY_PREFIX]; the operator uses gridop:<namespace>")
     wk.add_argument("--keep-running", action="store_true", help="keep waiting for work when the batch is done")
     wk.add_argument("--processes", type=int, default=int(env("GRIDOP_PROCESSES", "1")))
     wk.add_argument("--log-format", default=env("GRIDOP_LOG_FORMAT", "json"), choices=["json", "text"])

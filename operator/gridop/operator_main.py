@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 import kopf
+import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -18,6 +19,7 @@ from .kube import ClusterAccess, KubeClient, load_cluster_access
 from .kube.events import EventRecorder
 from .kube.lease import LeaderElector
 from .sessions.reconciler import SessionReconciler
+from .tasks.reconciler import BatchReconciler
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,8 @@ async def run_operator(
         log.error("signing keys unusable: %s", exc)
     kwargs = {"clock": clock} if clock is not None else {}
     reconciler = SessionReconciler(client, settings, keys, EventRecorder(client), **kwargs)
+    redis = aioredis.Redis.from_url(settings.redis_url) if settings.redis_url else None
+    batches = BatchReconciler(client, settings, redis, EventRecorder(client), **kwargs)
     ready = ready_flag or asyncio.Event()
     stop = stop_flag or asyncio.Event()
     runner = await serve_health(settings.metrics_port, ready) if serve_metrics else None
@@ -86,7 +90,7 @@ async def run_operator(
             holding = asyncio.create_task(elector.hold(on_lost))
         await kopf.operator(
             registry=build_registry(),
-            memo=kopf.Memo(reconciler=reconciler, wakeups=Wakeups()),
+            memo=kopf.Memo(reconciler=reconciler, batches=batches, wakeups=Wakeups()),
             clusterwide=not settings.watch_namespaces,
             namespaces=settings.watch_namespaces,
             standalone=True,  # no kopf peering: leadership is the Lease above
@@ -100,6 +104,8 @@ async def run_operator(
             await elector.release()
         if runner is not None:
             await runner.cleanup()
+        if redis is not None:
+            await redis.aclose()
         await client.close()
     if lost.is_set():
         raise LeadershipLost("another replica took over the leader lease")

@@ -21,6 +21,11 @@ class Settings(BaseSettings):
     resource_node_label: str = Field(default="gridop.io/resource-node", description="Label (and taint key) of resource nodes.")
     gateway_url: str | None = Field(default=None, description="External URL of the console gateway, for status.console.")
 
+    redis_url: str | None = Field(default=None, description="The task data plane (redis://[:password@]host:port/db).")
+    redis_secret: str | None = Field(default=None, description="Secret (key `url`) workers read the data plane URL from.")
+    image: str = Field(default="ghcr.io/gridop/gridop:0.1.0", description="gridop's own image: default for TaskBatch workers.")
+    batch_status_interval_seconds: float = Field(default=1.0, ge=0.1, description="At most one status write per batch per interval.")
+
     resync_seconds: float = Field(default=30.0, gt=0, description="Re-check every session at least this often.")
     status_min_interval_seconds: float = Field(default=1.0, ge=0)
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
-from .v1alpha1 import common, gridsession
+from .v1alpha1 import common, gridsession, taskbatch
 
-KINDS: list[ModuleType] = [gridsession]
+KINDS: list[ModuleType] = [gridsession, taskbatch]
 
 
 def structural(schema: dict[str, Any], defs: dict[str, Any] | None = None, *, keep_defaults: bool = True) -> dict[str, Any]:

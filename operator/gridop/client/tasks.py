@@ -79,7 +79,9 @@ class AsyncGridConnector:
         # Where each session's terminal-event stream stood just before our last send to it: lets
         # get_results wait for exactly those events instead of polling first.
         self._positions: dict[str, str] = {}
-        self._store = TaskStore(aioredis.Redis.from_url(self.redis_url), prefix=str(config.get("key_prefix", "gridop")))
+        self.namespace = str(config.get("namespace", "default"))
+        prefix = str(config.get("key_prefix", f"gridop:{self.namespace}"))
+        self._store = TaskStore(aioredis.Redis.from_url(self.redis_url), prefix=prefix)
 
     @property
     def store(self) -> TaskStore:

@@ -22,6 +22,7 @@ from .wakeups import Wakeups
 log = logging.getLogger(__name__)
 
 GS = dict(group=GROUP, version=VERSION, plural="gridsessions")
+TB = dict(group=GROUP, version=VERSION, plural="taskbatches")
 FINALIZER = "gridop.io/finalizer"
 MAX_BACKOFF = 60.0
 
@@ -96,5 +97,30 @@ def build_registry() -> kopf.OperatorRegistry:
     async def session_deleted(body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
         await memo.reconciler.finalize(body)
         memo.wakeups.forget(namespace, name)
+
+    @kopf.daemon(**TB, id="batch-loop", cancellation_timeout=5.0, registry=registry)
+    async def batch_loop(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+        failures = 0
+        while True:
+            try:
+                delay = await memo.batches.reconcile(namespace, name)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                delay = min(MAX_BACKOFF, 2.0**failures)
+                metrics.RECONCILE_ERRORS.labels("TaskBatch", type(exc).__name__).inc()
+                log.exception("taskbatch %s/%s: reconcile failed (retry in %.0fs)", namespace, name, delay)
+            await memo.wakeups.wait(namespace, f"tb/{name}", delay)
+
+    @kopf.on.event(**TB, id="batch-changed", registry=registry)
+    def batch_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+        memo.wakeups.wake(namespace, f"tb/{name}")
+
+    @kopf.on.delete(**TB, id="batch-cleanup", retries=10, backoff=3.0, registry=registry)
+    async def batch_deleted(body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+        await memo.batches.finalize(body)
+        memo.wakeups.forget(namespace, f"tb/{name}")
 
     return registry

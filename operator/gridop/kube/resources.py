@@ -1,6 +1,6 @@
 """The resources gridop talks to."""
 
-from ..api.v1alpha1 import GROUP, VERSION, gridsession
+from ..api.v1alpha1 import GROUP, VERSION, gridsession, taskbatch
 from .client import Resource
 
 PODS = Resource("", "v1", "pods", "Pod")
@@ -12,3 +12,5 @@ NODES = Resource("", "v1", "nodes", "Node", namespaced=False)
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
 CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", namespaced=False)
 GRIDSESSIONS = Resource(GROUP, VERSION, gridsession.PLURAL, gridsession.KIND)
+TASKBATCHES = Resource(GROUP, VERSION, taskbatch.PLURAL, taskbatch.KIND)
+JOBS = Resource("batch", "v1", "jobs", "Job")

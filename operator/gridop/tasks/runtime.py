@@ -29,7 +29,7 @@ class WorkerOptions:
     task_timeout: float | None = None
     retry_on_error: bool = True
     exit_when_done: bool = True
-    key_prefix: str = "gridop"
+    key_prefix: str = "gridop:default"
 
 
 async def run_worker(options: WorkerOptions, stop: asyncio.Event | None = None) -> dict[str, Any]:

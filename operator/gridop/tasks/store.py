@@ -89,7 +89,7 @@ class BatchExists(ValueError):
 
 
 class TaskStore:
-    def __init__(self, redis: aioredis.Redis, *, prefix: str = "gridop"):
+    def __init__(self, redis: aioredis.Redis, *, prefix: str = "gridop:default"):
         self.redis = redis
         self.prefix = prefix
         self._scripts = {

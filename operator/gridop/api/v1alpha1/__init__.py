@@ -1,6 +1,6 @@
 """gridop.io/v1alpha1."""
 
-from . import gridsession
+from . import gridsession, taskbatch
 from .common import API_VERSION, GROUP, VERSION, Condition, ConditionStatus, KubeModel, find_condition, set_condition, utcnow
 from .gridsession import GridSession, GridSessionSpec, GridSessionStatus, Phase
 
@@ -17,6 +17,7 @@ __all__ = [
     "Phase",
     "find_condition",
     "gridsession",
+    "taskbatch",
     "set_condition",
     "utcnow",
 ]

@@ -1,0 +1,131 @@
+"""The TaskBatch reconciler: counters from Redis, workers as a Job, status at a bounded rate.
+
+One pass per batch about every second: sweep the data plane (lost leases, due retries), read
+the counters (one HGETALL), scale the worker Job, and write the status only when it changed and
+no more often than `batch_status_interval_seconds`, whatever the task rate.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from ..api.v1alpha1 import utcnow
+from ..api.v1alpha1.taskbatch import BatchPhase, TaskBatchSpec, TaskBatchStatus, TaskCounts
+from ..kube import AlreadyExists, KubeClient, resources
+from ..kube.events import EventRecorder
+from ..settings import Settings
+from .batch import decide, job_name, worker_job
+from .store import TaskStore
+
+log = logging.getLogger(__name__)
+
+
+def key_prefix(namespace: str) -> str:
+    """Batches are named per namespace, so the namespace is part of every data-plane key
+    (the SDK and the workers derive the same prefix)."""
+    return f"gridop:{namespace}"
+
+
+class BatchReconciler:
+    def __init__(self, client: KubeClient, settings: Settings, redis: Any | None, recorder: EventRecorder,
+                 *, clock: Any = utcnow):
+        self.client = client
+        self.settings = settings
+        self.redis = redis
+        self.recorder = recorder
+        self.clock = clock
+        self._stores: dict[str, TaskStore] = {}
+        self._last_write: dict[tuple[str, str], float] = {}
+
+    def store(self, namespace: str) -> TaskStore | None:
+        if self.redis is None:
+            return None
+        if namespace not in self._stores:
+            self._stores[namespace] = TaskStore(self.redis, prefix=key_prefix(namespace))
+        return self._stores[namespace]
+
+    async def reconcile(self, namespace: str, name: str) -> float:
+        body = await self.client.get(resources.TASKBATCHES, name, namespace)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return self.settings.resync_seconds
+        spec = TaskBatchSpec.model_validate(body["spec"])
+        status = TaskBatchStatus.model_validate(body.get("status") or {})
+        store = self.store(namespace)
+        counts, data_meta, error = TaskCounts(), {}, None
+        if store is None:
+            error = "the operator has no data plane: set GRIDOP_REDIS_URL (chart value redis)"
+        else:
+            try:
+                if not BatchPhase(status.phase).is_terminal:
+                    await store.sweep(name)
+                raw = await store.counts(name)
+                data_meta = await store.meta(name)
+                counts = TaskCounts(total=int(data_meta.get("total", 0)), **raw)
+            except Exception as exc:  # Redis down or refusing: report it, keep the last counts
+                error = f"data plane unreachable: {type(exc).__name__}: {exc}"
+        decision = decide(body["metadata"], spec, status, counts, data_meta, data_plane_error=error,
+                          now=self.clock(), resync=self.settings.resync_seconds)
+
+        if store is not None and error is None:
+            if decision.cancel_tasks:
+                cancelled = await store.cancel(name)
+                await self.recorder.record(body, "Normal", "Cancelled", f"cancelled tasks: {cancelled}")
+            if decision.set_suspended is not None:
+                await store.set_suspended(name, decision.set_suspended)
+        if error is None:
+            await self._apply_job(body, spec, decision.parallelism)
+        if decision.delete_batch:
+            await self.client.delete(resources.TASKBATCHES, name, namespace)
+            return self.settings.resync_seconds
+        await self._report(body, status, decision.status)
+        return decision.requeue_after
+
+    async def _apply_job(self, body: Mapping[str, Any], spec: TaskBatchSpec, parallelism: int) -> None:
+        meta = body["metadata"]
+        job = await self.client.get(resources.JOBS, job_name(meta["name"]), meta["namespace"])
+        if job is None:
+            if parallelism == 0:
+                return  # nothing to run yet (or any more)
+            try:
+                await self.client.create(resources.JOBS, worker_job(dict(meta), spec, self.settings, parallelism),
+                                         meta["namespace"])
+            except AlreadyExists:
+                pass
+            return
+        current = job.get("spec", {})
+        if current.get("parallelism") != parallelism or bool(current.get("suspend")) != spec.suspend:
+            await self.client.patch(resources.JOBS, job_name(meta["name"]),
+                                    {"spec": {"parallelism": parallelism, "suspend": spec.suspend}}, meta["namespace"])
+
+    async def _report(self, body: Mapping[str, Any], old: TaskBatchStatus, new: TaskBatchStatus) -> None:
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        before, after = (body.get("status") or {}), new.to_kube()
+        if before == after:
+            return
+        phase_changed = old.phase != new.phase
+        now = time.monotonic()
+        if not phase_changed and now - self._last_write.get(key, 0.0) < self.settings.batch_status_interval_seconds:
+            return  # counters only: at most one write per interval
+        patch = {k: v for k, v in after.items() if before.get(k) != v}
+        patch.update({k: None for k in before if k not in after})
+        await self.client.patch(resources.TASKBATCHES, meta["name"], {"status": patch}, meta["namespace"],
+                                subresource="status")
+        self._last_write[key] = now
+        if phase_changed:
+            ready = next((c for c in new.conditions if c.type == "Ready"), None)
+            kind = "Warning" if new.phase == BatchPhase.FAILED.value else "Normal"
+            await self.recorder.record(body, kind, str(new.phase), ready.message if ready else str(new.phase))
+            log.info("taskbatch %s/%s: %s -> %s", meta["namespace"], meta["name"], old.phase, new.phase)
+
+    async def finalize(self, body: Mapping[str, Any]) -> None:
+        """Remove the batch's data-plane keys; the worker Job goes with its owner."""
+        meta = body["metadata"]
+        store = self.store(meta["namespace"])
+        if store is not None:
+            removed = await store.delete(meta["name"])
+            log.info("taskbatch %s/%s: removed %d data-plane keys", meta["namespace"], meta["name"], removed)
+        self._last_write.pop((meta["namespace"], meta["name"]), None)
