@@ -45,10 +45,12 @@ def test_defaults_render_a_restricted_operator_with_crds_and_rbac() -> None:
     kinds = sorted({d["kind"] for d in docs})
     assert kinds == sorted(
         ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment", "Role", "RoleBinding",
-         "Service", "ServiceAccount"]
+         "Secret", "Service", "ServiceAccount", "StatefulSet"]
     )
-    crd = by_kind(docs, "CustomResourceDefinition")[0]
-    assert crd == yaml.safe_load((ROOT / "crds" / "gridsessions.gridop.io.yaml").read_text())
+    crds = {c["metadata"]["name"]: c for c in by_kind(docs, "CustomResourceDefinition")}
+    for path in (ROOT / "crds").glob("*.yaml"):
+        committed = yaml.safe_load(path.read_text())
+        assert crds[committed["metadata"]["name"]] == committed
 
     (deploy,) = by_kind(docs, "Deployment")
     pod = deploy["spec"]["template"]["spec"]
@@ -63,7 +65,27 @@ def test_defaults_render_a_restricted_operator_with_crds_and_rbac() -> None:
     assert env["GRIDOP_WATCH_NAMESPACES"] == "[]"
     assert env["GRIDOP_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert env["GRIDOP_LEADER_ELECTION"] == "true"
+    assert env["GRIDOP_REDIS_URL"] == {"secretKeyRef": {"name": "gridop-redis", "key": "url"}}
     assert not by_kind(docs, "ServiceMonitor")
+
+
+def test_embedded_redis_persists_and_has_a_generated_password() -> None:
+    docs = render()
+    (sts,) = by_kind(docs, "StatefulSet")
+    assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    assert "--appendonly" in sts["spec"]["template"]["spec"]["containers"][0]["args"]
+    (secret,) = by_kind(docs, "Secret")
+    assert len(secret["stringData"]["password"]) == 32
+    assert secret["stringData"]["url"].startswith("redis://:") and "gridop-redis.gridop-system.svc:6379" in secret["stringData"]["url"]
+
+
+def test_external_redis_replaces_the_embedded_one() -> None:
+    docs = render("redis.enabled=false", "redis.externalUrl=redis://cache.example:6379/3")
+    assert not by_kind(docs, "StatefulSet")
+    (secret,) = by_kind(docs, "Secret")
+    assert secret["stringData"] == {"url": "redis://cache.example:6379/3"}
+    result = helm("template", "gridop", str(CHART), "--set", "redis.enabled=false", check=False)
+    assert result.returncode != 0 and "needs redis.externalUrl" in result.stderr
 
 
 def _rules(role: dict[str, Any]) -> set[tuple[str, str, str]]:
@@ -86,6 +108,8 @@ def test_cluster_rbac_grants_what_the_operator_does_and_no_wildcards() -> None:
         ("", "pods", "watch"), ("", "services", "create"), ("", "configmaps", "patch"), ("", "secrets", "create"),
         ("", "nodes", "get"), ("", "nodes", "watch"), ("", "events", "create"),
         ("coordination.k8s.io", "leases", "update"),
+        ("gridop.io", "taskbatches", "watch"), ("gridop.io", "taskbatches/status", "patch"),
+        ("batch", "jobs", "create"), ("batch", "jobs", "patch"),
     }
     assert needed <= rules, needed - rules
     assert not any("*" in part for rule in rules for part in rule)

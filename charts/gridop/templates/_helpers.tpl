@@ -29,14 +29,17 @@ app.kubernetes.io/component: operator
 {{/* Rules on namespaced objects: granted cluster-wide or per watched namespace. */}}
 {{- define "gridop.namespacedRules" -}}
 - apiGroups: [gridop.io]
-  resources: [gridsessions]
+  resources: [gridsessions, taskbatches]
   verbs: [get, list, watch, patch, update, delete]
 - apiGroups: [gridop.io]
-  resources: [gridsessions/status]
+  resources: [gridsessions/status, taskbatches/status]
   verbs: [get, patch, update]
 - apiGroups: [gridop.io]
-  resources: [gridsessions/finalizers]
+  resources: [gridsessions/finalizers, taskbatches/finalizers]
   verbs: [update]
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, create, patch, delete]
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, create, delete, patch]
@@ -47,3 +50,6 @@ app.kubernetes.io/component: operator
   resources: [events]
   verbs: [create, patch]
 {{- end -}}
+
+
+{{- define "gridop.redisSecret" -}}{{ include "gridop.fullname" . }}-redis{{- end -}}

@@ -20,12 +20,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import yaml
+from redis.exceptions import RedisError
 
 from ..api.v1alpha1 import API_VERSION, GridSessionSpec, Phase
 from ..api.v1alpha1.gridsession import KIND
 from ..client.sessions import validate_session_id
 from ..kube import KubeClient, KubeError, load_cluster_access, resources
 from ..sessions.config import read_session_config_file
+from . import tasks as tasks_cli
 
 
 def age(timestamp: str | None, now: datetime.datetime | None = None) -> str:
@@ -178,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     get = verbs.add_parser("get", help="show one session")
     get.add_argument("name")
     get.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+
+    tasks_cli.add_parser(kinds)
     return parser
 
 
@@ -186,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb == "ls":
         args.verb = "list"
     try:
+        if args.kind in ("tasks", "tb"):
+            return asyncio.run(tasks_cli.run(args))
         return asyncio.run(run(args))
     except ValueError as exc:
         print(f"Error: {exc}", file=sys.stderr)
@@ -195,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except OSError as exc:
         print(f"Error: cannot reach the cluster: {exc}", file=sys.stderr)
+        return 1
+    except RedisError as exc:
+        print(f"Error: data plane: {exc}", file=sys.stderr)
         return 1
 
 
