@@ -182,7 +182,7 @@ def main() -> None:
             stop([redis_proc])
     cn = args.celery_tasks or args.tasks
     print(f"\nTasks benchmark: zero-work task, 2 worker processes each, one local redis-server, {os.cpu_count()} cores")
-    print(f"{'':34}{'gridop':>14}{'Celery':>14}")
+    print(f"{'':46}{'gridop':>14}{'Celery':>14}")
     rows = [
         ("submit only (tasks/s)", "submit", "{:>14,.0f}"),
         (f"end to end, {args.tasks:,}/{cn:,} tasks (tasks/s)", "e2e", "{:>14,.0f}"),
@@ -190,7 +190,7 @@ def main() -> None:
         ("single-task round trip p99 (ms)", "p99", "{:>14.2f}"),
     ]
     for label, key, fmt in rows:
-        print(f"{label:34}" + fmt.format(g[key]) + (fmt.format(c[key]) if c else f"{'skipped':>14}"))
+        print(f"{label:46}" + fmt.format(g[key]) + (fmt.format(c[key]) if c else f"{'skipped':>14}"))
 
 
 if __name__ == "__main__":

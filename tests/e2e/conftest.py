@@ -25,9 +25,15 @@ import pytest
 import yaml
 
 from gridop.kube import KubeClient, load_cluster_access, resources
+from tests.waiting import eventually as _eventually
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 RESOURCE_LABEL = "gridop.io/resource-node"
+
+
+async def eventually(check: Callable[[], Any], timeout: float, what: str = "") -> Any:
+    """Real clusters are slow: poll once a second."""
+    return await _eventually(check, timeout=timeout, interval=1.0, what=what)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -37,21 +43,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "tests/e2e" in str(item.fspath):
             item.add_marker(skip)
-
-
-async def eventually(check: Callable[[], Any], timeout: float, interval: float = 1.0, what: str = "") -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    last = None
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        last = result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{what or 'condition'} not met within {timeout}s; last: {last!r}")
-        await asyncio.sleep(interval)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import kmock
@@ -19,6 +19,7 @@ from gridop.kube import ClusterAccess, KubeClient
 from gridop.operator_main import run_operator
 from gridop.settings import Settings
 from tests.emulator import ApiServer, register_crds, rv
+from tests.waiting import eventually  # noqa: F401  (re-exported for the tests)
 
 NAMESPACE = "grid"
 
@@ -57,22 +58,6 @@ async def operator(emulator: kmock.KubernetesEmulator, settings: Settings) -> As
     stop.set()
     with contextlib.suppress(asyncio.CancelledError):  # kopf cancels its own tasks on a stop flag
         await asyncio.wait_for(task, timeout=20)
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05) -> Any:
-    """Poll until `check()` returns a truthy value (or an awaitable of one); fail with the last state."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    last: Any = None
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        last = result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s; last result: {last!r}")
-        await asyncio.sleep(interval)
 
 
 def seed(emulator: kmock.KubernetesEmulator, resource: str, obj: dict[str, Any]) -> dict[str, Any]:

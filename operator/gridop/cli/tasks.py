@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import json
 import os
-import pathlib
 import subprocess
 import sys
 import time

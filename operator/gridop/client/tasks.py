@@ -36,8 +36,7 @@ AWS_ONLY_KEYS = frozenset({
 })
 KNOWN_KEYS = frozenset({
     "redis_url", "grid_storage_service", "dynamodb_results_pull_interval_sec", "results_poll_interval_sec",
-    "max_payload_bytes", "max_retries", "retry_backoff_sec", "session_prefix", "key_prefix", "task_batch",
-    "namespace", "kubeconfig", "context",
+    "max_payload_bytes", "max_retries", "retry_backoff_sec", "session_prefix", "key_prefix", "namespace",
 })
 SESSION_ID = re.compile(r"^[a-z0-9]([-a-z0-9]{0,51}[a-z0-9])?$")
 DEFAULT_MAX_PAYLOAD = 1024 * 1024

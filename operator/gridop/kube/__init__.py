@@ -1,7 +1,7 @@
 """Async Kubernetes access: cluster credentials, a thin REST client, and object builders."""
 
 from .access import ClusterAccess, load_cluster_access
-from .client import AlreadyExists, Conflict, KubeClient, KubeError, NotFound, Resource
+from .client import AlreadyExists, Conflict, KubeClient, KubeError, NotFound, Resource, merge_patch
 from . import resources
 
 __all__ = [
@@ -13,5 +13,6 @@ __all__ = [
     "NotFound",
     "Resource",
     "load_cluster_access",
+    "merge_patch",
     "resources",
 ]

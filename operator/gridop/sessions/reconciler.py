@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import metrics
-from ..api.v1alpha1 import GridSession, GridSessionStatus, Phase, utcnow
+from ..api.v1alpha1 import GridSession, Phase, utcnow
 from ..auth.keystore import KeyringSource
 from ..auth.tokens import SigningKeyError, issue_session_token, token_expiry
-from ..kube import AlreadyExists, KubeClient, resources
+from ..kube import AlreadyExists, KubeClient, merge_patch, resources
 from ..kube.events import EventRecorder
 from ..settings import Settings
 from . import plan
@@ -30,14 +30,6 @@ log = logging.getLogger(__name__)
 def _label_match(node: Mapping[str, Any], selector: Mapping[str, str]) -> bool:
     labels = node.get("metadata", {}).get("labels") or {}
     return all(labels.get(k) == v for k, v in selector.items())
-
-
-def status_patch(before: Mapping[str, Any], new: GridSessionStatus) -> dict[str, Any]:
-    """A merge patch from the stored status to the new one: fields that disappeared are sent as null."""
-    after = new.to_kube()
-    patch: dict[str, Any] = {k: v for k, v in after.items() if before.get(k) != v}
-    patch.update({k: None for k in before if k not in after})
-    return patch
 
 
 class SessionReconciler:
@@ -184,7 +176,7 @@ class SessionReconciler:
     async def report(self, session: GridSession, body: Mapping[str, Any], decision: Decision) -> None:
         ns, name = session.metadata["namespace"], session.metadata["name"]
         old, new = session.status, decision.status
-        patch = status_patch(body.get("status") or {}, new)
+        patch = merge_patch(body.get("status") or {}, new.to_kube())
         if patch and Do.DELETE_SESSION not in decision.actions:
             await self.client.patch(resources.GRIDSESSIONS, name, {"status": patch}, ns, subresource="status")
         if old.phase != new.phase:

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..api.v1alpha1 import utcnow
 from ..api.v1alpha1.taskbatch import BatchPhase, TaskBatchSpec, TaskBatchStatus, TaskCounts
-from ..kube import AlreadyExists, KubeClient, resources
+from ..kube import AlreadyExists, KubeClient, merge_patch, resources
 from ..kube.events import EventRecorder
 from ..settings import Settings
 from .batch import decide, job_name, worker_job
@@ -110,9 +110,7 @@ class BatchReconciler:
         now = time.monotonic()
         if not phase_changed and now - self._last_write.get(key, 0.0) < self.settings.batch_status_interval_seconds:
             return  # counters only: at most one write per interval
-        patch = {k: v for k, v in after.items() if before.get(k) != v}
-        patch.update({k: None for k in before if k not in after})
-        await self.client.patch(resources.TASKBATCHES, meta["name"], {"status": patch}, meta["namespace"],
+        await self.client.patch(resources.TASKBATCHES, meta["name"], {"status": merge_patch(before, after)}, meta["namespace"],
                                 subresource="status")
         self._last_write[key] = now
         if phase_changed:

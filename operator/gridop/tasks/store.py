@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -328,18 +328,6 @@ class TaskStore:
         entries = reply[0][1]
         events = [(int(f[b"i"]), TaskState(f[b"s"].decode()), f.get(b"o")) for _, f in entries]
         return entries[-1][0].decode(), events
-
-    async def stream_position(self, sid: str) -> str:
-        """The id of the latest terminal event (to wait for events after it without missing any)."""
-        last = await self.redis.xrevrange(self.key(sid, "done"), count=1)
-        return last[0][0].decode() if last else "0-0"
-
-    async def stream_terminal(self, sid: str, block_ms: int = 1000) -> AsyncIterator[tuple[int, TaskState]]:
-        position = "0-0"
-        while True:
-            position, events = await self.terminal_events(sid, position, block_ms=block_ms)
-            for event in events:
-                yield event
 
 
 def _inbox_item(raw: bytes) -> ClaimedTask:

@@ -1,0 +1,21 @@
+"""Handlers that ship in the gridop image, for trying TaskBatches without building one.
+
+    handler: gridop.tasks.examples:square
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+def square(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """{"x": 3} -> {"x": 3, "square": 9}"""
+    x = event["x"]
+    return {"x": x, "square": x * x}
+
+
+def sleep(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """{"seconds": 0.5} sleeps that long (a stand-in for real work)."""
+    time.sleep(float(event.get("seconds", 0.1)))
+    return {"slept": event.get("seconds", 0.1), "task_id": context.task_id, "attempt": context.attempt}
