@@ -13,3 +13,7 @@ SESSION_START_SECONDS = Histogram(
 RECONCILE_SECONDS = Histogram("gridop_reconcile_seconds", "Duration of one reconcile pass", ["kind"])
 RECONCILE_ERRORS = Counter("gridop_reconcile_errors_total", "Reconcile passes that raised", ["kind", "error"])
 POD_RECOVERIES = Counter("gridop_session_pod_recoveries_total", "Session pods recreated after a loss", ["reason"])
+TASKS = Gauge("gridop_tasks", "Tasks of a TaskBatch by state", ["namespace", "batch", "state"])
+QUEUE_DEPTH = Gauge("gridop_task_queue_depth", "Tasks waiting for a worker (pending + retrying)", ["namespace", "batch"])
+BATCH_WORKERS = Gauge("gridop_taskbatch_workers", "Worker parallelism the operator asked for", ["namespace", "batch"])
+SWEEP_SECONDS = Histogram("gridop_sweep_seconds", "Duration of one data-plane sweep of a batch")

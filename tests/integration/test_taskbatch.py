@@ -70,8 +70,8 @@ async def test_a_batch_scales_workers_reports_counts_and_cleans_up(
         env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
         assert env["GRIDOP_SESSION_ID"] == "tb1" and env["GRIDOP_HANDLER"] == "tests.dataplane.handlers:echo"
         assert env["GRIDOP_KEY_PREFIX"] == f"gridop:{NAMESPACE}" and env["GRIDOP_REDIS_URL"] == redis_url
-        st = await eventually(lambda: phase_is(api, "tb1", "Running"))
-        assert st["counts"]["pending"] == 50 and st["counts"]["total"] == 50
+        st = await eventually(lambda: _counts_are(api, "tb1", pending=50, total=50))
+        assert st["phase"] == "Running" and st["workers"] == 3
 
         # The Job's pods (played here by in-process workers) run the tasks.
         await Worker(batch_store, "tb1", handlers.echo, heartbeat_seconds=0.2, lease_seconds=2).run()
@@ -88,6 +88,12 @@ async def test_a_batch_scales_workers_reports_counts_and_cleans_up(
     await eventually(lambda: _absent(api, "tb1"))
     assert not await batch_store.exists("tb1")
     assert await batch_store.redis.keys(f"gridop:{NAMESPACE}:{{tb1}}:*") == []
+
+
+async def _counts_are(api: KubeClient, name: str, **expected: int) -> dict | None:
+    st = await status(api, name)
+    counts = st.get("counts") or {}
+    return st if all(counts.get(k) == v for k, v in expected.items()) else None
 
 
 async def _job_with_parallelism(api: KubeClient, name: str, n: int) -> dict | None:

@@ -142,6 +142,9 @@ def decide(
         return d
 
     active = counts.pending + counts.retrying + counts.processing
+    # Only a batch whose every task is accounted for in a terminal state is over (a guard against
+    # ever finishing on a partial view).
+    settled = active == 0 and counts.finished + counts.failed + counts.cancelled == counts.total
     cancelled_flag = data_meta.get("cancelled") == "1"
     if spec.cancel and not cancelled_flag and counts.total > 0:
         d.cancel_tasks = True
@@ -154,12 +157,12 @@ def decide(
         ready(counts.total > 0, "WaitingForTasks" if counts.total == 0 else "Submitting",
               "no tasks submitted yet" if counts.total == 0 else f"{data_meta.get('submitted')} of {data_meta.get('total')} tasks submitted")
         d.parallelism = desired_workers(spec, counts) if not spec.suspend else 0
-    elif (cancelled_flag or spec.cancel) and active == 0:
+    elif (cancelled_flag or spec.cancel) and settled:
         st.phase = BatchPhase.CANCELLED
         st.completion_time = st.completion_time or now
         ready(False, "Cancelled", f"cancelled: {counts.cancelled} tasks cancelled, {counts.finished} finished")
         complete(True, "Cancelled", f"{counts.cancelled} of {counts.total} tasks cancelled")
-    elif active == 0:
+    elif settled:
         st.completion_time = st.completion_time or now
         if counts.failed or counts.cancelled:
             st.phase = BatchPhase.FAILED

@@ -7,11 +7,13 @@ no more often than `batch_status_interval_seconds`, whatever the task rate.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
 from typing import Any
 
+from .. import metrics
 from ..api.v1alpha1 import utcnow
 from ..api.v1alpha1.taskbatch import BatchPhase, TaskBatchSpec, TaskBatchStatus, TaskCounts
 from ..kube import AlreadyExists, KubeClient, merge_patch, resources
@@ -60,14 +62,22 @@ class BatchReconciler:
         else:
             try:
                 if not BatchPhase(status.phase).is_terminal:
-                    await store.sweep(name)
-                raw = await store.counts(name)
-                data_meta = await store.meta(name)
+                    with metrics.SWEEP_SECONDS.time():
+                        await store.sweep(name)
+                data_meta, raw = await store.snapshot(name)
                 counts = TaskCounts(total=int(data_meta.get("total", 0)), **raw)
             except Exception as exc:  # Redis down or refusing: report it, keep the last counts
                 error = f"data plane unreachable: {type(exc).__name__}: {exc}"
         decision = decide(body["metadata"], spec, status, counts, data_meta, data_plane_error=error,
                           now=self.clock(), resync=self.settings.resync_seconds)
+        log.debug("taskbatch %s/%s: counts %s, phase %s, workers %d, next pass in %.1fs", namespace, name,
+                  counts.to_kube(), BatchPhase(decision.status.phase).value, decision.parallelism, decision.requeue_after)
+        if error is None:
+            for state, value in counts.to_kube().items():
+                if state != "total":
+                    metrics.TASKS.labels(namespace, name, state).set(value)
+            metrics.QUEUE_DEPTH.labels(namespace, name).set(counts.pending + counts.retrying)
+            metrics.BATCH_WORKERS.labels(namespace, name).set(decision.parallelism)
 
         if store is not None and error is None:
             if decision.cancel_tasks:
@@ -116,8 +126,10 @@ class BatchReconciler:
         if phase_changed:
             ready = next((c for c in new.conditions if c.type == "Ready"), None)
             kind = "Warning" if new.phase == BatchPhase.FAILED.value else "Normal"
-            await self.recorder.record(body, kind, str(new.phase), ready.message if ready else str(new.phase))
-            log.info("taskbatch %s/%s: %s -> %s", meta["namespace"], meta["name"], old.phase, new.phase)
+            phase = BatchPhase(new.phase).value
+            await self.recorder.record(body, kind, phase, ready.message if ready else phase)
+            log.info("taskbatch %s/%s: %s -> %s", meta["namespace"], meta["name"], BatchPhase(old.phase).value,
+                     BatchPhase(new.phase).value)
 
     async def finalize(self, body: Mapping[str, Any]) -> None:
         """Remove the batch's data-plane keys; the worker Job goes with its owner."""
@@ -127,3 +139,9 @@ class BatchReconciler:
             removed = await store.delete(meta["name"])
             log.info("taskbatch %s/%s: removed %d data-plane keys", meta["namespace"], meta["name"], removed)
         self._last_write.pop((meta["namespace"], meta["name"]), None)
+        for gauge in (metrics.QUEUE_DEPTH, metrics.BATCH_WORKERS):
+            with contextlib.suppress(KeyError):
+                gauge.remove(meta["namespace"], meta["name"])
+        for state in ("pending", "processing", "retrying", "finished", "failed", "cancelled"):
+            with contextlib.suppress(KeyError):
+                metrics.TASKS.remove(meta["namespace"], meta["name"], state)

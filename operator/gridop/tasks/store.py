@@ -275,6 +275,17 @@ class TaskStore:
         raw = await self.redis.hgetall(self.key(sid, "meta"))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
+    async def snapshot(self, sid: str) -> tuple[dict[str, str], dict[str, int]]:
+        """(meta, counts) read atomically: a submission chunk moves both at once, so a reader
+        must not see one before and the other after it."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hgetall(self.key(sid, "meta"))
+        pipe.hgetall(self.key(sid, "n"))
+        raw_meta, raw_counts = await pipe.execute()
+        counts = {s.value: 0 for s in TaskState}
+        counts.update({k.decode(): int(v) for k, v in raw_counts.items()})
+        return {k.decode(): v.decode() for k, v in raw_meta.items()}, counts
+
     async def counts(self, sid: str) -> dict[str, int]:
         raw = await self.redis.hgetall(self.key(sid, "n"))
         counts = {s.value: 0 for s in TaskState}
