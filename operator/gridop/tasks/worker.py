@@ -199,6 +199,13 @@ class Worker:
                     self._held.pop(t.index, None)
                     self._lost.discard(t.index)
                 claimed = following
+            if idle_entry is not None:
+                # Stopping while offered for handoff: withdraw, and finish a task handed over meanwhile.
+                handed = await self.store.unidle(self.sid, idle_entry)
+                if handed is not None:
+                    self._held[handed.index] = handed.token
+                    await self.store.complete(self.sid, await self._run_batch([handed]))
+                    self._held.pop(handed.index, None)
         finally:
             heartbeats.cancel()
             with contextlib.suppress(asyncio.CancelledError):
