@@ -71,9 +71,9 @@ async def gridop_run(url: str, n: int, latency_n: int) -> dict[str, float]:
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
-    def workers(sid: str, keep_running: bool = False) -> list[subprocess.Popen[bytes]]:
+    def workers(sid: str, keep_running: bool = False, handler: str = "zero") -> list[subprocess.Popen[bytes]]:
         args = [sys.executable, "-m", "gridop", "worker", "--redis-url", url, "--session", sid,
-                "--handler", "bench.handlers:zero", "--batch-size", "512", "--log-level", "WARNING"]
+                "--handler", f"bench.handlers:{handler}", "--batch-size", "512", "--log-level", "WARNING"]
         if keep_running:
             args.append("--keep-running")
         return [subprocess.Popen(args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL) for _ in range(2)]
@@ -99,19 +99,22 @@ async def gridop_run(url: str, n: int, latency_n: int) -> dict[str, float]:
         result["e2e"] = n / elapsed
         stop(procs)
 
-        # Single-task round trips against idle, waiting workers.
-        procs = workers("rtt", keep_running=True)
-        await c.send([{}], session_id="rtt", append=True)
-        await c.get_results({"session_id": "rtt", "task_ids": ["rtt-0"]}, timeout_sec=60)
-        samples = []
-        for _ in range(latency_n):
-            t0 = time.perf_counter()
-            sub = await c.send([{}], session_id="rtt", append=True)
-            res = await c.get_results(sub, timeout_sec=10)
-            samples.append(time.perf_counter() - t0)
-            assert res["metadata"]["tasks_in_response"] == 1
-        stop(procs)
-        result["p50"], result["p99"] = statistics.median(samples) * 1000, pct(samples, 0.99) * 1000
+        # Single-task round trips against idle, waiting workers: the sync handler (as Celery's), and
+        # the same task as an async handler, which skips the worker's thread hop.
+        for key, handler in (("", "zero"), ("async_", "azero")):
+            sid = f"rtt-{handler}"
+            procs = workers(sid, keep_running=True, handler=handler)
+            await c.send([{}], session_id=sid, append=True)
+            await c.get_results({"session_id": sid, "task_ids": [f"{sid}-0"]}, timeout_sec=60)
+            samples = []
+            for _ in range(latency_n):
+                t0 = time.perf_counter()
+                sub = await c.send([{}], session_id=sid, append=True)
+                res = await c.get_results(sub, timeout_sec=10)
+                samples.append(time.perf_counter() - t0)
+                assert res["metadata"]["tasks_in_response"] == 1
+            stop(procs)
+            result[f"{key}p50"], result[f"{key}p99"] = statistics.median(samples) * 1000, pct(samples, 0.99) * 1000
     return result
 
 
@@ -191,6 +194,8 @@ def main() -> None:
     ]
     for label, key, fmt in rows:
         print(f"{label:46}" + fmt.format(g[key]) + (fmt.format(c[key]) if c else f"{'skipped':>14}"))
+    print(f"{'same, gridop async handler p50 / p99 (ms)':46}{g['async_p50']:>14.2f}{'':>14}")
+    print(f"{'':46}{g['async_p99']:>14.2f}{'':>14}")
 
 
 if __name__ == "__main__":

@@ -101,6 +101,12 @@ class TaskStore:
     def from_url(cls, url: str, **kwargs: Any) -> TaskStore:
         return cls(aioredis.Redis.from_url(url, **kwargs))
 
+    def clone(self) -> TaskStore:
+        """A store with its own connections to the same Redis (for use from another thread's loop)."""
+        kwargs = dict(self.redis.connection_pool.connection_kwargs)
+        pool = aioredis.ConnectionPool(connection_class=self.redis.connection_pool.connection_class, **kwargs)
+        return TaskStore(aioredis.Redis(connection_pool=pool), prefix=self.prefix)
+
     async def close(self) -> None:
         await self.redis.aclose()
 

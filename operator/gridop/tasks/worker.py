@@ -1,8 +1,10 @@
 """The worker runtime: pull tasks in batches, run the user's handler, heartbeat, report.
 
 A handler is `module:function(event, context) -> dict`. Async handlers run concurrently on the
-event loop; sync handlers run a batch at a time in a thread, watched from the loop so that one
-that hangs past the task timeout is reported (and abandoned) without stopping the worker.
+event loop. Sync handlers run one after another on the loop itself when there is no task
+timeout (no thread hop per batch), or in a thread watched from the loop when there is one, so a
+handler that hangs past its timeout is reported (and abandoned) without stopping the worker.
+Heartbeats run in a thread of their own, so a long sync handler never starves its leases.
 Cancellation and lost leases come back with each heartbeat and stop the affected tasks.
 """
 
@@ -163,7 +165,11 @@ class Worker:
 
     async def run(self, stop: asyncio.Event | None = None) -> WorkerStats:
         stop = stop or asyncio.Event()
-        heartbeats = asyncio.create_task(self._heartbeat_loop())
+        loop = asyncio.get_running_loop()
+        beating = threading.Event()
+        heartbeats = threading.Thread(target=self._heartbeat_thread, args=(loop, beating), name="gridop-heartbeat",
+                                      daemon=True)
+        heartbeats.start()
         claimed: list[ClaimedTask] = []
         idle_entry: str | None = None  # our direct-handoff registration, when the last step made one
         try:
@@ -207,9 +213,8 @@ class Worker:
                     await self.store.complete(self.sid, await self._run_batch([handed]))
                     self._held.pop(handed.index, None)
         finally:
-            heartbeats.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeats
+            beating.set()
+            await asyncio.to_thread(heartbeats.join, 10)
             self._executor.shutdown(wait=False, cancel_futures=True)
         return self.stats
 
@@ -244,24 +249,35 @@ class Worker:
         submitted_all = meta.get("submitted") == meta.get("total")
         return submitted_all and counts["pending"] + counts["processing"] + counts["retrying"] == 0
 
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.heartbeat_seconds)
-            held = list(self._held.items())
-            if not held:
-                continue
+    def _heartbeat_thread(self, loop: asyncio.AbstractEventLoop, stop: threading.Event) -> None:
+        """Renew our leases every heartbeat from a thread of our own (with its own connections)."""
+
+        async def beat() -> None:
+            store = self.store.clone()
             try:
-                lost = await self.store.heartbeat(self.sid, held, self.lease_seconds)
-            except Exception as exc:  # Redis hiccup: the lease outlives a missed heartbeat
-                log.warning("heartbeat failed: %s", exc)
-                continue
-            for index in lost:
-                self._lost.add(index)
-                task = self._async_tasks.get(index)
-                if task is not None:
-                    task.cancel()
-            if lost:
-                log.info("stopped %d task(s) that were cancelled or reclaimed", len(lost))
+                while not stop.wait(self.heartbeat_seconds):
+                    held = list(self._held.items())
+                    if not held:
+                        continue
+                    try:
+                        lost = await store.heartbeat(self.sid, held, self.lease_seconds)
+                    except Exception as exc:  # Redis hiccup: the lease outlives a missed heartbeat
+                        log.warning("heartbeat failed: %s", exc)
+                        continue
+                    for index in lost:
+                        self._lost.add(index)
+                        loop.call_soon_threadsafe(self._cancel_async, index)
+                    if lost:
+                        log.info("stopping %d task(s) that were cancelled or reclaimed", len(lost))
+            finally:
+                await store.close()
+
+        asyncio.run(beat())
+
+    def _cancel_async(self, index: int) -> None:
+        task = self._async_tasks.get(index)
+        if task is not None:
+            task.cancel()
 
     def _context(self, task: ClaimedTask) -> Context:
         deadline = time.monotonic() + self.task_timeout if self.task_timeout else None
@@ -313,6 +329,10 @@ class Worker:
                 self._async_tasks.pop(task.index, None)
 
     async def _run_sync(self, items: list[tuple[ClaimedTask, Any, Context]]) -> list[Outcome]:
+        if not self.task_timeout:
+            # Nothing to watch for: run on the loop, sparing a thread hop per batch.
+            return [_call(self.handler, task, event, ctx, time.time())
+                    for task, event, ctx in items if task.index not in self._lost]
         loop = asyncio.get_running_loop()
         outcomes: dict[int, Outcome] = {}
         remaining = items
