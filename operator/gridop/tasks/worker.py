@@ -191,6 +191,7 @@ class Worker:
                 self.stats.claimed += len(claimed)
                 self.stats.batches += 1
                 self._held.update({t.index: t.token for t in claimed})
+                self._lost.difference_update(t.index for t in claimed)  # a new claim supersedes old news
                 outcomes = await self._run_batch(claimed)
                 # Report, and take the next batch (or register as idle) in the same round trip.
                 stopping = stop.is_set()
@@ -264,9 +265,12 @@ class Worker:
                     except Exception as exc:  # Redis hiccup: the lease outlives a missed heartbeat
                         log.warning("heartbeat failed: %s", exc)
                         continue
+                    sent = dict(held)
                     for index in lost:
-                        self._lost.add(index)
-                        loop.call_soon_threadsafe(self._cancel_async, index)
+                        # Only if we still hold the claim we asked about (not a newer one since).
+                        if self._held.get(index) == sent.get(index):
+                            self._lost.add(index)
+                            loop.call_soon_threadsafe(self._cancel_async, index)
                     if lost:
                         log.info("stopping %d task(s) that were cancelled or reclaimed", len(lost))
             finally:
