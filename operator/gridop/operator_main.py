@@ -68,9 +68,10 @@ async def run_operator(
         # Not fatal: sessions report it in their Ready condition until the Secret is fixed.
         log.error("signing keys unusable: %s", exc)
     kwargs = {"clock": clock} if clock is not None else {}
-    reconciler = SessionReconciler(client, settings, keys, EventRecorder(client), **kwargs)
+    recorder = EventRecorder(client)
+    reconciler = SessionReconciler(client, settings, keys, recorder, **kwargs)
     redis = aioredis.Redis.from_url(settings.redis_url) if settings.redis_url else None
-    batches = BatchReconciler(client, settings, redis, EventRecorder(client), **kwargs)
+    batches = BatchReconciler(client, settings, redis, recorder, **kwargs)
     ready = ready_flag or asyncio.Event()
     stop = stop_flag or asyncio.Event()
     runner = await serve_health(settings.metrics_port, ready) if serve_metrics else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
@@ -25,6 +26,26 @@ GS = dict(group=GROUP, version=VERSION, plural="gridsessions")
 TB = dict(group=GROUP, version=VERSION, plural="taskbatches")
 FINALIZER = "gridop.io/finalizer"
 MAX_BACKOFF = 60.0
+
+
+async def reconcile_forever(
+    kind: str, reconcile: Callable[[str, str], Awaitable[float]], wakeups: Wakeups,
+    namespace: str, name: str, wake_key: str,
+) -> None:
+    """One object's level-based loop: reconcile, then sleep until woken or the pass's deadline."""
+    failures = 0
+    while True:
+        try:
+            delay = await reconcile(namespace, name)
+            failures = 0
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bad pass must not kill the loop; back off and retry
+            failures += 1
+            delay = min(MAX_BACKOFF, 2.0**failures)
+            metrics.RECONCILE_ERRORS.labels(kind, type(exc).__name__).inc()
+            log.exception("%s %s/%s: reconcile failed (retry in %.0fs)", kind, namespace, name, delay)
+        await wakeups.wait(namespace, wake_key, delay)
 
 
 def build_registry() -> kopf.OperatorRegistry:
@@ -65,20 +86,7 @@ def build_registry() -> kopf.OperatorRegistry:
     @kopf.daemon(**GS, id="session-loop", cancellation_timeout=5.0, registry=registry)
     async def session_loop(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
         reconciler: SessionReconciler = memo.reconciler
-        wakeups: Wakeups = memo.wakeups
-        failures = 0
-        while True:
-            try:
-                delay = await reconciler.reconcile(namespace, name)
-                failures = 0
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a bad pass must not kill the loop; back off and retry
-                failures += 1
-                delay = min(MAX_BACKOFF, 2.0**failures)
-                metrics.RECONCILE_ERRORS.labels("GridSession", type(exc).__name__).inc()
-                log.exception("session %s/%s: reconcile failed (retry in %.0fs)", namespace, name, delay)
-            await wakeups.wait(namespace, name, delay)
+        await reconcile_forever("GridSession", reconciler.reconcile, memo.wakeups, namespace, name, name)
 
     @kopf.on.event(**GS, id="session-changed", registry=registry)
     def session_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
@@ -100,19 +108,7 @@ def build_registry() -> kopf.OperatorRegistry:
 
     @kopf.daemon(**TB, id="batch-loop", cancellation_timeout=5.0, registry=registry)
     async def batch_loop(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-        failures = 0
-        while True:
-            try:
-                delay = await memo.batches.reconcile(namespace, name)
-                failures = 0
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failures += 1
-                delay = min(MAX_BACKOFF, 2.0**failures)
-                metrics.RECONCILE_ERRORS.labels("TaskBatch", type(exc).__name__).inc()
-                log.exception("taskbatch %s/%s: reconcile failed (retry in %.0fs)", namespace, name, delay)
-            await memo.wakeups.wait(namespace, f"tb/{name}", delay)
+        await reconcile_forever("TaskBatch", memo.batches.reconcile, memo.wakeups, namespace, name, f"tb/{name}")
 
     @kopf.on.event(**TB, id="batch-changed", registry=registry)
     def batch_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:

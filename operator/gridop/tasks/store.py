@@ -20,7 +20,6 @@ Columns rather than a hash per task: a batch of N tasks is a few commands, not N
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -31,7 +30,6 @@ from . import scripts
 from .codec import PayloadError, decode, encode
 from .states import STAGES, TaskState
 
-SESSION_ID = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 SUBMIT_CHUNK = 5000
 ROLES = ("meta", "q", "st", "att", "lease", "own", "in", "out", "err", "n", "retry", "done", "wake", "idle",
          *(f"ts:{stage}" for stage in STAGES))
