@@ -1,4 +1,4 @@
-"""The one wiring point: `gridop operator | worker | crds`."""
+"""The one wiring point: `gridop operator | gateway | worker | crds`."""
 
 from __future__ import annotations
 
@@ -22,6 +22,48 @@ def _operator(args: argparse.Namespace) -> int:
         asyncio.run(run_operator(settings))
     except LeadershipLost as exc:
         print(f"gridop operator: {exc}; exiting to restart as a standby", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    import signal
+
+    from pydantic import ValidationError
+
+    from .gateway.app import run_gateway
+    from .kube.access import AccessError, load_cluster_access
+    from .logs import setup_logging
+    from .settings import Settings
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        print(f"gridop gateway: GRIDOP_{str(first['loc'][0]).upper()}: {first['msg']}", file=sys.stderr)
+        return 2
+    if args.namespace:
+        settings.watch_namespaces = list(args.namespace)
+    if args.port:
+        settings.gateway_port = args.port
+    setup_logging(settings.log_format, settings.log_level)
+    try:
+        access = load_cluster_access()
+    except AccessError as exc:
+        print(f"gridop gateway: {exc}", file=sys.stderr)
+        return 2
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_gateway(settings, access, stop_flag=stop)
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        print(f"gridop gateway: cannot listen on port {settings.gateway_port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     return 0
 
@@ -59,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     op = sub.add_parser("operator", help="run the operator (kopf) against the current cluster")
     op.add_argument("-n", "--namespace", action="append", help="watch only this namespace (repeatable); default: all")
     op.set_defaults(func=_operator)
+
+    gw = sub.add_parser("gateway", help="run the console gateway (websocket interact/tail)")
+    gw.add_argument("-n", "--namespace", action="append", help="serve only this namespace (repeatable); default: all")
+    gw.add_argument("--port", type=int, help="listen port (default: GRIDOP_GATEWAY_PORT or 8000)")
+    gw.set_defaults(func=_gateway)
 
     env = os.environ.get
     wk = sub.add_parser("worker", help="run task workers for one TaskBatch (session)")

@@ -16,6 +16,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):  # structured audit fields (the gateway's connection records)
+            entry.update({k: v for k, v in fields.items() if k not in entry})
         if hasattr(record, "k8s_ref"):  # kopf's per-object loggers say which object
             entry["object"] = record.k8s_ref
         if record.exc_info:

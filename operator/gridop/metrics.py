@@ -17,3 +17,12 @@ TASKS = Gauge("gridop_tasks", "Tasks of a TaskBatch by state", ["namespace", "ba
 QUEUE_DEPTH = Gauge("gridop_task_queue_depth", "Tasks waiting for a worker (pending + retrying)", ["namespace", "batch"])
 BATCH_WORKERS = Gauge("gridop_taskbatch_workers", "Worker parallelism the operator asked for", ["namespace", "batch"])
 SWEEP_SECONDS = Histogram("gridop_sweep_seconds", "Duration of one data-plane sweep of a batch")
+
+# The console gateway.
+CONSOLE_CONNECTIONS = Gauge("gridop_console_open_connections", "Open console connections", ["endpoint", "mode"])
+CONSOLE_CONNECTIONS_TOTAL = Counter("gridop_console_connections_total", "Console connections accepted", ["endpoint", "mode"])
+CONSOLE_BYTES = Counter("gridop_console_bytes_total", "Console bytes relayed", ["endpoint", "direction"])
+CONSOLE_DENIALS = Counter("gridop_console_denials_total", "Console requests refused, by HTTP status", ["endpoint", "status"])
+CONSOLE_UPSTREAM_ERRORS = Counter("gridop_console_upstream_errors_total", "Kubernetes API stream failures", ["endpoint", "reason"])
+CONSOLE_CLOSES = Counter("gridop_console_closes_total", "Console connections closed, by why", ["endpoint", "reason"])
+CONSOLE_UPSTREAMS = Gauge("gridop_console_upstreams", "Open upstream attach/exec streams (one per session, shared)")

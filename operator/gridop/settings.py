@@ -33,6 +33,29 @@ class Settings(BaseSettings):
     lease_name: str = "gridop-operator"
     pod_name: str = Field(default_factory=lambda: __import__("socket").gethostname(), description="Identity in the Lease.")
 
+    # The console gateway (`gridop gateway`).
+    gateway_port: int = Field(default=8000, ge=1, le=65535, description="Where the gateway serves websockets.")
+    gateway_default_namespace: str = Field(default="default", description="Namespace of the single-segment paths /interact/{session}.")
+    gateway_allowed_origins: list[str] = Field(
+        default_factory=list, description="Browser origins allowed besides the gateway's own; '*' allows any."
+    )
+    gateway_token_audiences: list[str] = Field(
+        default_factory=list, description="Audiences a Kubernetes token must carry (TokenReview); empty: the API server's."
+    )
+    gateway_console_container: str = Field(default="session", description="The session pod's container to attach to.")
+    gateway_console_command: list[str] = Field(
+        default_factory=list, description="Exec this command for the console instead of attaching to the container."
+    )
+    gateway_max_connections: int = Field(default=10000, ge=1, description="Open connections per gateway process.")
+    gateway_max_connections_per_user: int = Field(default=32, ge=1, description="Open connections per user (429 beyond).")
+    gateway_buffer_bytes: int = Field(default=256 * 1024, ge=4096, description="Output a viewer may have waiting before it is dropped.")
+    gateway_idle_timeout_seconds: float = Field(default=3600.0, ge=0, description="Close a connection without traffic this long; 0: never.")
+    gateway_ping_seconds: float = Field(default=30.0, gt=0, description="Websocket ping interval on both legs.")
+    gateway_activity_interval_seconds: float = Field(default=30.0, ge=1, description="At most one lastActive write per session per interval.")
+    gateway_auth_cache_seconds: float = Field(default=10.0, ge=0, description="How long TokenReview/SubjectAccessReview answers are reused.")
+    gateway_recording_dir: str | None = Field(default=None, description="Record interactive consoles as asciicast v2 files here.")
+    gateway_recording_required: bool = Field(default=True, description="Refuse (or end) a console whose recording fails.")
+
     metrics_port: int = 8080
     log_format: str = Field(default="json", pattern="^(json|text)$")
     log_level: str = "INFO"

@@ -109,6 +109,7 @@ def issue_session_token(
     tenant: str | None,
     lifetime: datetime.timedelta,
     now: datetime.datetime,
+    namespace: str | None = None,
 ) -> str:
     claims: dict[str, Any] = {
         "iss": issuer,
@@ -121,6 +122,8 @@ def issue_session_token(
         "exp": int((now + lifetime).timestamp()),
         "jti": uuid.uuid4().hex,
     }
+    if namespace is not None:
+        claims["ns"] = namespace  # binds the token to one session object, not to a name in any namespace
     return jwt.encode(
         claims, keyring.keys[keyring.active_kid], algorithm=ALGORITHM, headers={"kid": keyring.active_kid}
     )
@@ -135,20 +138,48 @@ def token_expiry(token: str) -> datetime.datetime | None:
     return datetime.datetime.fromtimestamp(exp, tz=datetime.UTC) if exp else None
 
 
+VerificationKeys = Mapping[str, ec.EllipticCurvePublicKey]
+
+
+def public_keys_from_jwks(jwks: Mapping[str, Any]) -> dict[str, ec.EllipticCurvePublicKey]:
+    """kid -> public key from a JWK Set; entries that are not ES256 P-256 keys are refused."""
+    keys: dict[str, ec.EllipticCurvePublicKey] = {}
+    for entry in jwks.get("keys") or []:
+        kid = entry.get("kid") if isinstance(entry, Mapping) else None
+        if not kid or entry.get("kty") != "EC" or entry.get("crv") != "P-256" or entry.get("alg", ALGORITHM) != ALGORITHM:
+            raise SigningKeyError(f"JWK {kid!r} is not an {ALGORITHM} P-256 key")
+        try:
+            key = jwt.algorithms.ECAlgorithm.from_jwk(dict(entry))
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+            raise SigningKeyError(f"JWK {kid!r} is unreadable: {exc}") from exc
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise SigningKeyError(f"JWK {kid!r} must hold a public key only")
+        keys[kid] = key
+    return keys
+
+
 def verify_token(
-    keyring: Keyring, token: str, *, audience: str, issuer: str, leeway: float = 5.0
+    keys: Keyring | VerificationKeys, token: str, *, audience: str, issuer: str, leeway: float = 5.0
 ) -> dict[str, Any]:
+    """The verified claims; TokenError otherwise.
+
+    The algorithm is pinned (ES256: `alg: none` and HMAC signed with the public key fail), the key
+    is chosen by `kid` among the known ones, and exp/iss/aud/sub/sid are required.
+    """
+    public = {kid: key.public_key() for kid, key in keys.keys.items()} if isinstance(keys, Keyring) else keys
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError as exc:
         raise TokenError(f"malformed token: {exc}") from exc
+    if header.get("alg") != ALGORITHM:
+        raise TokenError(f"token algorithm {header.get('alg')!r} is not accepted (only {ALGORITHM})")
     kid = header.get("kid")
-    if kid not in keyring.keys:
+    if kid not in public:
         raise TokenError(f"token signed with unknown key id {kid!r}")
     try:
         return jwt.decode(
             token,
-            keyring.keys[kid].public_key(),
+            public[kid],
             algorithms=[ALGORITHM],
             audience=audience,
             issuer=issuer,
@@ -157,3 +188,12 @@ def verify_token(
         )
     except jwt.PyJWTError as exc:
         raise TokenError(str(exc)) from exc
+
+
+def unverified_claims(token: str) -> dict[str, Any] | None:
+    """The claims of a JWT read without verification (only to route it to the right verifier)."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return None
+    return claims if isinstance(claims, dict) else None

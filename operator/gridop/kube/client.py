@@ -98,9 +98,11 @@ PATCH_TYPES = {
 class KubeClient:
     """One shared HTTP session per process; build it with `await KubeClient.connect(access)`."""
 
-    def __init__(self, access: ClusterAccess, session: aiohttp.ClientSession):
+    def __init__(self, access: ClusterAccess, session: aiohttp.ClientSession, ssl_ctx: Any = False):
         self.access = access
         self._session = session
+        self._ssl = ssl_ctx
+        self._streams: aiohttp.ClientSession | None = None
 
     @classmethod
     async def connect(cls, access: ClusterAccess, *, timeout: float = 30.0) -> KubeClient:
@@ -110,7 +112,7 @@ class KubeClient:
             timeout=aiohttp.ClientTimeout(total=timeout),
             headers={"User-Agent": "gridop", "Accept": "application/json"},
         )
-        return cls(access, session)
+        return cls(access, session, ssl_ctx)
 
     @property
     def namespace(self) -> str:
@@ -118,6 +120,50 @@ class KubeClient:
 
     async def close(self) -> None:
         await self._session.close()
+        if self._streams is not None:
+            await self._streams.close()
+
+    async def _auth_headers(self) -> dict[str, str]:
+        token = await self.access.bearer_token()
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _stream_session(self) -> aiohttp.ClientSession:
+        """A second session for long-lived streams: no total timeout, no connection cap."""
+        if self._streams is None:
+            self._streams = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=0),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+                headers={"User-Agent": "gridop"},
+            )
+        return self._streams
+
+    async def open_stream(self, path: str, params: Mapping[str, str] | None = None) -> aiohttp.ClientResponse:
+        """A streaming GET (pod logs, watches); the caller reads and releases the response."""
+        resp = await self._stream_session().get(
+            self.access.server + path, params=params, headers=await self._auth_headers()
+        )
+        if resp.status >= 400:
+            text = await resp.text()
+            resp.release()
+            try:
+                payload = json.loads(text) if text else {}
+            except json.JSONDecodeError:
+                payload = {"message": text[:500]}
+            raise _error_for(resp.status, payload if isinstance(payload, dict) else {"message": str(payload)})
+        return resp
+
+    async def websocket(
+        self, path: str, params: Any, protocols: tuple[str, ...], *, heartbeat: float | None = 30.0,
+    ) -> aiohttp.ClientWebSocketResponse:
+        """A websocket to the API server (pod attach/exec), offering `protocols` in order."""
+        url = self.access.server.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + path
+        try:
+            return await self._stream_session().ws_connect(
+                url, params=params, protocols=protocols, headers=await self._auth_headers(),
+                heartbeat=heartbeat, max_msg_size=0, autoping=True,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            raise _error_for(exc.status, {"message": exc.message or "websocket upgrade refused"}) from exc
 
     async def __aenter__(self) -> KubeClient:
         return self
@@ -134,10 +180,7 @@ class KubeClient:
         body: Any = None,
         content_type: str = "application/json",
     ) -> Any:
-        headers = {}
-        token = await self.access.bearer_token()
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
+        headers = await self._auth_headers()
         data = None
         if body is not None:
             headers["Content-Type"] = content_type

@@ -14,3 +14,5 @@ CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "Cust
 GRIDSESSIONS = Resource(GROUP, VERSION, gridsession.PLURAL, gridsession.KIND)
 TASKBATCHES = Resource(GROUP, VERSION, taskbatch.PLURAL, taskbatch.KIND)
 JOBS = Resource("batch", "v1", "jobs", "Job")
+TOKENREVIEWS = Resource("authentication.k8s.io", "v1", "tokenreviews", "TokenReview", namespaced=False)
+SUBJECTACCESSREVIEWS = Resource("authorization.k8s.io", "v1", "subjectaccessreviews", "SubjectAccessReview", namespaced=False)

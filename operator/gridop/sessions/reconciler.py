@@ -138,6 +138,7 @@ class SessionReconciler:
                     tenant=session.spec.tenant,
                     lifetime=self._token_lifetime(session),
                     now=self.clock(),
+                    namespace=ns,
                 )
                 await self._apply(resources.SECRETS, plan.token_secret(session, token), ns)
             elif action == Do.APPLY_SERVICE:

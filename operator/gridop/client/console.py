@@ -1,0 +1,246 @@
+"""ConsoleClient: interact with and tail a session's console through the gateway.
+
+    client = ConsoleClient("wss://grid.example.com/console", token=token, tenant="acme", namespace="team-a")
+    async for line in client.tail("drone-sim", lines=100, follow=True):
+        print(line, end="")
+    await client.interact("drone-sim")          # wires this terminal (raw mode, resize) to the console
+
+A refused connection raises `ConsoleError` with the gateway's HTTP status and its one-line message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import urllib.parse
+from collections.abc import AsyncIterator
+from typing import Any, BinaryIO
+
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from ..api import console as wire
+
+DETACH_KEY = b"\x1d"  # Ctrl-]: leave the console, as telnet does
+
+
+class ConsoleError(Exception):
+    """The gateway refused or ended the console; `status` is its HTTP status (0: no answer)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _ws_base(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
+    if scheme is None or not parts.netloc:
+        raise ValueError(f"gateway url {url!r} must be ws://, wss://, http:// or https:// with a host")
+    return urllib.parse.urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
+class ConsoleStream:
+    """An open interact connection: `send`, `resize`, and iterate the console's output (bytes)."""
+
+    def __init__(self, ws: ClientConnection):
+        self.ws = ws
+        self.notices: list[str] = []
+
+    async def send(self, data: bytes | str) -> None:
+        await self.ws.send(data.encode() if isinstance(data, str) else data)
+
+    async def resize(self, cols: int, rows: int) -> None:
+        await self.ws.send(json.dumps({"type": "resize", "cols": cols, "rows": rows}))
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for message in self.ws:
+                if isinstance(message, str):  # control message from the gateway
+                    with contextlib.suppress(ValueError):
+                        self.notices.append(str(json.loads(message).get("message")))
+                    continue
+                yield message
+        except ConnectionClosed:
+            return
+
+    @property
+    def close_reason(self) -> str:
+        rcvd = self.ws.close_rcvd
+        return rcvd.reason if rcvd is not None and rcvd.reason else "connection closed"
+
+    @property
+    def close_code(self) -> int | None:
+        return self.ws.close_rcvd.code if self.ws.close_rcvd is not None else None
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+class ConsoleClient:
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        tenant: str | None = None,
+        namespace: str | None = None,
+        open_timeout: float = 15.0,
+    ):
+        self.base = _ws_base(url)
+        if token is not None and (not isinstance(token, str) or not token.strip()):
+            raise ValueError("token must be a non-empty string")
+        self.token = token.strip() if token else None
+        self.tenant = tenant
+        self.namespace = namespace
+        self.open_timeout = open_timeout
+
+    def url(self, endpoint: str, session: str) -> str:
+        path = f"/{endpoint}/{self.namespace}/{session}" if self.namespace else f"/{endpoint}/{session}"
+        return self.base + path
+
+    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        headers = dict(extra or {})
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if self.tenant:
+            headers[wire.TENANT_HEADER] = self.tenant
+        return headers
+
+    async def _connect(self, url: str, headers: dict[str, str]) -> ClientConnection:
+        try:
+            return await connect(
+                url, additional_headers=headers, subprotocols=[wire.SUBPROTOCOL],  # type: ignore[list-item]
+                compression=None, open_timeout=self.open_timeout, max_size=None, proxy=None,
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            message = f"gateway answered {status}"
+            with contextlib.suppress(ValueError, AttributeError):
+                message = str(json.loads(exc.response.body or b"{}").get("message") or message)
+            raise ConsoleError(status, message) from None
+        except InvalidURI as exc:
+            raise ValueError(f"gateway url: {exc}") from None
+        except (OSError, InvalidHandshake, asyncio.TimeoutError) as exc:
+            raise ConsoleError(0, f"cannot reach the console gateway at {self.base}: {exc}") from None
+
+    async def open(self, session: str, *, mode: str = wire.MODE_INTERACTIVE) -> ConsoleStream:
+        if mode not in wire.MODES:
+            raise ValueError(f"mode must be one of {', '.join(wire.MODES)}, got {mode!r}")
+        url = self.url("interact", session) + ("?mode=monitor" if mode == wire.MODE_MONITOR else "")
+        return ConsoleStream(await self._connect(url, self._headers()))
+
+    async def tail(self, session: str, lines: int | None = None, follow: bool = False) -> AsyncIterator[str]:
+        """The console log, line by line (with line endings), then new lines while `follow`."""
+        if lines is not None and (not isinstance(lines, int) or isinstance(lines, bool) or lines < 0):
+            raise ValueError(f"lines must be a non-negative integer, got {lines!r}")
+        headers = {wire.FOLLOW_HEADER: "true" if follow else "false"}
+        if lines is not None:
+            headers[wire.LINES_HEADER] = str(lines)
+        ws = await self._connect(self.url("tail", session), self._headers(headers))
+        pending = ""
+        try:
+            async for message in ws:
+                pending += message if isinstance(message, str) else message.decode(errors="replace")
+                *complete, pending = pending.split("\n")
+                for line in complete:
+                    yield line + "\n"
+        except ConnectionClosed:
+            pass
+        finally:
+            await ws.close()
+        if pending:
+            yield pending
+        rcvd = ws.close_rcvd
+        if rcvd is not None and rcvd.code not in (wire.CLOSE_NORMAL, 1005):
+            raise ConsoleError(0, rcvd.reason or f"console closed with code {rcvd.code}")
+
+    async def interact(
+        self,
+        session: str,
+        *,
+        mode: str = wire.MODE_INTERACTIVE,
+        stdin_fd: int | None = None,
+        stdout: BinaryIO | None = None,
+        detach_key: bytes = DETACH_KEY,
+    ) -> str:
+        """Wire a terminal to the console until it ends or `detach_key` is typed; returns why it ended."""
+        stream = await self.open(session, mode=mode)
+        stdin_fd = sys.stdin.fileno() if stdin_fd is None else stdin_fd
+        out = stdout or sys.stdout.buffer
+        loop = asyncio.get_running_loop()
+        detached = asyncio.Event()
+        inputs: asyncio.Queue[bytes] = asyncio.Queue()
+        restore: Any = None
+        is_tty = os.isatty(stdin_fd)
+        if is_tty:
+            import termios
+            import tty
+
+            restore = termios.tcgetattr(stdin_fd)
+            tty.setraw(stdin_fd)
+
+        def readable() -> None:
+            try:
+                data = os.read(stdin_fd, 4096)
+            except OSError:
+                data = b""
+            if not data:
+                loop.remove_reader(stdin_fd)
+                return
+            if detach_key and detach_key in data:
+                data = data[: data.index(detach_key)]
+                if data:
+                    inputs.put_nowait(data)
+                detached.set()
+                return
+            inputs.put_nowait(data)
+
+        async def send_size() -> None:
+            with contextlib.suppress(OSError, ConnectionClosed):
+                size = os.get_terminal_size(stdin_fd)
+                await stream.resize(size.columns, size.lines)
+
+        async def pump_input() -> None:
+            while True:
+                data = await inputs.get()
+                await stream.send(data)
+
+        async def pump_output() -> None:
+            async for data in stream:
+                out.write(data)
+                out.flush()
+
+        loop.add_reader(stdin_fd, readable)
+        if is_tty:
+            loop.add_signal_handler(signal.SIGWINCH, lambda: loop.create_task(send_size()))
+            await send_size()
+        tasks = [asyncio.create_task(pump_output()), asyncio.create_task(pump_input()), asyncio.create_task(detached.wait())]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            reason = "detached" if tasks[2] in done else stream.close_reason
+        except ConnectionClosed:
+            reason = stream.close_reason
+        finally:
+            for task in tasks:
+                task.cancel()
+            loop.remove_reader(stdin_fd)
+            if is_tty:
+                loop.remove_signal_handler(signal.SIGWINCH)
+                import termios
+
+                termios.tcsetattr(stdin_fd, termios.TCSADRAIN, restore)
+            await stream.close()
+        code = stream.close_code
+        if reason != "detached" and code not in (None, wire.CLOSE_NORMAL, 1005):
+            raise ConsoleError(0, reason)
+        return reason
+
+
+__all__ = ["ConsoleClient", "ConsoleError", "ConsoleStream", "DETACH_KEY"]

@@ -1,0 +1,297 @@
+"""The console gateway, for real: the `gridop gateway` process, real websocket clients, and a
+Kubernetes side whose consoles are real programs on real pseudo-terminals (tests/console_upstream.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import pathlib
+import socket
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+
+from gridop.api import console as wire
+from gridop.client.console import ConsoleClient, ConsoleError
+from gridop.kube import resources
+from tests.console_env import ConsoleEnv, GatewayProcess, bearer
+from tests.waiting import eventually
+
+NS = "grid"
+OTHER_NS = "lab"
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[ConsoleEnv]:
+    env = ConsoleEnv().start()
+    front = env.front
+    front.tokens.update({
+        "alice-k8s": {"username": "alice", "uid": "u-alice", "groups": ["devs", "system:authenticated"]},
+        "bob-k8s": {"username": "bob", "uid": "u-bob", "groups": ["system:authenticated"]},
+        "eve-k8s": {"username": "eve", "uid": "u-eve", "groups": ["system:authenticated"]},
+        "many-k8s": {"username": "many", "uid": "u-many", "groups": []},
+    })
+    front.allowed.update({
+        ("alice", "create", NS, "*"), ("alice", "get", NS, "*"),
+        ("bob", "get", NS, "*"),  # bob may watch (monitor, tail) but not type
+        ("many", "get", NS, "*"),
+    })
+    yield env
+    env.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(env: ConsoleEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    tmp = tmp_path_factory.mktemp("gateway")
+    proc = GatewayProcess(
+        env.write_kubeconfig(tmp / "kubeconfig"), tmp / "gateway.log",
+        watch_namespaces=[NS, OTHER_NS], gateway_default_namespace=NS,
+        gateway_buffer_bytes=64 * 1024, gateway_max_connections_per_user=4,
+        gateway_allowed_origins=["https://console.example"], gateway_activity_interval_seconds=1,
+        gateway_recording_dir=str(tmp / "recordings"),
+    )
+    yield proc
+    assert proc.stop() == 0, "the gateway did not exit cleanly on SIGTERM"
+
+
+@pytest.fixture
+async def http() -> aiohttp.ClientSession:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def read_until(ws: aiohttp.ClientWebSocketResponse, needle: str, timeout: float = 10) -> str:
+    """Console output (text or binary frames) until `needle` shows up."""
+    seen = ""
+    async with asyncio.timeout(timeout):
+        while needle not in seen:
+            msg = await ws.receive()
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                seen += msg.data.decode(errors="replace")
+            elif msg.type == aiohttp.WSMsgType.TEXT:
+                seen += msg.data
+            else:
+                raise AssertionError(f"stream ended ({msg.type}, {ws.close_code} {msg.extra!r}) before {needle!r}; got {seen!r}")
+    return seen
+
+
+async def refused(http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    """Status and JSON body of a refused upgrade (it must be a real HTTP answer, not a websocket close)."""
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await http.ws_connect(url, headers=headers or {})
+    status = info.value.status
+    # aiohttp drops the body of a refused upgrade; ask again as a plain upgrade request to read it.
+    upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", **(headers or {})}
+    async with http.get(url.replace("ws://", "http://"), headers=upgrade) as resp:
+        assert resp.status == status
+        assert resp.headers["Content-Type"].startswith("application/json")
+        return status, await resp.json()
+
+
+# -- tail ----------------------------------------------------------------------------------------------
+
+
+async def test_tail_sends_the_last_lines_then_follows(env: ConsoleEnv, gateway: GatewayProcess, http: aiohttp.ClientSession) -> None:
+    console = env.session(NS, "tailme")
+    assert console is not None
+    console.write(b"for i in 1 2 3 4 5; do echo line-$i; done\r")
+    await eventually(lambda: b"line-5\r\n" in console.log, what="the console printed its lines")
+    headers = {**bearer("alice-k8s"), wire.LINES_HEADER: "3", wire.FOLLOW_HEADER: "true"}
+    async with http.ws_connect(f"{gateway.url}/tail/{NS}/tailme", headers=headers) as ws:
+        first = await read_until(ws, "$ ")
+        assert "line-5" in first and "line-4" in first and "line-1" not in first
+        console.write(b"echo later\r")
+        assert "later" in await read_until(ws, "later\r\n")
+
+
+async def test_tail_without_follow_ends_with_a_normal_close(env: ConsoleEnv, gateway: GatewayProcess, http: aiohttp.ClientSession) -> None:
+    console = env.session(NS, "tailonce")
+    assert console is not None
+    console.write(b"echo hello-once\r")
+    await eventually(lambda: b"hello-once\r\n" in console.log)
+    async with http.ws_connect(f"{gateway.url}/tail/tailonce", headers={**bearer("alice-k8s"), wire.LINES_HEADER: "100"}) as ws:
+        text = await read_until(ws, "hello-once")
+        msg = await ws.receive(timeout=10)
+        while msg.type == aiohttp.WSMsgType.TEXT:
+            text += msg.data
+            msg = await ws.receive(timeout=10)
+        assert msg.type == aiohttp.WSMsgType.CLOSE and ws.close_code == wire.CLOSE_NORMAL
+        assert msg.extra == "end of log"
+
+
+# -- interact -------------------------------------------------------------------------------------------
+
+
+async def test_interact_round_trip_with_resize(env: ConsoleEnv, gateway: GatewayProcess, http: aiohttp.ClientSession) -> None:
+    env.session(NS, "shell")
+    async with http.ws_connect(f"{gateway.url}/interact/{NS}/shell", headers=bearer("alice-k8s"),
+                               protocols=[wire.SUBPROTOCOL]) as ws:
+        assert ws.protocol == wire.SUBPROTOCOL
+        await ws.send_str(json.dumps({"type": "resize", "cols": 132, "rows": 43}))
+        for ch in "stty size\r":  # keystrokes one at a time, as a terminal sends them
+            await ws.send_bytes(ch.encode())
+        assert "43 132" in await read_until(ws, "43 132")
+        await ws.send_bytes(b"exit 3\r")
+        msg = await ws.receive(timeout=10)
+        while msg.type == aiohttp.WSMsgType.BINARY:
+            msg = await ws.receive(timeout=10)
+        assert msg.type == aiohttp.WSMsgType.CLOSE
+        assert ws.close_code == wire.CLOSE_NORMAL and msg.extra == "console exited with code 3"
+
+
+async def test_monitor_sees_output_and_its_input_is_refused(env: ConsoleEnv, gateway: GatewayProcess, http: aiohttp.ClientSession) -> None:
+    console = env.session(NS, "watched")
+    assert console is not None
+    async with http.ws_connect(f"{gateway.url}/interact/{NS}/watched", headers=bearer("alice-k8s"), protocols=[wire.SUBPROTOCOL]) as writer, \
+            http.ws_connect(f"{gateway.url}/interact/{NS}/watched?mode=monitor", headers=bearer("bob-k8s"), protocols=[wire.SUBPROTOCOL]) as monitor:
+        await monitor.send_bytes(b"echo from-monitor\r")
+        notice = await monitor.receive(timeout=10)
+        assert notice.type == aiohttp.WSMsgType.TEXT
+        assert json.loads(notice.data) == {"type": "notice", "message": "monitor mode: input is not forwarded to the console"}
+        await writer.send_bytes(b"echo from-writer\r")
+        assert "from-writer" in await read_until(monitor, "from-writer\r\n")
+        await asyncio.sleep(0.3)
+        assert b"from-monitor" not in console.log, "a monitor's keystrokes reached the console"
+    assert env.front.attaches >= 1
+
+
+async def test_a_second_writer_is_refused_and_may_monitor(env: ConsoleEnv, gateway: GatewayProcess, http: aiohttp.ClientSession) -> None:
+    env.session(NS, "busy")
+    url = f"{gateway.url}/interact/{NS}/busy"
+    async with http.ws_connect(url, headers=bearer("alice-k8s")):
+        status, body = await refused(http, url, bearer("alice-k8s"))
+        assert status == 409
+        assert body == {"message": "session 'busy' already has a writer (alice); connect with ?mode=monitor to watch"}
+        async with http.ws_connect(url + "?mode=monitor", headers=bearer("alice-k8s")) as monitor:
+            assert not monitor.closed
+    # The writer left: the next one gets in.
+    await eventually(lambda: _try_connect(http, url), what="a new writer is accepted after the first left")
+
+
+async def _try_connect(http: aiohttp.ClientSession, url: str) -> bool:
+    try:
+        ws = await http.ws_connect(url, headers=bearer("alice-k8s"))
+    except aiohttp.WSServerHandshakeError:
+        return False
+    await ws.close()
+    return True
+
+
+async def test_seed_framing_text_in_text_out(env: ConsoleEnv, gateway: GatewayProcess) -> None:
+    """The Cray console client, as the seed writes it: `websockets`, no subprotocol, text frames."""
+    import websockets
+
+    env.session(NS, "seedling")
+    headers = {"Authorization": "Bearer alice-k8s", wire.TENANT_HEADER: ""}
+    async with websockets.connect(f"{gateway.url}/interact/seedling", additional_headers=headers) as websocket:
+        await websocket.send("echo seed-$((6*7))\r")
+        seen = ""
+        async with asyncio.timeout(10):
+            while "seed-42" not in seen:
+                message = await websocket.recv()
+                assert isinstance(message, str), "seed clients get text frames"
+                seen += message
+
+
+async def test_seed_client_reads_the_error_message(env: ConsoleEnv, gateway: GatewayProcess) -> None:
+    import websockets
+
+    with pytest.raises(websockets.InvalidStatus) as info:
+        async with websockets.connect(f"{gateway.url}/interact/nosuch", additional_headers={"Authorization": "Bearer alice-k8s"}):
+            pass
+    assert info.value.response.status_code == 404
+    assert json.loads(info.value.response.body.decode("utf-8")) == {"message": "session 'nosuch' not found in namespace 'grid'"}
+
+
+async def test_addressing_by_node_name(env: ConsoleEnv, gateway: GatewayProcess, http: aiohttp.ClientSession) -> None:
+    env.session(NS, "on-x1000c0s0b0n0", node="x1000c0s0b0n0")
+    async with http.ws_connect(f"{gateway.url}/interact/x1000c0s0b0n0", headers=bearer("alice-k8s")) as ws:
+        await ws.send_str("echo node-$((1+1))\r")
+        assert "node-2" in await read_until(ws, "node-2")
+
+
+async def test_session_token_opens_its_own_session_only(env: ConsoleEnv, gateway: GatewayProcess, http: aiohttp.ClientSession) -> None:
+    env.session(NS, "mine", user="carol", tenant="acme")
+    env.session(NS, "theirs", user="carol", tenant="acme")
+    token = env.session_token(NS, "mine", user="carol", tenant="acme")
+    headers = {**bearer(token), wire.TENANT_HEADER: "acme"}
+    async with http.ws_connect(f"{gateway.url}/interact/{NS}/mine", headers=headers) as ws:
+        await ws.send_str("echo jwt-ok\r")
+        await read_until(ws, "jwt-ok\r\n")
+    status, body = await refused(http, f"{gateway.url}/interact/{NS}/theirs", headers)
+    assert (status, body) == (403, {"message": f"this session token is for session {NS}/mine, not {NS}/theirs"})
+
+
+async def test_browser_token_in_subprotocol_and_origin_check(env: ConsoleEnv, gateway: GatewayProcess, http: aiohttp.ClientSession) -> None:
+    env.session(NS, "browser")
+    url = f"{gateway.url}/interact/{NS}/browser"
+    protocols = [wire.SUBPROTOCOL, wire.bearer_protocol("alice-k8s")]
+    async with http.ws_connect(url, protocols=protocols, headers={"Origin": "https://console.example"}) as ws:
+        assert ws.protocol == wire.SUBPROTOCOL, "the token protocol is never echoed back"
+        await ws.send_bytes(b"echo browser-ok\r")
+        await read_until(ws, "browser-ok\r\n")
+    status, body = await refused(http, url, {"Origin": "https://evil.example", "Sec-WebSocket-Protocol": ", ".join(protocols)})
+    assert status == 403 and body["message"].startswith("origin 'https://evil.example' is not allowed")
+
+
+async def test_every_refusal_is_an_http_status_with_a_json_message(env: ConsoleEnv, gateway: GatewayProcess, http: aiohttp.ClientSession) -> None:
+    env.session(NS, "guarded", tenant="acme")
+    env.session(NS, "starting", phase="Starting", pod=None)
+    base = f"{gateway.url}"
+    cases = [
+        (f"{base}/interact/{NS}/guarded", {}, 401, "missing bearer token"),
+        (f"{base}/interact/{NS}/guarded", bearer("garbage"), 401, "invalid token: invalid bearer token"),
+        (f"{base}/interact/{NS}/guarded", {"Authorization": "Basic YWxpY2U6cHc="}, 401, "missing bearer token"),
+        (f"{base}/tail/{NS}/guarded", {**bearer("alice-k8s"), wire.LINES_HEADER: "ten"}, 400, "header Cray-Console-Lines: 'ten' is not a non-negative integer"),
+        (f"{base}/tail/{NS}/guarded", {**bearer("alice-k8s"), wire.LINES_HEADER: "-1"}, 400, "header Cray-Console-Lines: '-1' is not a non-negative integer"),
+        (f"{base}/tail/{NS}/guarded", {**bearer("alice-k8s"), wire.FOLLOW_HEADER: "maybe"}, 400, "header Cray-Console-Follow: 'maybe' is not a boolean"),
+        (f"{base}/interact/{NS}/guarded?mode=admin", bearer("alice-k8s"), 400, "query mode='admin' is not one of interactive, monitor"),
+        (f"{base}/interact/{NS}/Bad_Name", bearer("alice-k8s"), 400, "session 'Bad_Name' in the path is not a valid session name"),
+        (f"{base}/interact/{NS}/guarded", bearer("eve-k8s"), 403, "user 'eve' may not create gridsessions/console 'guarded'"),
+        (f"{base}/interact/{NS}/no-such-session", bearer("eve-k8s"), 403, "user 'eve' may not create"),  # 403 before 404
+        (f"{base}/interact/{NS}/guarded", bearer("bob-k8s"), 403, "user 'bob' may not create"),  # monitor-only user typing
+        (f"{base}/interact/{NS}/guarded", bearer("alice-k8s"), 403, "session 'guarded' belongs to a tenant: send the Cray-Tenant-Name header"),
+        (f"{base}/interact/{NS}/guarded", {**bearer("alice-k8s"), wire.TENANT_HEADER: "globex"}, 403, "tenant 'globex' does not own session 'guarded'"),
+        (f"{base}/interact/{NS}/no-such-session", bearer("alice-k8s"), 404, "session 'no-such-session' not found in namespace 'grid'"),
+        (f"{base}/interact/{NS}/starting", bearer("alice-k8s"), 409, "session 'starting' is Starting: its console opens when it is Running"),
+    ]
+    for url, headers, want_status, want_message in cases:
+        status, body = await refused(http, url, headers)
+        assert (status, list(body)) == (want_status, ["message"]), (url, headers, status, body)
+        assert body["message"].startswith(want_message), (url, headers, body)
+    metrics = gateway.metrics()
+    for status in ("400", "401", "403", "404", "409"):
+        assert f'gridop_console_denials_total{{endpoint="interact",status="{status}"}}' in metrics or \
+            f'gridop_console_denials_total{{endpoint="tail",status="{status}"}}' in metrics
+
+
+async def test_plain_http_get_is_refused_after_the_token_check(gateway: GatewayProcess, http: aiohttp.ClientSession) -> None:
+    async with http.get(f"http://127.0.0.1:{gateway.port}/tail/{NS}/anything") as resp:
+        assert resp.status == 401
+    async with http.get(f"http://127.0.0.1:{gateway.port}/tail/{NS}/anything", headers=bearer("alice-k8s")) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["message"].startswith("this endpoint speaks websocket only")
+
+
+async def test_too_many_connections_for_one_user(env: ConsoleEnv, gateway: GatewayProcess, http: aiohttp.ClientSession) -> None:
+    env.session(NS, "crowded")
+    url = f"{gateway.url}/interact/{NS}/crowded?mode=monitor"
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(4):
+            await stack.enter_async_context(http.ws_connect(url, headers=bearer("many-k8s")))
+        status, body = await refused(http, url, bearer("many-k8s"))
+        assert (status, body) == (429, {"message": "user 'many' already has 4 console connections open (the limit)"})
+
+
+async def test_review_outage_fails_closed(env: ConsoleEnv, gateway: GatewayProcess, http: aiohttp.ClientSession) -> None:
+    env.session(NS, "outage")
+    env.front.reviews_down = True
+    try:
+        status, body = await refused(http, f"{gateway.url}/interact/{NS}/outage", bearer("never-seen-token"))
+        assert status == 503 and body["message"].startswith("cannot review the token (TokenReview failed")
+    finally:
+        env.front.reviews_down = False
