@@ -124,6 +124,7 @@ class ApiFront:
         self.protocols = [V5, V4]
         self.access_reviews: list[dict[str, Any]] = []
         self.attaches = 0
+        self.negotiated: list[str | None] = []
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -171,6 +172,7 @@ class ApiFront:
         await ws.prepare(request)
         self.attaches += 1
         protocol = ws.ws_protocol
+        self.negotiated.append(protocol)
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         console.listeners.add(queue)
 

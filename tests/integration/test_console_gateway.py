@@ -64,18 +64,23 @@ async def http() -> aiohttp.ClientSession:
 
 
 async def read_until(ws: aiohttp.ClientWebSocketResponse, needle: str, timeout: float = 10) -> str:
-    """Console output (text or binary frames) until `needle` shows up."""
-    seen = ""
+    """Console output (text or binary frames) until `needle` shows up (linear in the output)."""
+    chunks: list[str] = []
+    window = ""
     async with asyncio.timeout(timeout):
-        while needle not in seen:
+        while True:
             msg = await ws.receive()
             if msg.type == aiohttp.WSMsgType.BINARY:
-                seen += msg.data.decode(errors="replace")
+                text = msg.data.decode(errors="replace")
             elif msg.type == aiohttp.WSMsgType.TEXT:
-                seen += msg.data
+                text = msg.data
             else:
-                raise AssertionError(f"stream ended ({msg.type}, {ws.close_code} {msg.extra!r}) before {needle!r}; got {seen!r}")
-    return seen
+                raise AssertionError(f"stream ended ({msg.type}, {ws.close_code} {msg.extra!r}) before {needle!r}; "
+                                     f"last output: {window[-200:]!r}")
+            chunks.append(text)
+            window = window[-len(needle):] + text
+            if needle in window:
+                return "".join(chunks)
 
 
 async def refused(http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None) -> tuple[int, dict]:
@@ -295,3 +300,144 @@ async def test_review_outage_fails_closed(env: ConsoleEnv, gateway: GatewayProce
         assert status == 503 and body["message"].startswith("cannot review the token (TokenReview failed")
     finally:
         env.front.reviews_down = False
+
+
+# -- lifetimes ---------------------------------------------------------------------------------------------
+
+
+async def test_token_expiry_closes_the_stream_with_a_policy_code(env: ConsoleEnv, gateway: GatewayProcess, http: aiohttp.ClientSession) -> None:
+    env.session(NS, "shortlived", user="dave")
+    token = env.session_token(NS, "shortlived", user="dave", lifetime=2)
+    async with http.ws_connect(f"{gateway.url}/tail/{NS}/shortlived", headers={**bearer(token), wire.FOLLOW_HEADER: "yes"}) as ws:
+        async with asyncio.timeout(8):
+            msg = await ws.receive()
+            while msg.type == aiohttp.WSMsgType.TEXT:
+                msg = await ws.receive()
+        assert msg.type == aiohttp.WSMsgType.CLOSE
+        assert (ws.close_code, msg.extra) == (wire.CLOSE_POLICY, "token expired; reconnect with a fresh token")
+
+
+async def test_stopping_the_session_closes_its_streams(env: ConsoleEnv, gateway: GatewayProcess, http: aiohttp.ClientSession) -> None:
+    env.session(NS, "stopper")
+    async with http.ws_connect(f"{gateway.url}/tail/{NS}/stopper", headers={**bearer("alice-k8s"), wire.FOLLOW_HEADER: "1"}) as tail, \
+            http.ws_connect(f"{gateway.url}/interact/{NS}/stopper", headers=bearer("alice-k8s")) as interact:
+        await asyncio.sleep(0.3)
+        env.set_status(NS, "stopper", {"phase": "Stopping"})
+        for ws in (tail, interact):
+            async with asyncio.timeout(10):
+                msg = await ws.receive()
+                while msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                    msg = await ws.receive()
+            assert (ws.close_code, msg.extra) == (wire.CLOSE_POLICY, "session stopping")
+
+
+def _raw_upgrade(port: int, path: str, token: str) -> socket.socket:
+    """A websocket client that completes the handshake and then never reads (a stalled viewer)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                  f"Authorization: Bearer {token}\r\n\r\n").encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(1)
+    assert answer.startswith(b"HTTP/1.1 101"), answer
+    return sock
+
+
+async def test_a_slow_viewer_is_dropped_while_a_fast_one_keeps_up(env: ConsoleEnv, gateway: GatewayProcess, http: aiohttp.ClientSession) -> None:
+    env.session(NS, "firehose")
+    url = f"{gateway.url}/interact/{NS}/firehose"
+    async with http.ws_connect(url, headers=bearer("alice-k8s"), protocols=[wire.SUBPROTOCOL]) as writer, \
+            http.ws_connect(url + "?mode=monitor", headers=bearer("bob-k8s"), protocols=[wire.SUBPROTOCOL]) as fast:
+        slow = await asyncio.to_thread(_raw_upgrade, gateway.port, f"/interact/{NS}/firehose?mode=monitor", "bob-k8s")
+        dropped = 'gridop_console_closes_total{endpoint="interact",reason="slow"}'
+        try:
+            # The stalled viewer's kernel buffers absorb a few MB first: push 1 MB rounds until it is dropped.
+            for round_ in range(16):
+                marker = f"round-{round_}-done"
+                writer_reader = asyncio.create_task(read_until(writer, marker, timeout=60))
+                await writer.send_bytes(f"head -c 1000000 /dev/zero | tr '\\0' x; echo; echo round-{round_}-do''ne\r".encode())
+                seen = await read_until(fast, marker, timeout=60)
+                await writer_reader
+                assert seen.count("x") >= 1_000_000, f"the fast viewer missed output ({seen.count('x')} of 1000000)"
+                assert not fast.closed
+                if dropped in gateway.metrics():
+                    break
+            else:
+                raise AssertionError("the stalled viewer was never dropped")
+        finally:
+            slow.close()
+
+
+# -- audit, activity, recording --------------------------------------------------------------------------------
+
+
+async def test_connections_are_audited_and_input_refreshes_activity(env: ConsoleEnv, gateway: GatewayProcess, http: aiohttp.ClientSession) -> None:
+    env.session(NS, "audited")
+    async with http.ws_connect(f"{gateway.url}/interact/{NS}/audited", headers=bearer("alice-k8s"), protocols=[wire.SUBPROTOCOL]) as ws:
+        await ws.send_str(json.dumps({"type": "resize", "cols": 100, "rows": 30}))
+        await ws.send_bytes(b"echo audit-me\r")
+        await read_until(ws, "audit-me\r\n")
+
+    def stamped() -> str | None:
+        gs = env.get(resources.GRIDSESSIONS, NS, "audited") or {}
+        return (gs["metadata"].get("annotations") or {}).get("gridop.io/last-active")
+
+    assert await eventually(stamped, what="the session's last-active annotation")
+
+    def reasons() -> list[str]:
+        return [e["reason"] for e in env.events(NS) if e["involvedObject"]["name"] == "audited"]
+
+    await eventually(lambda: {"ConsoleOpened", "ConsoleClosed"} <= set(reasons()), what="open and close events")
+    closed = next(e for e in env.events(NS) if e["involvedObject"]["name"] == "audited" and e["reason"] == "ConsoleClosed")
+    assert closed["message"].startswith("alice closed interact (interactive) after")
+    assert closed["source"]["component"] == "gridop-gateway"
+
+    record = await eventually(lambda: next((r for r in gateway.log_records()
+                                            if r.get("event") == "console.close" and r.get("session") == "audited"), None))
+    assert record["user"] == "alice" and record["endpoint"] == "interact" and record["mode"] == "interactive"
+    assert record["bytes_in"] == len(b"echo audit-me\r") and record["bytes_out"] > 0
+    assert record["close_code"] == 1000 and record["duration_seconds"] >= 0 and "start" in record
+    assert "alice-k8s" not in gateway.log_path.read_text(), "a token leaked into the log"
+
+    # Recording: asciicast v2, the first resize in the header, output only.
+    recordings = list((gateway.log_path.parent / "recordings" / NS / "audited").glob("*.cast"))
+    assert len(recordings) == 1 and record["recording"] == str(recordings[0])
+    lines = [json.loads(line) for line in recordings[0].read_text().splitlines()]
+    assert lines[0]["version"] == 2 and (lines[0]["width"], lines[0]["height"]) == (100, 30)
+    assert lines[0]["user"] == "alice" and lines[0]["session"] == "audited"
+    assert {event[1] for event in lines[1:]} == {"o"}
+    assert "audit-me" in "".join(event[2] for event in lines[1:])
+
+
+async def test_v4_channel_protocol_fallback(env: ConsoleEnv, gateway: GatewayProcess, http: aiohttp.ClientSession) -> None:
+    from tests.console_upstream import V4
+
+    env.session(NS, "oldapi")
+    env.front.protocols = [V4]
+    try:
+        async with http.ws_connect(f"{gateway.url}/interact/{NS}/oldapi", headers=bearer("alice-k8s")) as ws:
+            await ws.send_str("echo v4-ok\r")
+            await read_until(ws, "v4-ok\r\n")
+        assert env.front.negotiated[-1] == V4
+    finally:
+        env.front.protocols = ["v5.channel.k8s.io", V4]
+
+
+async def test_console_client_tail_and_errors(env: ConsoleEnv, gateway: GatewayProcess) -> None:
+    console = env.session(OTHER_NS, "sdk")
+    env.front.allowed.add(("alice", "get", OTHER_NS, "sdk"))
+    assert console is not None
+    console.write(b"echo one; echo two\r")
+    await eventually(lambda: b"two\r\n" in console.log)
+    client = ConsoleClient(gateway.url, token="alice-k8s", namespace=OTHER_NS)
+    lines = [line async for line in client.tail("sdk", lines=3)]
+    assert lines == ["one\r\n", "two\r\n", "$ "]
+    with pytest.raises(ConsoleError) as info:
+        await client.open("sdk")  # alice may only `get` here: no typing
+    assert info.value.status == 403 and "may not create" in info.value.message
+    with pytest.raises(ConsoleError) as info:
+        [line async for line in ConsoleClient(gateway.url, namespace=OTHER_NS).tail("sdk")]
+    assert info.value.status == 401

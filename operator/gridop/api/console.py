@@ -7,7 +7,7 @@ Two framings are spoken on `/interact`:
 
 * **seed** (no subprotocol, as the Cray console client connects): every client frame, text or
   binary, is keystrokes for the console; console output comes back as text frames.
-* **`console.gridop.io/v1`**: binary frames carry raw bytes both ways (keystrokes in, output out);
+* **`v1.console.gridop.io`**: binary frames carry raw bytes both ways (keystrokes in, output out);
   text frames carry JSON control messages: `{"type": "resize", "cols": 120, "rows": 40}` from the
   client, `{"type": "notice", "message": "..."}` from the gateway.
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 
-SUBPROTOCOL = "console.gridop.io/v1"
+SUBPROTOCOL = "v1.console.gridop.io"
 # Browsers cannot set headers on websockets; like the Kubernetes API, the gateway accepts the
 # bearer token as an offered subprotocol (never echoed back, never logged).
 BEARER_PROTOCOL_PREFIX = "base64url.bearer.authorization.k8s.io."

@@ -72,12 +72,11 @@ class ConsoleStream:
 
     @property
     def close_reason(self) -> str:
-        rcvd = self.ws.close_rcvd
-        return rcvd.reason if rcvd is not None and rcvd.reason else "connection closed"
+        return self.ws.close_reason or "connection closed"
 
     @property
     def close_code(self) -> int | None:
-        return self.ws.close_rcvd.code if self.ws.close_rcvd is not None else None
+        return self.ws.close_code
 
     async def close(self) -> None:
         await self.ws.close()
@@ -157,9 +156,8 @@ class ConsoleClient:
             await ws.close()
         if pending:
             yield pending
-        rcvd = ws.close_rcvd
-        if rcvd is not None and rcvd.code not in (wire.CLOSE_NORMAL, 1005):
-            raise ConsoleError(0, rcvd.reason or f"console closed with code {rcvd.code}")
+        if ws.close_code not in (None, wire.CLOSE_NORMAL, 1005):
+            raise ConsoleError(0, ws.close_reason or f"console closed with code {ws.close_code}")
 
     async def interact(
         self,

@@ -1,12 +1,15 @@
 """The two legs of a console connection and what joins them.
 
 * `Viewer`: the client's websocket. Output is queued in a bounded buffer and sent by its own
-  task, so one slow viewer never slows the others: when its backlog passes the limit it is
-  dropped with a policy close that says why.
+  task; when its backlog passes the limit it is dropped with a policy close that says why.
 * `ConsoleHub`: one upstream attach (or exec) per session, shared by every viewer of that
   session on this gateway: at most one writer whose keystrokes reach stdin, any number of
-  monitors. Output is fanned out to all of them.
-* `pump_logs`: a tail connection's own pod-log stream (tailLines, follow) into its viewer.
+  monitors. Output is fanned out to all of them, paced by the fastest: the hub stops reading
+  the upstream only while every viewer is backlogged (the console then blocks on its terminal,
+  as it would on a real one), so a viewer a whole buffer behind the fastest is dropped and one
+  slow viewer never slows the others.
+* `pump_logs`: a tail connection's own pod-log stream (tailLines, follow) into its viewer, read
+  only as fast as the viewer takes it.
 """
 
 from __future__ import annotations
@@ -60,6 +63,8 @@ class Viewer:
         self.mode = mode
         self.framing = framing
         self.limit = limit_bytes
+        self.mark = max(1, limit_bytes // 4)  # backlogged above this: the upstream may pause for it
+        self.on_drain: Callable[[], None] | None = None
         self.recording = recording
         self._transport = transport
         self._queue: collections.deque[tuple[bytes | str, int]] = collections.deque()  # (frame, counted size)
@@ -99,6 +104,18 @@ class Viewer:
         self._queued += size
         self._wakeup.set()
 
+    @property
+    def backlogged(self) -> bool:
+        return self.closing is None and self._queued >= self.mark
+
+    async def drained(self) -> None:
+        """Wait until the backlog is below the mark (or the viewer is closing)."""
+        while self.backlogged:
+            event = asyncio.Event()
+            self.on_drain = event.set
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(event.wait(), 1.0)
+
     def notice(self, message: str) -> None:
         """A control message to v1 clients (seed clients only understand console bytes)."""
         if self.framing == "v1" and self.closing is None:
@@ -117,6 +134,8 @@ class Viewer:
                         await self.ws.send_str(item)
                     else:
                         await self.ws.send_bytes(item)
+                    if self._queued < self.mark and self.on_drain is not None:
+                        self.on_drain()
                     self.bytes_out += size
                     metrics.CONSOLE_BYTES.labels(self.endpoint, "out").inc(size)
                     self.last_activity = time.monotonic()
@@ -181,6 +200,7 @@ class ConsoleHub:
         self._opening: asyncio.Future[None] | None = None
         self.ended: str | None = None
         self.size: tuple[int, int] | None = None
+        self._drained = asyncio.Event()
 
     async def open(self) -> None:
         """Connect upstream once (concurrent joiners wait for the same attempt)."""
@@ -207,6 +227,7 @@ class ConsoleHub:
     def join(self, viewer: Viewer, user: str) -> None:
         """Add a viewer; a second interactive viewer is refused (409) by the caller's check."""
         self.viewers.add(viewer)
+        viewer.on_drain = self._drained.set
         if viewer.mode == wire.MODE_INTERACTIVE:
             self.writer, self.writer_user = viewer, user
 
@@ -242,6 +263,7 @@ class ConsoleHub:
                 if frame.channel in (channels.STDOUT, channels.STDERR):
                     for viewer in list(self.viewers):
                         viewer.offer(frame.data)
+                    await self._paced()
                 elif frame.channel == channels.ERROR:
                     reason = channels.status_message(channels.parse_status(frame.data))
                     break
@@ -257,6 +279,13 @@ class ConsoleHub:
         for viewer in list(self.viewers):
             viewer.close(code, reason)
         await self._close_upstream()
+
+    async def _paced(self) -> None:
+        """Hold the upstream while every viewer is backlogged: the fastest one sets the pace."""
+        while self.viewers and all(v.backlogged for v in self.viewers):
+            self._drained.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), 1.0)
 
     async def shutdown(self) -> None:
         if self._reader is not None:
@@ -278,6 +307,7 @@ async def pump_logs(resp: aiohttp.ClientResponse, viewer: Viewer) -> str:
     try:
         async for chunk in resp.content.iter_any():
             viewer.offer(chunk)
+            await viewer.drained()  # backpressure: the API server holds the rest of the log
             if viewer.closing is not None:
                 return "viewer closed"
         return "log stream ended"
