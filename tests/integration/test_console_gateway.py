@@ -441,3 +441,68 @@ async def test_console_client_tail_and_errors(env: ConsoleEnv, gateway: GatewayP
     with pytest.raises(ConsoleError) as info:
         [line async for line in ConsoleClient(gateway.url, namespace=OTHER_NS).tail("sdk")]
     assert info.value.status == 401
+
+
+# -- gridctl console ---------------------------------------------------------------------------------------
+
+
+async def _gridctl(*args: str, stdin: bytes | None = None, until: bytes | None = None, then: bytes | None = None) -> tuple[int, str, str]:
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gridop.cli.gridctl", *args, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    out = b""
+    if stdin is not None:
+        proc.stdin.write(stdin)
+        await proc.stdin.drain()
+    if until is not None:
+        async with asyncio.timeout(20):
+            while until not in out:
+                chunk = await proc.stdout.read(4096)
+                assert chunk, f"gridctl ended before printing {until!r}: {out[-300:]!r}"
+                out += chunk
+        if then is not None:
+            proc.stdin.write(then)
+            await proc.stdin.drain()
+    rest, err = await asyncio.wait_for(proc.communicate(), 20)
+    return proc.returncode or 0, (out + rest).decode(errors="replace"), err.decode(errors="replace")
+
+
+async def test_gridctl_console_tail_interact_and_errors(env: ConsoleEnv, gateway: GatewayProcess) -> None:
+    console = env.session(NS, "cli")
+    assert console is not None
+    console.write(b"echo cli-line\r")
+    await eventually(lambda: b"cli-line\r\n" in console.log)
+    common = ["--gateway-url", gateway.url, "--token", "alice-k8s"]
+    code, out, err = await _gridctl("-n", NS, "console", "tail", "cli", *common, "-n", "2")
+    assert (code, err) == (0, "") and out.endswith("cli-line\r\n$ ")
+
+    code, out, err = await _gridctl("-n", NS, "console", "interact", "cli", *common,
+                                    stdin=b"echo typed-$((2+3))\r", until=b"typed-5", then=b"\x1d")
+    assert code == 0 and "typed-5" in out and "[detached]" in err
+
+    code, out, err = await _gridctl("-n", NS, "console", "interact", "cli", "--gateway-url", gateway.url, "--token", "eve-k8s")
+    assert code == 1 and out == ""
+    assert err == "ERROR: user 'eve' may not create gridsessions/console 'cli' in namespace 'grid'\n"
+
+    code, out, err = await _gridctl("-n", NS, "console", "tail", "Bad_Name", *common)
+    assert code == 2 and err.startswith("Error: session_id 'Bad_Name' is not a valid session name") and "Traceback" not in err
+
+    code, out, err = await _gridctl("-n", NS, "console", "tail", "cli", "--gateway-url", "ws://127.0.0.1:1", "--token", "x")
+    assert code == 1 and err.startswith("ERROR: cannot reach the console gateway at ws://127.0.0.1:1") and "Traceback" not in err
+
+
+async def test_gridctl_console_replay_plays_a_recording(env: ConsoleEnv, gateway: GatewayProcess, http: aiohttp.ClientSession) -> None:
+    env.session(NS, "replayed")
+    async with http.ws_connect(f"{gateway.url}/interact/{NS}/replayed", headers=bearer("alice-k8s"), protocols=[wire.SUBPROTOCOL]) as ws:
+        await ws.send_bytes(b"echo replay-$((7*6))\r")
+        await read_until(ws, "replay-42\r\n")
+    casts = await eventually(lambda: list((gateway.log_path.parent / "recordings" / NS / "replayed").glob("*.cast")))
+    await eventually(lambda: "replay-42" in casts[0].read_text(), what="the recording is flushed on close")
+    code, out, err = await _gridctl("console", "replay", str(casts[0]), "--speed", "100")
+    assert (code, err) == (0, "") and "replay-42" in out
+    code, out, err = await _gridctl("console", "replay", str(gateway.log_path))
+    assert code == 2 and err.startswith("Error: ") and "not an asciicast v2 recording" in err

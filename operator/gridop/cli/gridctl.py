@@ -1,9 +1,11 @@
-"""gridctl — start, stop, list and inspect grid sessions.
+"""gridctl — start, stop, list and inspect grid sessions; reach their consoles.
 
     gridctl session start NAME --node kind-worker --user alice --config session.json
     gridctl session list
     gridctl session get NAME -o yaml
     gridctl session stop NAME
+    gridctl console tail NAME -n 100 -f
+    gridctl console interact NAME
 
 Installed as `kubectl-grid` too, so `kubectl grid session list` works.
 """
@@ -27,6 +29,9 @@ from ..api.v1alpha1.gridsession import KIND
 from ..client.sessions import validate_session_id
 from ..kube import KubeClient, KubeError, load_cluster_access, resources
 from ..sessions.config import read_session_config_file
+from ..client.console import ConsoleError
+from ..kube.access import AccessError
+from . import console as console_cli
 from . import tasks as tasks_cli
 
 
@@ -182,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
 
     tasks_cli.add_parser(kinds)
+    console_cli.add_parser(kinds)
     return parser
 
 
@@ -192,7 +198,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.kind in ("tasks", "tb"):
             return asyncio.run(tasks_cli.run(args))
+        if args.kind == "console":
+            return asyncio.run(console_cli.run(args))
         return asyncio.run(run(args))
+    except ConsoleError as exc:
+        print(f"ERROR: {exc.message}", file=sys.stderr)
+        return 1
+    except AccessError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
     except ValueError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2

@@ -150,7 +150,8 @@ def decide(
     name = session.metadata["name"]
     if settings.gateway_url:
         base = settings.gateway_url.rstrip("/")
-        st.console = ConsoleURLs(interact=f"{base}/interact/{name}", tail=f"{base}/tail/{name}")
+        ns = session.metadata.get("namespace", "default")
+        st.console = ConsoleURLs(interact=f"{base}/interact/{ns}/{name}", tail=f"{base}/tail/{ns}/{name}")
 
     # Terminal phases: keep the pod gone, then honour the TTL.
     if Phase(st.phase).is_terminal:
