@@ -31,8 +31,9 @@ def render(*sets: str, include_crds: bool = False) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(helm(*args).stdout) if d]
 
 
-def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [d for d in docs if d["kind"] == kind]
+def by_kind(docs: list[dict[str, Any]], kind: str, component: str | None = None) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind
+            and (component is None or d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component)]
 
 
 def test_lint_passes() -> None:
@@ -52,7 +53,7 @@ def test_defaults_render_a_restricted_operator_with_crds_and_rbac() -> None:
         committed = yaml.safe_load(path.read_text())
         assert crds[committed["metadata"]["name"]] == committed
 
-    (deploy,) = by_kind(docs, "Deployment")
+    (deploy,) = by_kind(docs, "Deployment", "operator")
     pod = deploy["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["args"] == ["operator"]
@@ -101,7 +102,7 @@ def _rules(role: dict[str, Any]) -> set[tuple[str, str, str]]:
 def test_cluster_rbac_grants_what_the_operator_does_and_no_wildcards() -> None:
     docs = render()
     operator_roles = [r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"].endswith("-cluster")]
-    rules = set().union(*(_rules(r) for r in operator_roles + by_kind(docs, "Role")))
+    rules = set().union(*(_rules(r) for r in operator_roles + [r for r in by_kind(docs, "Role") if "gateway" not in r["metadata"]["name"]]))
     needed = {
         ("gridop.io", "gridsessions", "watch"), ("gridop.io", "gridsessions", "patch"),
         ("gridop.io", "gridsessions/status", "patch"), ("", "pods", "create"), ("", "pods", "delete"),
@@ -118,10 +119,12 @@ def test_cluster_rbac_grants_what_the_operator_does_and_no_wildcards() -> None:
 def test_namespaced_mode_grants_roles_per_watched_namespace_only() -> None:
     docs = render("rbac.scope=namespaced", "operator.watchNamespaces={team-a,team-b}")
     roles = {r["metadata"]["namespace"] for r in by_kind(docs, "Role") if ("", "pods", "create") in _rules(r)}
+    gateway_roles = {r["metadata"]["namespace"] for r in by_kind(docs, "Role", "gateway") if ("", "pods/attach", "create") in _rules(r)}
+    assert gateway_roles == {"team-a", "team-b"}
     assert roles == {"team-a", "team-b"}
     cluster = [r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"].endswith("-cluster")][0]
     assert ("", "pods", "create") not in _rules(cluster)
-    env = {e["name"]: e.get("value") for e in by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = {e["name"]: e.get("value") for e in by_kind(docs, "Deployment", "operator")[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["GRIDOP_WATCH_NAMESPACES"] == '["team-a","team-b"]'
 
 
@@ -158,3 +161,66 @@ def test_service_monitor_is_optional() -> None:
     docs = render("metrics.serviceMonitor.enabled=true")
     (sm,) = by_kind(docs, "ServiceMonitor")
     assert sm["spec"]["endpoints"][0]["port"] == "metrics"
+
+
+def test_the_gateway_runs_restricted_with_least_privilege() -> None:
+    docs = render()
+    (deploy,) = by_kind(docs, "Deployment", "gateway")
+    pod = deploy["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["gateway"] and pod["serviceAccountName"] == "gridop-gateway"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    (svc,) = [s for s in by_kind(docs, "Service", "gateway")]
+    assert svc["spec"]["ports"][0]["targetPort"] == "http"
+
+    gateway_roles = by_kind(docs, "ClusterRole", "gateway") + by_kind(docs, "Role", "gateway")
+    rules = set().union(*(_rules(r) for r in gateway_roles))
+    assert {
+        ("authentication.k8s.io", "tokenreviews", "create"), ("authorization.k8s.io", "subjectaccessreviews", "create"),
+        ("", "pods/attach", "create"), ("", "pods/exec", "create"), ("", "pods/attach", "get"), ("", "pods/log", "get"),
+        ("gridop.io", "gridsessions", "watch"), ("gridop.io", "gridsessions", "patch"), ("", "events", "create"),
+        ("", "configmaps", "get"),
+    } <= rules
+    # Never the signing keys, never pods themselves, nothing but the public-key ConfigMap in its namespace.
+    assert not any(res in ("secrets", "pods") for _, res, _ in rules)
+    (keys,) = [r for r in by_kind(docs, "Role", "gateway") if r["metadata"]["name"].endswith("-keys")]
+    assert keys["rules"] == [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["gridop-signing-keys-public"], "verbs": ["get"]}]
+    assert not any("*" in part for rule in rules for part in rule)
+
+
+def test_the_operator_reports_the_gateway_url() -> None:
+    def operator_env(*sets: str) -> dict[str, Any]:
+        (deploy,) = by_kind(render(*sets), "Deployment", "operator")
+        return {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+    assert operator_env()["GRIDOP_GATEWAY_URL"] == "ws://gridop-gateway.gridop-system.svc:80"
+    assert operator_env("gateway.url=wss://grid.example.com/console")["GRIDOP_GATEWAY_URL"] == "wss://grid.example.com/console"
+    assert "GRIDOP_GATEWAY_URL" not in operator_env("gateway.enabled=false")
+    assert not by_kind(render("gateway.enabled=false"), "Deployment", "gateway")
+
+
+def test_gateway_recording_and_settings() -> None:
+    docs = render("gateway.recording.enabled=true", "gateway.allowedOrigins={https://console.example}",
+                  "gateway.limits.maxConnectionsPerUser=8")
+    (pvc,) = by_kind(docs, "PersistentVolumeClaim")
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    (deploy,) = by_kind(docs, "Deployment", "gateway")
+    env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["GRIDOP_GATEWAY_RECORDING_DIR"] == "/var/lib/gridop/recordings"
+    assert env["GRIDOP_GATEWAY_RECORDING_REQUIRED"] == "true"
+    assert env["GRIDOP_GATEWAY_ALLOWED_ORIGINS"] == '["https://console.example"]'
+    assert env["GRIDOP_GATEWAY_MAX_CONNECTIONS_PER_USER"] == "8"
+    result = helm("template", "gridop", str(CHART), "--set", "gateway.recording.enabled=true",
+                  "--set", "gateway.replicas=2", check=False)
+    assert result.returncode != 0 and "needs gateway.recording.accessMode: ReadWriteMany" in result.stderr
+    for bad, where in (("gateway.url=ftp://x", "/gateway/url"), ("gateway.allowedOrigins={evil}", "/gateway/allowedOrigins")):
+        result = helm("template", "gridop", str(CHART), "--set", bad, check=False)
+        assert result.returncode != 0 and where in result.stderr, (bad, result.stderr)
+
+
+def test_users_get_console_rights_through_the_aggregated_roles() -> None:
+    roles = {r["metadata"]["name"]: r for r in by_kind(render(), "ClusterRole")}
+    assert ("gridop.io", "gridsessions/console", "get") in _rules(roles["gridop-view"])
+    assert ("gridop.io", "gridsessions/console", "create") not in _rules(roles["gridop-view"])
+    assert ("gridop.io", "gridsessions/console", "create") in _rules(roles["gridop-edit"])

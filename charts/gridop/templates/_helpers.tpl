@@ -53,3 +53,33 @@ app.kubernetes.io/component: operator
 
 
 {{- define "gridop.redisSecret" -}}{{ include "gridop.fullname" . }}-redis{{- end -}}
+
+{{- define "gridop.gatewaySelectorLabels" -}}
+app.kubernetes.io/name: gridop
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
+{{- end -}}
+
+{{- define "gridop.gatewayName" -}}{{ include "gridop.fullname" . }}-gateway{{- end -}}
+
+{{/* Where the operator tells clients the consoles are: the external URL, else the in-cluster Service. */}}
+{{- define "gridop.gatewayUrl" -}}
+{{- if .Values.gateway.url -}}{{ .Values.gateway.url }}{{- else if .Values.gateway.enabled -}}ws://{{ include "gridop.gatewayName" . }}.{{ .Release.Namespace }}.svc:{{ .Values.gateway.service.port }}{{- end -}}
+{{- end -}}
+
+{{/* The gateway's rights on namespaced objects: granted cluster-wide or per watched namespace. */}}
+{{- define "gridop.gatewayNamespacedRules" -}}
+- apiGroups: [gridop.io]
+  resources: [gridsessions]
+  verbs: [get, list, watch, patch]
+- apiGroups: [""]
+  resources: [pods/log]
+  verbs: [get]
+# Kubernetes 1.35+ authorizes websocket upgrades of attach/exec as `create`.
+- apiGroups: [""]
+  resources: [pods/attach, pods/exec]
+  verbs: [get, create]
+- apiGroups: ["", events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end -}}
