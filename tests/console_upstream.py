@@ -216,21 +216,22 @@ class ApiFront:
         lines = request.query.get("tailLines")
         follow = request.query.get("follow") == "true"
         resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
-        await resp.prepare(request)
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         if follow:
             console.listeners.add(queue)
         try:
+            await resp.prepare(request)
             await resp.write(console.tail(int(lines) if lines is not None else None))
             while follow and not (console.exited.is_set() and queue.empty()):
                 data = await queue.get()
                 if data is None:
                     break
                 await resp.write(data)
+            await resp.write_eof()
+        except ConnectionError:
+            pass  # the reader (the gateway) went away
         finally:
             console.listeners.discard(queue)
-        with contextlib.suppress(ConnectionError):
-            await resp.write_eof()
         return resp
 
     # -- reviews ------------------------------------------------------------------------------------
