@@ -1,5 +1,6 @@
-"""The gridop SDK: GRID-compatible session management backed by GridSession objects."""
+"""The gridop SDK: GRID-compatible session management backed by GridSession objects, and session consoles."""
 
+from .console import ConsoleClient, ConsoleError, ConsoleStream
 from .sessions import GridSessionManager
 from .sharing import (
     SessionAlreadyExistsError,
@@ -12,6 +13,9 @@ from .sharing import (
 )
 
 __all__ = [
+    "ConsoleClient",
+    "ConsoleError",
+    "ConsoleStream",
     "GridSessionManager",
     "SessionAlreadyExistsError",
     "SessionBusyError",
