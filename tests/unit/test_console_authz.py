@@ -194,3 +194,19 @@ async def test_token_audiences_are_enforced() -> None:
     reviewer.token_review = wrong_audience  # type: ignore[method-assign]
     with pytest.raises(Denied, match="not issued for audience"):
         await authz.authenticate("k8s-other")
+
+
+async def test_a_burst_with_one_token_reviews_it_once() -> None:
+    import asyncio
+
+    reviewer = Reviewer()
+    slow_review = reviewer.token_review
+
+    async def slow(token: str, audiences: list[str]) -> Mapping[str, Any]:
+        await asyncio.sleep(0.05)
+        return await slow_review(token, audiences)
+
+    reviewer.token_review = slow  # type: ignore[method-assign]
+    authz = authorizer(reviewer)
+    principals = await asyncio.gather(*(authz.authenticate("k8s-alice") for _ in range(50)))
+    assert {p.user for p in principals} == {"alice"} and reviewer.calls == 1

@@ -86,12 +86,18 @@ class Gateway:
         self._touched: dict[tuple[str, str], float] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._janitor: asyncio.Task[None] | None = None
+        # Events go out through a bounded queue and a few posters: a burst of connections must not
+        # become a burst of API writes. Beyond the queue they are shed (the JSON audit line stays).
+        self._events: asyncio.Queue[tuple[dict[str, Any], str, str, str]] = asyncio.Queue(maxsize=1000)
+        self._posters: list[asyncio.Task[None]] = []
+        self._shed = 0
         self.sessions.add_listener(self._session_changed)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         await self.sessions.start()
         self._janitor = asyncio.create_task(self._sweep_forever())
+        self._posters = [asyncio.create_task(self._post_events()) for _ in range(4)]
 
     async def stop(self) -> None:
         for conns in list(self.connections.values()):
@@ -100,10 +106,13 @@ class Gateway:
         waits = [c.viewer.closed.wait() for conns in self.connections.values() for c in conns]
         if waits:
             await asyncio.wait([asyncio.ensure_future(w) for w in waits], timeout=5)
-        if self._janitor is not None:
-            self._janitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._janitor
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._events.join(), 5)  # the closing Events of the connections just closed
+        for task in [self._janitor, *self._posters]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for hub in list(self.hubs.values()):
             await hub.shutdown()
         await self.sessions.stop()
@@ -513,11 +522,21 @@ class Gateway:
         self._spawn(write())
 
     def _event(self, session: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        if len(self._background) > 1000:  # the API is slow: keep the log line, shed the Event
-            log.warning("shedding %s event for %s: too many pending writes", reason, session["metadata"].get("name"))
-            return
         body = {"apiVersion": session.get("apiVersion"), "kind": session.get("kind"), "metadata": session.get("metadata", {})}
-        self._spawn(self.events.record(body, type_, reason, message))
+        try:
+            self._events.put_nowait((body, type_, reason, message))
+        except asyncio.QueueFull:
+            self._shed += 1
+            if self._shed in (1, 10, 100) or self._shed % 1000 == 0:
+                log.warning("the API is slow to take Events: %d console Events shed (the audit log lines are kept)", self._shed)
+
+    async def _post_events(self) -> None:
+        while True:
+            body, type_, reason, message = await self._events.get()
+            try:
+                await self.events.record(body, type_, reason, message)
+            finally:
+                self._events.task_done()
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)

@@ -121,6 +121,26 @@ class Authorizer:
         self._token_audiences = list(token_audiences or [])
         self._reviews = _TTLCache(cache_seconds)
         self._access = _TTLCache(cache_seconds)
+        self._inflight: dict[Any, asyncio.Future[Any]] = {}
+
+    async def _single_flight(self, key: Any, call: Callable[[], Awaitable[Any]]) -> Any:
+        """One review per key at a time: a burst of connections with one token asks the API once."""
+        pending = self._inflight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            result = await call()
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here; waiters re-raise it
+            raise
+        else:
+            future.set_result(result)
+            return result
+        finally:
+            del self._inflight[key]
 
     # -- authentication: 401 ---------------------------------------------------------------
     async def authenticate(self, token: str | None) -> Principal:
@@ -153,7 +173,7 @@ class Authorizer:
         status = self._reviews.get(key)
         if status is None:
             try:
-                status = await self._reviewer.token_review(token, self._token_audiences)
+                status = await self._single_flight(("review", key), lambda: self._reviewer.token_review(token, self._token_audiences))
             except Exception as exc:
                 raise Unavailable(f"cannot review the token (TokenReview failed: {exc})") from exc
             self._reviews.put(key, status, None if status.get("authenticated") else 2.0)
@@ -186,7 +206,7 @@ class Authorizer:
         allowed = self._access.get(key)
         if allowed is None:
             try:
-                status = await self._reviewer.access_review(principal, verb, namespace, name)
+                status = await self._single_flight(("access", key), lambda: self._reviewer.access_review(principal, verb, namespace, name))
             except Exception as exc:
                 raise Unavailable(f"cannot check permissions (SubjectAccessReview failed: {exc})") from exc
             allowed = bool(status.get("allowed")) and not status.get("denied")

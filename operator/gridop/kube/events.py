@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import os
 import uuid
 from collections.abc import Mapping
 from typing import Any
+
+import aiohttp
 
 from .client import KubeClient, KubeError
 from .resources import EVENTS
@@ -48,5 +51,5 @@ class EventRecorder:
         }
         try:
             await self._client.create(EVENTS, body, namespace)
-        except KubeError as exc:
+        except (KubeError, aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
             log.warning("could not post event %s on %s/%s: %s", reason, namespace, meta.get("name"), exc)
