@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import pathlib
 import resource
 import statistics
@@ -147,7 +146,7 @@ async def fan_out(env: ConsoleEnv, gateway: GatewayProcess, monitors: int, lines
         for i in range(lines):
             marker = f"mark-{i}-{time.time_ns()}"
 
-            async def wait(ws: aiohttp.ClientWebSocketResponse) -> None:
+            async def wait(ws: aiohttp.ClientWebSocketResponse, marker: str = marker) -> None:
                 seen = ""
                 while marker + "\r\n" not in seen:
                     msg = await ws.receive()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import pathlib
 import socket
 from collections.abc import Iterator
 

@@ -169,7 +169,9 @@ class Viewer:
         code, reason = self.closing or (wire.CLOSE_NORMAL, "closed")
         try:
             # The close frame may not get out to a client that stopped reading: bounded wait, then abort.
-            await asyncio.wait_for(self.ws.close(code=code, message=reason[:120].encode()), 2.0)
+            # A close reason is at most 123 bytes; cut on a character boundary.
+            message = reason.encode()[:123].decode(errors="ignore").encode()
+            await asyncio.wait_for(self.ws.close(code=code, message=message), 2.0)
         except (asyncio.TimeoutError, ConnectionError, RuntimeError):
             if self._transport is not None:
                 self._transport.abort()  # type: ignore[attr-defined]
@@ -203,26 +205,25 @@ class ConsoleHub:
         self._drained = asyncio.Event()
 
     async def open(self) -> None:
-        """Connect upstream once (concurrent joiners wait for the same attempt)."""
+        """Connect upstream once; viewers joining meanwhile wait for the same attempt."""
         if self._ws is not None and not self._ws.closed:
             return
-        if self._opening is None:
-            self._opening = asyncio.get_running_loop().create_future()
-            try:
-                self._ws = await self._connect()
-                self.protocol = self._ws.protocol
-                metrics.CONSOLE_UPSTREAMS.inc()
-                self._reader = asyncio.create_task(self._read())
-                self._opening.set_result(None)
-            except BaseException as exc:
-                self._opening.set_exception(exc)
-                self._opening.exception()  # mark retrieved: joiners re-raise it themselves
-                raise
-            finally:
-                opening, self._opening = self._opening, None
-                del opening
-        else:
+        if self._opening is not None:
             await asyncio.shield(self._opening)
+            return
+        self._opening = asyncio.get_running_loop().create_future()
+        try:
+            self._ws = await self._connect()
+            self.protocol = self._ws.protocol
+            metrics.CONSOLE_UPSTREAMS.inc()
+            self._reader = asyncio.create_task(self._read())
+            self._opening.set_result(None)
+        except BaseException as exc:
+            self._opening.set_exception(exc)
+            self._opening.exception()  # retrieved here; concurrent joiners re-raise it
+            raise
+        finally:
+            self._opening = None
 
     def join(self, viewer: Viewer, user: str) -> None:
         """Add a viewer; a second interactive viewer is refused (409) by the caller's check."""
