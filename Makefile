@@ -63,3 +63,4 @@ bench: venv
 	$(BIN)/pip install -q -e '.[test,bench]'
 	$(BIN)/python -m bench.tasks
 	$(BIN)/python -m bench.session_start --sessions 20
+	$(BIN)/python -m bench.console
