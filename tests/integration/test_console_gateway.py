@@ -505,3 +505,19 @@ async def test_gridctl_console_replay_plays_a_recording(env: ConsoleEnv, gateway
     assert (code, err) == (0, "") and "replay-42" in out
     code, out, err = await _gridctl("console", "replay", str(gateway.log_path))
     assert code == 2 and err.startswith("Error: ") and "not an asciicast v2 recording" in err
+
+
+async def test_an_idle_connection_is_closed(env: ConsoleEnv, tmp_path_factory: pytest.TempPathFactory, http: aiohttp.ClientSession) -> None:
+    tmp = tmp_path_factory.mktemp("idle-gateway")
+    idle = await asyncio.to_thread(GatewayProcess, env.write_kubeconfig(tmp / "kubeconfig"), tmp / "gateway.log",
+                                   watch_namespaces=[NS], gateway_idle_timeout_seconds=1)
+    try:
+        env.session(NS, "sleepy")
+        async with http.ws_connect(f"{idle.url}/interact/{NS}/sleepy", headers=bearer("alice-k8s")) as ws:
+            async with asyncio.timeout(10):
+                msg = await ws.receive()
+                while msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                    msg = await ws.receive()
+            assert (ws.close_code, msg.extra) == (wire.CLOSE_POLICY, "idle for 1s")
+    finally:
+        assert await asyncio.to_thread(idle.stop) == 0
