@@ -226,4 +226,3 @@ async def test_an_unusable_signing_key_is_reported_and_picked_up_once_fixed(
         stop.set()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 20)
-

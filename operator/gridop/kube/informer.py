@@ -130,28 +130,35 @@ class Informer:
         resp = await self._client.open_stream(self._resource.path(namespace), params)
         try:
             self._broken_since[namespace] = None
-            async for line in resp.content:
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                kind, obj = event.get("type"), event.get("object") or {}
-                if kind == "ERROR":
-                    if obj.get("code") == 410:
-                        return None
-                    raise KubeError(int(obj.get("code") or 500), str(obj.get("message")), str(obj.get("reason", "")))
-                meta = obj.get("metadata") or {}
-                version = str(meta.get("resourceVersion") or version)
-                if kind == "BOOKMARK":
-                    continue
-                key = (meta.get("namespace"), meta.get("name"))
-                if kind == "DELETED":
-                    self._objects.pop(key, None)  # type: ignore[arg-type]
-                else:
-                    self._objects[key] = obj  # type: ignore[index]
-                self._notify(str(kind), obj)
+            # The server ends the watch at timeoutSeconds; still reading well past that means a
+            # half-open connection, which would otherwise freeze the cache silently.
+            async with asyncio.timeout(self._watch_timeout + 30):
+                version = await self._follow(resp, version)
         finally:
             resp.release()
         return version  # the server ended the watch (timeoutSeconds): resume from here
+
+    async def _follow(self, resp: aiohttp.ClientResponse, version: str) -> str | None:
+        async for line in resp.content:
+            if not line.strip():
+                continue
+            event = json.loads(line)
+            kind, obj = event.get("type"), event.get("object") or {}
+            if kind == "ERROR":
+                if obj.get("code") == 410:
+                    return None
+                raise KubeError(int(obj.get("code") or 500), str(obj.get("message")), str(obj.get("reason", "")))
+            meta = obj.get("metadata") or {}
+            version = str(meta.get("resourceVersion") or version)
+            if kind == "BOOKMARK":
+                continue
+            key = (meta.get("namespace"), meta.get("name"))
+            if kind == "DELETED":
+                self._objects.pop(key, None)  # type: ignore[arg-type]
+            else:
+                self._objects[key] = obj  # type: ignore[index]
+            self._notify(str(kind), obj)
+        return version
 
     def _notify(self, kind: str, obj: dict[str, Any]) -> None:
         for listener in self._listeners:
