@@ -31,6 +31,11 @@ from aiohttp import web
 V5, V4 = "v5.channel.k8s.io", "v4.channel.k8s.io"
 
 
+def _pod_not_found(pod: str) -> web.Response:
+    return web.json_response({"kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404,
+                              "message": f'pods "{pod}" not found'}, status=404)
+
+
 class PtyConsole:
     """A container's console: a real program on a real pseudo-terminal."""
 
@@ -166,8 +171,7 @@ class ApiFront:
     async def attach(self, request: web.Request) -> web.StreamResponse:
         console = self.consoles.get((request.match_info["ns"], request.match_info["pod"]))
         if console is None:
-            return web.json_response({"kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404,
-                                      "message": f'pods "{request.match_info["pod"]}" not found'}, status=404)
+            return _pod_not_found(request.match_info["pod"])
         ws = web.WebSocketResponse(protocols=self.protocols)
         await ws.prepare(request)
         self.attaches += 1
@@ -211,8 +215,7 @@ class ApiFront:
     async def logs(self, request: web.Request) -> web.StreamResponse:
         console = self.consoles.get((request.match_info["ns"], request.match_info["pod"]))
         if console is None:
-            return web.json_response({"kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404,
-                                      "message": f'pods "{request.match_info["pod"]}" not found'}, status=404)
+            return _pod_not_found(request.match_info["pod"])
         lines = request.query.get("tailLines")
         follow = request.query.get("follow") == "true"
         resp = web.StreamResponse(headers={"Content-Type": "text/plain"})

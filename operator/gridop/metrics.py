@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 SESSIONS = Gauge("gridop_sessions", "GridSessions by phase", ["phase"])
 SESSION_START_SECONDS = Histogram(
@@ -26,3 +29,25 @@ CONSOLE_DENIALS = Counter("gridop_console_denials_total", "Console requests refu
 CONSOLE_UPSTREAM_ERRORS = Counter("gridop_console_upstream_errors_total", "Kubernetes API stream failures", ["endpoint", "reason"])
 CONSOLE_CLOSES = Counter("gridop_console_closes_total", "Console connections closed, by why", ["endpoint", "reason"])
 CONSOLE_UPSTREAMS = Gauge("gridop_console_upstreams", "Open upstream attach/exec streams (one per session, shared)")
+
+
+async def serve_health(port: int, ready: Callable[[], bool]) -> web.AppRunner:
+    """/metrics, /healthz and /readyz (503 until `ready()`) on `port`: every gridop process's probes."""
+
+    async def metrics_view(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        return web.json_response({"ready": ready()}, status=200 if ready() else 503)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "0.0.0.0", port).start()
+    return runner

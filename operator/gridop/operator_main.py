@@ -8,9 +8,8 @@ from typing import Any
 
 import kopf
 import redis.asyncio as aioredis
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from . import metrics
 from .auth.keystore import KeyringSource
 from .auth.tokens import SigningKeyError
 from .handlers import build_registry
@@ -27,26 +26,6 @@ log = logging.getLogger(__name__)
 
 class LeadershipLost(RuntimeError):
     """Raised so the process exits non-zero and restarts as a standby."""
-
-
-async def serve_health(port: int, ready: asyncio.Event) -> web.AppRunner:
-    async def metrics_view(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def readyz(_: web.Request) -> web.Response:
-        return web.json_response({"ready": ready.is_set()}, status=200 if ready.is_set() else 503)
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics_view)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "0.0.0.0", port).start()
-    return runner
 
 
 async def run_operator(
@@ -74,7 +53,7 @@ async def run_operator(
     batches = BatchReconciler(client, settings, redis, recorder, **kwargs)
     ready = ready_flag or asyncio.Event()
     stop = stop_flag or asyncio.Event()
-    runner = await serve_health(settings.metrics_port, ready) if serve_metrics else None
+    runner = await metrics.serve_health(settings.metrics_port, ready.is_set) if serve_metrics else None
     elector: LeaderElector | None = None
     holding: asyncio.Task[None] | None = None
     lost = asyncio.Event()

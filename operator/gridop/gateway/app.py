@@ -22,14 +22,13 @@ import logging
 import pathlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
 from multidict import MultiDict
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import metrics
 from ..api import console as wire
@@ -50,6 +49,19 @@ log = logging.getLogger(__name__)
 
 MAX_CLIENT_FRAME = 64 * 1024
 ACTIVE_PHASES = ("Starting", "Running")
+
+
+@contextlib.contextmanager
+def _upstream_failures(endpoint: str, what: str) -> Iterator[None]:
+    """The API refused the stream: 502 with its message; the API is unreachable: 503."""
+    try:
+        yield
+    except KubeError as exc:
+        metrics.CONSOLE_UPSTREAM_ERRORS.labels(endpoint, str(exc.status)).inc()
+        raise UpstreamError(502, f"{what}: {exc.api_message or exc}") from exc
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        metrics.CONSOLE_UPSTREAM_ERRORS.labels(endpoint, "unreachable").inc()
+        raise UpstreamError(503, f"the Kubernetes API is unreachable: {exc}") from exc
 
 
 @dataclasses.dataclass(eq=False)
@@ -278,14 +290,8 @@ class Gateway:
             params.add("command", part)
         verb = "exec" if command else "attach"
         path = f"/api/v1/namespaces/{namespace}/pods/{pod}/{verb}"
-        try:
+        with _upstream_failures("interact", f"cannot {verb} to pod {pod!r}"):
             ws = await self.client.websocket(path, params, channels.PROTOCOLS, heartbeat=self.settings.gateway_ping_seconds)
-        except KubeError as exc:
-            metrics.CONSOLE_UPSTREAM_ERRORS.labels("interact", str(exc.status)).inc()
-            raise UpstreamError(502, f"cannot {verb} to pod {pod!r}: {exc.api_message or exc}") from exc
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-            metrics.CONSOLE_UPSTREAM_ERRORS.labels("interact", "unreachable").inc()
-            raise UpstreamError(503, f"the Kubernetes API is unreachable: {exc}") from exc
         if ws.protocol not in channels.PROTOCOLS:
             await ws.close()
             raise UpstreamError(502, f"the Kubernetes API answered {verb} with no channel protocol (offered {', '.join(channels.PROTOCOLS)})")
@@ -333,14 +339,8 @@ class Gateway:
         params = {"container": self.settings.gateway_console_container, "tailLines": str(req.lines)}
         if req.follow:
             params["follow"] = "true"
-        try:
+        with _upstream_failures("tail", f"cannot read the log of pod {pod!r}"):
             resp = await self.client.open_stream(f"/api/v1/namespaces/{namespace}/pods/{pod}/log", params)
-        except KubeError as exc:
-            metrics.CONSOLE_UPSTREAM_ERRORS.labels("tail", str(exc.status)).inc()
-            raise UpstreamError(502, f"cannot read the log of pod {pod!r}: {exc.api_message or exc}") from exc
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-            metrics.CONSOLE_UPSTREAM_ERRORS.labels("tail", "unreachable").inc()
-            raise UpstreamError(503, f"the Kubernetes API is unreachable: {exc}") from exc
         try:
             await ws.prepare(request)
         except BaseException:
@@ -544,26 +544,6 @@ class Gateway:
         task.add_done_callback(self._background.discard)
 
 
-async def serve_metrics(port: int, ready: Callable[[], bool]) -> web.AppRunner:
-    async def metrics_view(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def readyz(_: web.Request) -> web.Response:
-        return web.json_response({"ready": ready()}, status=200 if ready() else 503)
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics_view)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "0.0.0.0", port).start()
-    return runner
-
-
 async def run_gateway(
     settings: Settings,
     access: Any = None,
@@ -587,7 +567,7 @@ async def run_gateway(
         await runner.setup()
         await web.TCPSite(runner, host, settings.gateway_port).start()
         if with_metrics:
-            metrics_runner = await serve_metrics(settings.metrics_port, lambda: gateway.ready)
+            metrics_runner = await metrics.serve_health(settings.metrics_port, lambda: gateway.ready)
         log.info("console gateway listening on %s:%d", host, settings.gateway_port)
         if ready_flag is not None:
             ready_flag.set()

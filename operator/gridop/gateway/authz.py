@@ -24,10 +24,13 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
+import jwt
+
 from ..api import console as wire
 from ..api.v1alpha1 import GROUP
 from ..api.v1alpha1.gridsession import PLURAL
 from ..auth.tokens import TokenError, VerificationKeys, unverified_claims, verify_token
+from ..kube import resources
 from .requests import ConsoleRequest
 
 CONSOLE_SUBRESOURCE = "console"
@@ -234,8 +237,6 @@ class Authorizer:
 
 
 def _kid(token: str) -> str | None:
-    import jwt
-
     try:
         return jwt.get_unverified_header(token).get("kid")
     except jwt.PyJWTError as exc:
@@ -250,8 +251,6 @@ class KubeReviewer:
         self._timeout = timeout
 
     async def token_review(self, token: str, audiences: list[str]) -> Mapping[str, Any]:
-        from ..kube import resources
-
         spec: dict[str, Any] = {"token": token}
         if audiences:
             spec["audiences"] = audiences
@@ -260,8 +259,6 @@ class KubeReviewer:
         return result.get("status") or {}
 
     async def access_review(self, principal: Principal, verb: str, namespace: str, name: str) -> Mapping[str, Any]:
-        from ..kube import resources
-
         spec: dict[str, Any] = {
             "user": principal.user,
             "groups": list(principal.groups),

@@ -53,7 +53,7 @@ def parse_lines(value: str) -> int:
     return lines
 
 
-def parse_path(endpoint: str, namespace: str | None, target: str) -> tuple[str | None, str]:
+def parse_path(namespace: str | None, target: str) -> tuple[str | None, str]:
     if namespace is not None and not NAMESPACE_NAME.match(namespace):
         raise BadRequest(f"namespace {namespace!r} in the path is not a valid namespace name")
     if namespace is not None:
@@ -74,7 +74,7 @@ def parse_request(
     """The request's meaning, or BadRequest naming the part at fault."""
     if endpoint not in ("interact", "tail"):
         raise BadRequest(f"unknown endpoint {endpoint!r}")
-    namespace, target = parse_path(endpoint, namespace, target)
+    namespace, target = parse_path(namespace, target)
     allowed = {"mode"} if endpoint == "interact" else {"lines", "follow"}
     unknown = sorted(set(query) - allowed)
     if unknown:

@@ -64,7 +64,8 @@ class Viewer:
         self.framing = framing
         self.limit = limit_bytes
         self.mark = max(1, limit_bytes // 4)  # backlogged above this: the upstream may pause for it
-        self.on_drain: Callable[[], None] | None = None
+        self.on_drain: Callable[[], None] | None = None  # the hub's "some viewer caught up"
+        self._below_mark = asyncio.Event()
         self.recording = recording
         self._transport = transport
         self._queue: collections.deque[tuple[bytes | str, int]] = collections.deque()  # (frame, counted size)
@@ -111,10 +112,9 @@ class Viewer:
     async def drained(self) -> None:
         """Wait until the backlog is below the mark (or the viewer is closing)."""
         while self.backlogged:
-            event = asyncio.Event()
-            self.on_drain = event.set
+            self._below_mark.clear()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(event.wait(), 1.0)
+                await asyncio.wait_for(self._below_mark.wait(), 1.0)
 
     def notice(self, message: str) -> None:
         """A control message to v1 clients (seed clients only understand console bytes)."""
@@ -134,8 +134,10 @@ class Viewer:
                         await self.ws.send_str(item)
                     else:
                         await self.ws.send_bytes(item)
-                    if self._queued < self.mark and self.on_drain is not None:
-                        self.on_drain()
+                    if self._queued < self.mark:
+                        self._below_mark.set()
+                        if self.on_drain is not None:
+                            self.on_drain()
                     self.bytes_out += size
                     metrics.CONSOLE_BYTES.labels(self.endpoint, "out").inc(size)
                     self.last_activity = time.monotonic()
