@@ -10,6 +10,10 @@ import sys
 
 
 def _operator(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    from .kube import KubeError
+    from .kube.access import AccessError, load_cluster_access
     from .logs import setup_logging
     from .operator_main import LeadershipLost, run_operator
     from .settings import Settings
@@ -19,11 +23,59 @@ def _operator(args: argparse.Namespace) -> int:
         settings.watch_namespaces = list(args.namespace)
     setup_logging(settings.log_format, settings.log_level)
     try:
-        asyncio.run(run_operator(settings))
+        access = load_cluster_access()
+    except AccessError as exc:
+        print(f"gridop operator: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(run_operator(settings, access))
     except LeadershipLost as exc:
         print(f"gridop operator: {exc}; exiting to restart as a standby", file=sys.stderr)
         return 1
+    except KubeError as exc:
+        print(f"gridop operator: the Kubernetes API refused start-up: {exc.api_message or exc} "
+              f"(does namespace {settings.namespace!r} exist, and may the operator use it?)", file=sys.stderr)
+        return 1
+    except (OSError, aiohttp.ClientError) as exc:
+        print(f"gridop operator: cannot reach the Kubernetes API at {access.server}: {exc}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _masked(url: str) -> str:
+    """A data-plane URL fit for a message: the password replaced by ***."""
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def _check_worker_options(args: argparse.Namespace) -> str | None:
+    """Why the worker cannot start (one line naming the culprit), or None; checked before any process starts."""
+    import redis
+
+    from .tasks.worker import load_handler
+
+    if args.lease <= args.heartbeat:
+        return f"--lease ({args.lease:g}s) must be longer than --heartbeat ({args.heartbeat:g}s), or leases lapse between heartbeats"
+    try:
+        load_handler(args.handler)
+    except ValueError as exc:
+        return str(exc)
+    try:
+        client = redis.Redis.from_url(args.redis_url, socket_connect_timeout=5, socket_timeout=5)
+    except ValueError as exc:
+        return f"--redis-url {_masked(args.redis_url)!r} is not a Redis URL ({exc}); use redis://[:password@]host:port/db"
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        return f"cannot reach the data plane at {_masked(args.redis_url)} ({exc}); check --redis-url and that Redis runs"
+    finally:
+        client.close()
+    return None
 
 
 def _gateway(args: argparse.Namespace) -> int:
@@ -77,6 +129,10 @@ def _worker(args: argparse.Namespace) -> int:
                                         ("--handler", args.handler)) if not value]
     if missing:
         print(f"gridop worker: missing {', '.join(missing)} (or their GRIDOP_* environment variables)", file=sys.stderr)
+        return 2
+    problem = _check_worker_options(args)
+    if problem is not None:
+        print(f"gridop worker: {problem}", file=sys.stderr)
         return 2
     options = WorkerOptions(
         redis_url=args.redis_url, session_id=args.session, handler=args.handler, batch_size=args.batch_size,
