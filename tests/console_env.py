@@ -116,7 +116,12 @@ class ConsoleEnv:
         pod_name = name if pod == "" else pod
         self.run(self._session(namespace, name, user, tenant, phase, pod_name, node))
         if pod_name:
-            return self.run(self.front.add_console(namespace, pod_name, console or ["/bin/sh"]))
+            pty_console = self.run(self.front.add_console(namespace, pod_name, console or ["/bin/sh"]))
+            if console is None:  # a shell: hand it over at its first prompt, as a user would find it
+                deadline = time.monotonic() + 10
+                while b"$ " not in pty_console.log and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            return pty_console
         return None
 
     def set_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
