@@ -1,8 +1,11 @@
-"""Bad GridSessions are refused by the CRD itself, with a readable message.
+"""Bad objects are refused by the CRDs themselves, with a readable message; minimal ones are admitted.
 
-There is no API server here, so this applies the committed CRD the way one does: the OpenAPI
-schema (types, required, enums, bounds, patterns) and then every x-kubernetes-validations CEL
-rule, evaluated with cel-python (including transition rules against the old object).
+There is no API server here, so this applies the committed CRDs the way one does: structural
+defaulting first (the schema's `default`s, recursively, into a copy of the object), then the
+OpenAPI schema (types, required, enums, bounds, patterns), then every x-kubernetes-validations CEL
+rule, evaluated with cel-python (including transition rules against the old object). A rule that
+cannot be evaluated (it reads a field the object does not have) is a rejection, as it is on a
+real API server ("no such key").
 """
 
 from __future__ import annotations
@@ -17,9 +20,27 @@ import pytest
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-CRD = yaml.safe_load((ROOT / "crds" / "gridsessions.gridop.io.yaml").read_text())
-SCHEMA = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+SCHEMAS = {
+    kind: yaml.safe_load((ROOT / "crds" / f"{plural}.gridop.io.yaml").read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for kind, plural in (("GridSession", "gridsessions"), ("TaskBatch", "taskbatches"))
+}
+SCHEMA = SCHEMAS["GridSession"]
 CEL = celpy.Environment()
+
+
+def defaulted(schema: dict[str, Any], obj: Any) -> Any:
+    """The API server's structural defaulting: a missing property with a `default` gets it, and
+    defaulting then continues inside it (so `default: {}` fills in the sub-fields' defaults)."""
+    if isinstance(obj, dict):
+        obj = dict(obj)
+        for key, sub in schema.get("properties", {}).items():
+            if key not in obj and "default" in sub:
+                obj[key] = copy.deepcopy(sub["default"])
+            if key in obj:
+                obj[key] = defaulted(sub, obj[key])
+    elif isinstance(obj, list) and isinstance(schema.get("items"), dict):
+        obj = [defaulted(schema["items"], item) for item in obj]
+    return obj
 
 
 def cel_errors(schema: dict[str, Any], obj: Any, old: Any, path: str) -> list[str]:
@@ -30,8 +51,13 @@ def cel_errors(schema: dict[str, Any], obj: Any, old: Any, path: str) -> list[st
         activation = {"self": celpy.json_to_cel(obj)}
         if old is not None:
             activation["oldSelf"] = celpy.json_to_cel(old)
-        result = CEL.program(CEL.compile(rule["rule"])).evaluate(activation)
-        if not result:
+        try:
+            result = CEL.program(CEL.compile(rule["rule"])).evaluate(activation)
+        except celpy.CELEvalError as exc:
+            result = exc
+        if isinstance(result, celpy.CELEvalError):
+            errors.append(f"{path}{rule.get('fieldPath', '')}: rule {rule['rule']!r} cannot be evaluated: {result}")
+        elif not result:
             errors.append(f"{path}{rule.get('fieldPath', '')}: {rule['message']}")
     if isinstance(obj, dict):
         for key, sub in schema.get("properties", {}).items():
@@ -43,11 +69,14 @@ def cel_errors(schema: dict[str, Any], obj: Any, old: Any, path: str) -> list[st
 
 def admit(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
     """The API server's verdict: [] to admit, else the messages it would return."""
+    schema = SCHEMAS[obj["kind"]]
+    obj = defaulted(schema, obj)
+    old = defaulted(schema, old) if old is not None else None
     schema_errors = [
         f"{'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}"
-        for e in jsonschema.Draft4Validator(SCHEMA).iter_errors(obj)
+        for e in jsonschema.Draft4Validator(schema).iter_errors(obj)
     ]
-    return schema_errors or cel_errors(SCHEMA, obj, old, "")
+    return schema_errors or cel_errors(schema, obj, old, "")
 
 
 def session(**spec: Any) -> dict[str, Any]:
@@ -99,3 +128,46 @@ def test_user_is_immutable_but_other_fields_may_change() -> None:
     longer = copy.deepcopy(old)
     longer["spec"]["idleTimeoutSeconds"] = 600
     assert admit(longer, old) == []
+
+
+def batch(**spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "gridop.io/v1alpha1", "kind": "TaskBatch", "metadata": {"name": "b1"},
+            "spec": {"handler": "tasks:run", **spec}}
+
+
+def test_a_taskbatch_with_only_its_handler_is_admitted() -> None:
+    """The one required field is enough: every rule reads fields the schema defaults."""
+    assert admit(batch()) == []
+    assert admit(batch(), batch()) == []  # an update of a minimal object, transition rules included
+    assert admit(yaml.safe_load((ROOT / "examples" / "taskbatch.yaml").read_text())) == []
+
+
+@pytest.mark.parametrize(
+    "obj, message",
+    [
+        (batch(workers={"min": 5, "max": 2}), "spec.workers.min must not exceed spec.workers.max"),
+        (batch(workers={"min": 5}), "spec.workers.min must not exceed spec.workers.max"),  # max defaults to 4
+        (batch(leaseSeconds=5), "spec.leaseSeconds must exceed spec.heartbeatSeconds"),  # heartbeat defaults to 5
+        (batch(handler="no-colon"), "does not match"),
+    ],
+)
+def test_bad_taskbatches_are_refused(obj: dict[str, Any], message: str) -> None:
+    errors = admit(obj)
+    assert any(message in e for e in errors), errors
+
+
+def test_taskbatch_transition_rules() -> None:
+    cancelled = batch(cancel=True)
+    assert any("cannot be undone" in e for e in admit(batch(cancel=False), cancelled))
+    assert any("spec.handler is immutable" in e for e in admit(batch(handler="other:run"), batch()))
+
+
+@pytest.mark.parametrize("kind", sorted(SCHEMAS))
+def test_every_rule_is_evaluable_on_a_minimal_object(kind: str) -> None:
+    """Rules may only read fields that are required or defaulted: check each rule's subject paths
+    against a minimal object after defaulting (the bug class a real API server reports as
+    'no such key')."""
+    minimal = session() if kind == "GridSession" else batch()
+    obj = defaulted(SCHEMAS[kind], minimal)
+    assert cel_errors(SCHEMAS[kind], obj, None, "") == []
+    assert obj["spec"] != minimal["spec"] or kind == "GridSession"  # TaskBatch gains its defaults

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from pydantic import BaseModel
+
 from .v1alpha1 import common, gridsession, taskbatch
 
 KINDS: list[ModuleType] = [gridsession, taskbatch]
@@ -65,6 +67,24 @@ def structural(schema: dict[str, Any], defs: dict[str, Any] | None = None, *, ke
     return node
 
 
+def _object_defaults(model: type[BaseModel], schema: dict[str, Any]) -> None:
+    """`default: {}` on every field whose pydantic default is a whole sub-model (`default_factory`).
+
+    pydantic leaves such defaults out of the JSON schema, so an object that omits the field would
+    reach the API server's CEL rules without it, and a rule reading it (`self.workers.min`) fails
+    with "no such key". With `default: {}` the API server fills the object in and then applies its
+    fields' own defaults, as the operator's model does.
+    """
+    for name, field in model.model_fields.items():
+        node = schema.get("properties", {}).get(field.alias or name)
+        if node is None or field.default_factory is None:
+            continue
+        value = field.default_factory()  # type: ignore[call-arg]
+        if isinstance(value, BaseModel):
+            node.setdefault("default", {})
+            _object_defaults(type(value), node)
+
+
 def _add_rules(schema: dict[str, Any], rules: list[dict[str, Any]]) -> None:
     if rules:
         schema.setdefault("x-kubernetes-validations", []).extend(rules)
@@ -76,6 +96,7 @@ def crd_for(kind: ModuleType) -> dict[str, Any]:
     status_model = getattr(kind, f"{kind.KIND}Status")
 
     spec_schema = structural(spec_model.model_json_schema(by_alias=True, mode="validation"))
+    _object_defaults(spec_model, spec_schema)
     status_schema = structural(status_model.model_json_schema(by_alias=True, mode="serialization"), keep_defaults=False)
     status_schema.pop("required", None)  # the operator writes status piecemeal
     _add_rules(spec_schema, getattr(kind, "SPEC_RULES", []))
