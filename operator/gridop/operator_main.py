@@ -7,7 +7,6 @@ import logging
 from typing import Any
 
 import kopf
-import redis.asyncio as aioredis
 
 from . import metrics
 from .auth.keystore import KeyringSource
@@ -18,6 +17,7 @@ from .kube import ClusterAccess, KubeClient, load_cluster_access
 from .kube.events import EventRecorder
 from .kube.lease import LeaderElector
 from .sessions.reconciler import SessionReconciler
+from .tasks.connection import connect
 from .tasks.reconciler import BatchReconciler
 from .settings import Settings
 
@@ -49,7 +49,9 @@ async def run_operator(
     kwargs = {"clock": clock} if clock is not None else {}
     recorder = EventRecorder(client)
     reconciler = SessionReconciler(client, settings, keys, recorder, **kwargs)
-    redis = aioredis.Redis.from_url(settings.redis_url) if settings.redis_url else None
+    # A pass waits a few seconds for Redis, then reports the batch's data plane unavailable and
+    # tries again on the next one: the operator never exits over an outage.
+    redis = connect(settings.redis_url, outage_budget=5.0) if settings.redis_url else None
     batches = BatchReconciler(client, settings, redis, recorder, **kwargs)
     ready = ready_flag or asyncio.Event()
     stop = stop_flag or asyncio.Event()

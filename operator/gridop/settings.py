@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     gateway_url: str | None = Field(default=None, description="External URL of the console gateway, for status.console.")
 
     redis_url: str | None = Field(default=None, description="The task data plane (redis://[:password@]host:port/db).")
-    redis_secret: str | None = Field(default=None, description="Secret (key `url`) workers read the data plane URL from.")
+    redis_acl: bool = Field(default=True, description="Give each namespace a Redis ACL user limited to its own keys.")
     image: str = Field(default="ghcr.io/gridop/gridop:0.1.0", description="gridop's own image: default for TaskBatch workers.")
     batch_status_interval_seconds: float = Field(default=1.0, ge=0.1, description="At most one status write per batch per interval.")
 

@@ -47,3 +47,32 @@ def slow(event, context):
 async def aslow(event, context):
     await asyncio.sleep(event.get("seconds", 0.01))
     return {"pid": os.getpid()}
+
+
+def exits(event, context):
+    """A task that calls sys.exit() (or raises another BaseException) when asked to."""
+    import sys
+
+    if event.get("exit"):
+        sys.exit(3)
+    if event.get("base"):
+        raise GeneratorExit("a BaseException from the handler")
+    return {"n": event.get("n")}
+
+
+def crashes(event, context):
+    """A poison task: it kills the whole worker process, every time."""
+    if event.get("poison"):
+        os._exit(1)
+    time.sleep(0.01)
+    return {"n": event.get("n")}
+
+
+async def atimeout(event, context):
+    await asyncio.sleep(event.get("seconds", 0))
+    return {"slept": event.get("seconds", 0)}
+
+
+def echo_slow(event, context):
+    time.sleep(event.get("seconds", 0.003))
+    return {"echo": event}

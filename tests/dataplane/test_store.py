@@ -12,6 +12,11 @@ from gridop.tasks.codec import decode, encode
 from gridop.tasks.store import Outcome, RetryPolicy, TaskStore
 
 
+async def declare(store: TaskStore, sid: str, payloads: list[bytes], policy: RetryPolicy) -> None:
+    await store.create(sid, payloads, policy)
+    await store.submit(sid, payloads)
+
+
 def connector(redis_url: str, **extra) -> AsyncGridConnector:
     return AsyncGridConnector({"redis_url": redis_url, "retry_backoff_sec": 0.1, **extra})
 
@@ -41,7 +46,7 @@ async def test_results_have_the_htc_grid_shape(redis_url: str, store: TaskStore)
             "finished": ["s2-0"], "finished_OUTPUT": ['{"r":0}'],
             "failed": ["s2-1"], "failed_OUTPUT": ["ValueError: nope"],
             "cancelled": [], "cancelled_OUTPUT": [],
-            "metadata": {"tasks_in_response": 2},
+            "metadata": {"tasks_in_response": 2, "error_kinds": {"s2-1": "application"}},
         }
         cancelled = await c.cancel_sessions(["s2"])
         assert cancelled == {"s2": {"cancelled_retrying": 0, "cancelled_pending": 0, "cancelled_processing": 1,
@@ -53,8 +58,7 @@ async def test_results_have_the_htc_grid_shape(redis_url: str, store: TaskStore)
 
 
 async def test_a_lost_lease_retries_with_backoff_and_the_late_result_is_discarded(store: TaskStore) -> None:
-    await store.create("s3", 1, RetryPolicy(max_retries=1, backoff_seconds=0.2))
-    await store.submit("s3", [encode({})])
+    await declare(store, "s3", [encode({})], RetryPolicy(max_retries=1, max_infrastructure_retries=1, backoff_seconds=0.2))
     (first,) = await store.claim("s3", "w1", 1, lease_seconds=0.1)
     await asyncio.sleep(0.15)
     assert await store.sweep("s3") == {"expired": 1, "retried": 1, "failed": 0, "requeued": 0}
@@ -76,8 +80,7 @@ async def test_a_lost_lease_retries_with_backoff_and_the_late_result_is_discarde
 
 
 async def test_the_retry_budget_runs_out_into_failed(store: TaskStore) -> None:
-    await store.create("s4", 1, RetryPolicy(max_retries=0))
-    await store.submit("s4", [encode({})])
+    await declare(store, "s4", [encode({})], RetryPolicy(max_retries=0, max_infrastructure_retries=0))
     await store.claim("s4", "w", 1, lease_seconds=0.05)
     await asyncio.sleep(0.1)
     assert (await store.sweep("s4"))["failed"] == 1
@@ -86,8 +89,7 @@ async def test_the_retry_budget_runs_out_into_failed(store: TaskStore) -> None:
 
 
 async def test_cancel_reports_each_state_and_stops_heartbeats(store: TaskStore) -> None:
-    await store.create("s5", 6, RetryPolicy(max_retries=2, backoff_seconds=60))
-    await store.submit("s5", [encode({"i": i}) for i in range(6)])
+    await declare(store, "s5", [encode({"i": i}) for i in range(6)], RetryPolicy(max_retries=2, backoff_seconds=60))
     claimed = await store.claim("s5", "w", 3, lease_seconds=30)
     # one of the claimed tasks fails and goes to retrying
     await store.complete("s5", [Outcome(claimed[0].index, claimed[0].token, "error", "boom")])
@@ -103,8 +105,11 @@ async def test_send_is_idempotent_with_a_client_supplied_id(redis_url: str, stor
         first = await c.send([{"a": 1}, {"a": 2}], session_id="s6")
         again = await c.send([{"a": 1}, {"a": 2}], session_id="s6")
         assert first == again and (await store.counts("s6"))["pending"] == 2
-        with pytest.raises(ValueError, match="already exists with 2 tasks"):
+        with pytest.raises(ValueError, match="already holds 2 different tasks"):
             await c.send([{"a": 1}], session_id="s6")
+        with pytest.raises(ValueError, match="already holds 2 different tasks"):
+            await c.send([{"a": 1}, {"a": 3}], session_id="s6")  # same count, other content
+        assert [decode(p) for p in await store.redis.hmget(store.key("s6", "in"), [0, 1])] == [{"a": 1}, {"a": 2}]
 
 
 @pytest.mark.parametrize(

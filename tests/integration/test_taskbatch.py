@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 
 import kmock
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import NoPermissionError
 
 from gridop.client.tasks import AsyncGridConnector
 from gridop.kube import ClusterAccess, KubeClient, resources
@@ -67,9 +69,23 @@ async def test_a_batch_scales_workers_reports_counts_and_cleans_up(
         # 50 pending tasks at 10 per worker, capped at max=3: a Job of 3 workers, owned by the batch.
         job = await eventually(lambda: _job_with_parallelism(api, "tb1-workers", 3))
         assert job["metadata"]["ownerReferences"][0]["kind"] == "TaskBatch"
-        env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+        env = {e["name"]: e.get("value", e.get("valueFrom")) for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
         assert env["GRIDOP_SESSION_ID"] == "tb1" and env["GRIDOP_HANDLER"] == "tests.dataplane.handlers:echo"
-        assert env["GRIDOP_KEY_PREFIX"] == f"gridop:{NAMESPACE}" and env["GRIDOP_REDIS_URL"] == redis_url
+        assert env["GRIDOP_KEY_PREFIX"] == f"gridop:{NAMESPACE}"
+        # No credentials in the Job: the URL comes from the namespace's own Secret, whose Redis user
+        # reaches this namespace's keys only.
+        assert env["GRIDOP_REDIS_URL"] == {"secretKeyRef": {"name": "gridop-data-plane", "key": "url"}}
+        assert "redis://" not in str(job)
+        secret = await api.get(resources.SECRETS, "gridop-data-plane", NAMESPACE)
+        url = base64.b64decode(secret["data"]["url"]).decode()
+        assert url.startswith(f"redis://gridop-{NAMESPACE}:")
+        scoped = aioredis.Redis.from_url(url)
+        try:
+            assert await scoped.hget(f"gridop:{NAMESPACE}:{{tb1}}:meta", "total") == b"50"
+            with pytest.raises(NoPermissionError):
+                await scoped.hget("gridop:other-namespace:{tb1}:meta", "total")
+        finally:
+            await scoped.aclose()
         st = await eventually(lambda: _counts_are(api, "tb1", pending=50, total=50))
         assert st["phase"] == "Running" and st["workers"] == 3
 
@@ -177,3 +193,41 @@ async def _ready_reason(api: KubeClient, name: str, reason: str) -> dict | None:
     st = await status(api, name)
     conds = st.get("conditions") or []
     return st if conds and conds[0]["reason"] == reason else None
+
+
+async def test_the_spec_retry_policy_governs_the_tasks_and_appends_reopen_a_finished_batch(
+    emulator: kmock.KubernetesEmulator, operator, api: KubeClient, redis_url: str, batch_store: TaskStore
+) -> None:
+    """spec.retry reaches the data plane (the submitter asked for 3 retries; the batch says none),
+    failed attempts are counted by kind in the status, and tasks appended to a finished batch
+    bring it back to Running with workers."""
+    await api.create(resources.TASKBATCHES, taskbatch("tb5", handler="tests.dataplane.handlers:exits",
+                                                      retry={"maxRetries": 0, "backoffSeconds": 0.1}), NAMESPACE)
+    await eventually(lambda: phase_is(api, "tb5", "Pending"))
+    meta = await eventually(lambda: _meta_with(batch_store, "tb5", "policy_source"))
+    assert (meta["max_attempts"], meta["backoff"]) == ("1", "0.1")
+    async with connector(redis_url) as c:  # its own max_retries is 3
+        await c.send([{"exit": True}, {"n": 1}, {"n": 2}], session_id="tb5")
+        await Worker(batch_store, "tb5", handlers.exits, heartbeat_seconds=0.2, lease_seconds=2).run()
+        st = await eventually(lambda: phase_is(api, "tb5", "Failed"))
+        assert st["counts"]["failed"] == 1 and st["errors"] == {"application": 1, "timeout": 0, "infrastructure": 0}
+        assert (await batch_store.record("tb5", 0)).attempts == 1
+        await eventually(lambda: _no_workers(api, "tb5-workers"))
+
+        await c.send([{"n": 3}], session_id="tb5", append=True)
+        st = await eventually(lambda: phase_is(api, "tb5", "Running"))
+        assert st.get("completionTime") is None
+        await eventually(lambda: _job_with_parallelism(api, "tb5-workers", 1))
+        await Worker(batch_store, "tb5", handlers.exits, heartbeat_seconds=0.2, lease_seconds=2).run()
+        st = await eventually(lambda: phase_is(api, "tb5", "Failed"))
+        assert st["counts"]["finished"] == 3 and st["counts"]["total"] == 4
+
+
+async def _no_workers(api: KubeClient, name: str) -> bool:
+    job = await api.get(resources.JOBS, name, NAMESPACE)
+    return job is None or job["spec"]["parallelism"] == 0
+
+
+async def _meta_with(store: TaskStore, sid: str, field: str) -> dict | None:
+    meta = await store.meta(sid)
+    return meta if field in meta else None

@@ -20,11 +20,10 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from ..tasks.codec import decode_text
+from ..tasks.connection import connect
 from ..tasks.states import TaskState
-from ..tasks.store import RetryPolicy, TaskStore, encode_tasks, parse_task_id, task_id
+from ..tasks.store import Report, RetryPolicy, TaskStore, encode_tasks, parse_task_id, task_id
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,9 @@ AWS_ONLY_KEYS = frozenset({
 KNOWN_KEYS = frozenset({
     "redis_url", "grid_storage_service", "dynamodb_results_pull_interval_sec", "results_poll_interval_sec",
     "max_payload_bytes", "max_retries", "retry_backoff_sec", "session_prefix", "key_prefix", "namespace",
+    "redis_outage_budget_sec",
 })
+DEFAULT_OUTAGE_BUDGET = 120.0  # seconds a call waits through a Redis restart or failover before giving up
 SESSION_ID = re.compile(r"^[a-z0-9]([-a-z0-9]{0,51}[a-z0-9])?$")
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
 READ_FROM_REDIS = "read_from_REDIS"
@@ -80,7 +81,8 @@ class AsyncGridConnector:
         self._positions: dict[str, str] = {}
         self.namespace = str(config.get("namespace", "default"))
         prefix = str(config.get("key_prefix", f"gridop:{self.namespace}"))
-        self._store = TaskStore(aioredis.Redis.from_url(self.redis_url), prefix=prefix)
+        budget = float(config.get("redis_outage_budget_sec", DEFAULT_OUTAGE_BUDGET))
+        self._store = TaskStore(connect(self.redis_url, outage_budget=budget), prefix=prefix)
 
     @property
     def store(self) -> TaskStore:
@@ -105,8 +107,10 @@ class AsyncGridConnector:
         """Submit tasks; returns {'session_id', 'task_ids'} with ids in submission order.
 
         Everything is validated and encoded before anything is written. With a client-supplied
-        `session_id`, sending the same list again is idempotent (it resumes an interrupted send);
-        with `append=True`, the tasks are added to that session instead (a long-lived batch).
+        `session_id`, sending the same list again is idempotent: it returns the same task ids and
+        resumes an interrupted send, even when several clients send it at once. Sending different
+        tasks under an id already in use raises ValueError; with `append=True`, the tasks are added
+        to that session instead (a long-lived batch; a cancelled one refuses them).
         """
         payloads = encode_tasks(tasks_list, self.max_payload_bytes)
         sid = _validate_session_id(session_id) if session_id is not None else (
@@ -118,7 +122,7 @@ class AsyncGridConnector:
                 indices, position = appended
                 self._positions[sid] = position
                 return {"session_id": sid, "task_ids": [task_id(sid, i) for i in indices]}
-        start = await self._store.create(sid, len(payloads), self.retry_policy)
+        start = await self._store.create(sid, payloads, self.retry_policy)
         if start < len(payloads):
             await self._store.submit(sid, payloads, start)
         return {"session_id": sid, "task_ids": [task_id(sid, i) for i in range(len(payloads))]}
@@ -161,7 +165,7 @@ class AsyncGridConnector:
                         else:
                             clean = False
             if not waiting and clean:
-                return self._shape(sid, indices, [(TaskState.FINISHED, carried[i]) for i in indices])
+                return self._shape(sid, indices, [(TaskState.FINISHED, carried[i], None) for i in indices])
         while True:
             position, terminal, report = await self._store.collect(sid, indices)
             if report is not None:
@@ -183,32 +187,44 @@ class AsyncGridConnector:
         return self._shape(sid, terminal, [partial[i] for i in terminal])
 
     async def _payloads(self, sid: str, terminal: list[int], states: list[TaskState | None], indices: list[int]
-                        ) -> list[tuple[TaskState | None, bytes | None]]:
+                        ) -> list[Report]:
         state_of = dict(zip(indices, states))
         finished = [i for i in terminal if state_of[i] == TaskState.FINISHED]
         failed = [i for i in terminal if state_of[i] == TaskState.FAILED]
         outputs = dict(zip(finished, await self._store.outputs(sid, finished)))
         errors = dict(zip(failed, await self._store.errors(sid, failed)))
-        return [(state_of[i], outputs.get(i) or (errors.get(i) or "").encode() or None) for i in terminal]
+        report: list[Report] = []
+        for i in terminal:
+            message, kind = errors.get(i, (None, None))
+            report.append((state_of[i], outputs.get(i) or (message or "").encode() or None, kind))
+        return report
 
     @staticmethod
-    def _shape(sid: str, indices: list[int], report: list[tuple[TaskState | None, bytes | None]]) -> dict[str, Any]:
-        """HTC-Grid's get_results dict from (state, output-or-error) per task."""
+    def _shape(sid: str, indices: list[int], report: list[Report]) -> dict[str, Any]:
+        """HTC-Grid's get_results dict from (state, output-or-error, error kind) per task.
+
+        `metadata.error_kinds` maps each failed task to what its last attempt was blamed on:
+        application (the handler raised), timeout, or infrastructure (its worker died)."""
         shaped: dict[str, Any] = {
             "finished": [], "finished_OUTPUT": [], "failed": [], "failed_OUTPUT": [],
             "cancelled": [], "cancelled_OUTPUT": [],
         }
-        for index, (state, payload) in zip(indices, report):
+        kinds: dict[str, str] = {}
+        for index, (state, payload, kind) in zip(indices, report):
             if state == TaskState.FINISHED:
                 shaped["finished"].append(task_id(sid, index))
                 shaped["finished_OUTPUT"].append(decode_text(payload) if payload else "")
             elif state == TaskState.FAILED:
                 shaped["failed"].append(task_id(sid, index))
                 shaped["failed_OUTPUT"].append(payload.decode() if payload else READ_FROM_REDIS)
+                kinds[task_id(sid, index)] = kind or "application"
             elif state == TaskState.CANCELLED:
                 shaped["cancelled"].append(task_id(sid, index))
                 shaped["cancelled_OUTPUT"].append(READ_FROM_REDIS)
-        shaped["metadata"] = {"tasks_in_response": len(shaped["finished"]) + len(shaped["failed"]) + len(shaped["cancelled"])}
+        shaped["metadata"] = {
+            "tasks_in_response": len(shaped["finished"]) + len(shaped["failed"]) + len(shaped["cancelled"]),
+            "error_kinds": kinds,
+        }
         return shaped
 
     async def iter_results(
@@ -233,7 +249,7 @@ class AsyncGridConnector:
                 if state == TaskState.FINISHED:
                     item["output"] = decode_text(outputs[index]) if outputs.get(index) else None
                 elif state == TaskState.FAILED:
-                    item["error"] = errors.get(index)
+                    item["error"], item["error_kind"] = errors.get(index, (None, None))
                 yield item
             if deadline is not None and time.monotonic() >= deadline:
                 return

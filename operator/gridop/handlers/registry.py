@@ -12,10 +12,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import kopf
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import metrics
 from ..api.v1alpha1 import GROUP, VERSION
+from ..kube import KubeError
 from ..sessions.plan import SESSION_LABEL
 from ..sessions.reconciler import SessionReconciler
 from .wakeups import Wakeups
@@ -44,8 +48,19 @@ async def reconcile_forever(
             failures += 1
             delay = min(MAX_BACKOFF, 2.0**failures)
             metrics.RECONCILE_ERRORS.labels(kind, type(exc).__name__).inc()
-            log.exception("%s %s/%s: reconcile failed (retry in %.0fs)", kind, namespace, name, delay)
+            if _transient(exc):  # an outage, not a bug: one line, no traceback
+                log.warning("%s %s/%s: reconcile failed (%s: %s); retry in %.0fs", kind, namespace, name,
+                            type(exc).__name__, exc, delay)
+            else:
+                log.exception("%s %s/%s: reconcile failed (retry in %.0fs)", kind, namespace, name, delay)
         await wakeups.wait(namespace, wake_key, delay)
+
+
+def _transient(exc: Exception) -> bool:
+    """Failures that an outage of Redis or the API server explains."""
+    if isinstance(exc, KubeError):
+        return exc.status >= 500 or exc.status in (409, 429)
+    return isinstance(exc, RedisConnectionError | RedisTimeoutError | aiohttp.ClientError | TimeoutError | OSError)
 
 
 def build_registry() -> kopf.OperatorRegistry:

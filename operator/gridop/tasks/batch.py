@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from ..api.v1alpha1 import API_VERSION, set_condition
-from ..api.v1alpha1.taskbatch import KIND, BatchPhase, OnError, TaskBatchSpec, TaskBatchStatus, TaskCounts
+from ..api.v1alpha1.taskbatch import KIND, BatchPhase, ErrorCounts, OnError, TaskBatchSpec, TaskBatchStatus, TaskCounts
 from ..settings import Settings
 
 BATCH_LABEL = "gridop.io/taskbatch"
@@ -31,7 +31,11 @@ def desired_workers(spec: TaskBatchSpec, counts: TaskCounts) -> int:
     return max(spec.workers.min, min(spec.workers.max, max(1, wanted)))
 
 
-def worker_job(meta: dict[str, Any], spec: TaskBatchSpec, settings: Settings, parallelism: int) -> dict[str, Any]:
+def worker_job(meta: dict[str, Any], spec: TaskBatchSpec, settings: Settings, parallelism: int,
+               redis_secret: str) -> dict[str, Any]:
+    """The work-queue Job of a batch. The data-plane URL comes from `redis_secret` in the batch's
+    own namespace (the operator keeps it, with credentials limited to this namespace's keys), so no
+    password appears in the Job."""
     name = meta["name"]
     labels = {"app.kubernetes.io/name": "gridop-worker", "app.kubernetes.io/managed-by": "gridop", BATCH_LABEL: name}
     env = [
@@ -47,8 +51,7 @@ def worker_job(meta: dict[str, Any], spec: TaskBatchSpec, settings: Settings, pa
     ]
     if spec.task_timeout_seconds:
         env.append({"name": "GRIDOP_TASK_TIMEOUT_SECONDS", "value": str(spec.task_timeout_seconds)})
-    env.append({"name": "GRIDOP_REDIS_URL", "valueFrom": {"secretKeyRef": {"name": settings.redis_secret, "key": "url"}}}
-               if settings.redis_secret else {"name": "GRIDOP_REDIS_URL", "value": settings.redis_url or ""})
+    env.append({"name": "GRIDOP_REDIS_URL", "valueFrom": {"secretKeyRef": {"name": redis_secret, "key": "url"}}})
     container: dict[str, Any] = {
         "name": "worker",
         "image": spec.image or settings.image,
@@ -111,6 +114,7 @@ def decide(
     data_plane_error: str | None,
     now: datetime.datetime,
     resync: float,
+    errors: ErrorCounts | None = None,
 ) -> BatchDecision:
     gen = meta.get("generation")
     st = status.model_copy(deep=True)
@@ -129,7 +133,15 @@ def decide(
         return BatchDecision(st, parallelism=status.workers, requeue_after=min(resync, 10.0))
 
     st.counts = counts
+    if errors is not None:
+        st.errors = errors
     d = BatchDecision(st, parallelism=0, requeue_after=1.0)
+    active = counts.pending + counts.retrying + counts.processing
+    if BatchPhase(st.phase).is_terminal and active > 0 and st.phase != BatchPhase.CANCELLED:
+        # Tasks appended to a finished batch: it runs again (a long-lived batch), workers come back.
+        st.phase = BatchPhase.RUNNING
+        st.completion_time = None
+        complete(False, "Running", f"{active} tasks appended after the batch finished")
     if BatchPhase(st.phase).is_terminal:
         d.parallelism = 0
         if spec.ttl_seconds_after_finished is not None and st.completion_time is not None:
@@ -141,7 +153,6 @@ def decide(
         st.workers = 0
         return d
 
-    active = counts.pending + counts.retrying + counts.processing
     # Only a batch whose every task is accounted for in a terminal state is over (a guard against
     # ever finishing on a partial view).
     settled = active == 0 and counts.finished + counts.failed + counts.cancelled == counts.total
@@ -151,7 +162,7 @@ def decide(
     if data_meta and (data_meta.get("suspended") == "1") != spec.suspend:
         d.set_suspended = spec.suspend
 
-    submitted_all = bool(data_meta) and data_meta.get("submitted") == data_meta.get("total")
+    submitted_all = "total" in data_meta and data_meta.get("submitted") == data_meta.get("total")
     if counts.total == 0 or not submitted_all:
         st.phase = BatchPhase.PENDING if counts.total == 0 else BatchPhase.RUNNING
         ready(counts.total > 0, "WaitingForTasks" if counts.total == 0 else "Submitting",

@@ -15,14 +15,22 @@ from typing import Any
 
 from .. import metrics
 from ..api.v1alpha1 import utcnow
-from ..api.v1alpha1.taskbatch import BatchPhase, TaskBatchSpec, TaskBatchStatus, TaskCounts
+from ..api.v1alpha1.taskbatch import BatchPhase, ErrorCounts, TaskBatchSpec, TaskBatchStatus, TaskCounts
 from ..kube import AlreadyExists, KubeClient, merge_patch, resources
 from ..kube.events import EventRecorder
 from ..settings import Settings
 from .batch import decide, job_name, worker_job
-from .store import TaskStore
+from .credentials import DataPlaneCredentials
+from .store import RetryPolicy, TaskStore
 
 log = logging.getLogger(__name__)
+
+
+def retry_policy(spec: TaskBatchSpec) -> RetryPolicy:
+    r = spec.retry
+    return RetryPolicy(max_retries=r.max_retries, backoff_seconds=r.backoff_seconds,
+                       backoff_multiplier=r.backoff_multiplier, backoff_max_seconds=r.backoff_max_seconds,
+                       max_infrastructure_retries=r.max_infrastructure_retries)
 
 
 def key_prefix(namespace: str) -> str:
@@ -40,6 +48,10 @@ class BatchReconciler:
         self.recorder = recorder
         self.clock = clock
         self._stores: dict[str, TaskStore] = {}
+        self.credentials = (
+            DataPlaneCredentials(client, redis, settings.redis_url, acl=settings.redis_acl)
+            if redis is not None and settings.redis_url else None
+        )
         self._last_write: dict[tuple[str, str], float] = {}
 
     def store(self, namespace: str) -> TaskStore | None:
@@ -56,7 +68,7 @@ class BatchReconciler:
         spec = TaskBatchSpec.model_validate(body["spec"])
         status = TaskBatchStatus.model_validate(body.get("status") or {})
         store = self.store(namespace)
-        counts, data_meta, error = TaskCounts(), {}, None
+        counts, errors, data_meta, error = TaskCounts(), ErrorCounts(), {}, None
         if store is None:
             error = "the operator has no data plane: set GRIDOP_REDIS_URL (chart value redis)"
         else:
@@ -64,11 +76,17 @@ class BatchReconciler:
                 if not BatchPhase(status.phase).is_terminal:
                     with metrics.SWEEP_SECONDS.time():
                         await store.sweep(name)
-                data_meta, raw = await store.snapshot(name)
+                data_meta, raw, raw_errors = await store.snapshot(name)
                 counts = TaskCounts(total=int(data_meta.get("total", 0)), **raw)
+                errors = ErrorCounts(**raw_errors)
+                policy = retry_policy(spec)
+                if any(data_meta.get(k) != v for k, v in policy.meta_fields().items()):
+                    # The TaskBatch's policy governs its tasks, whoever submits them; written before
+                    # the first worker exists (the Job is created below, in the same pass).
+                    await store.set_policy(name, policy)
             except Exception as exc:  # Redis down or refusing: report it, keep the last counts
                 error = f"data plane unreachable: {type(exc).__name__}: {exc}"
-        decision = decide(body["metadata"], spec, status, counts, data_meta, data_plane_error=error,
+        decision = decide(body["metadata"], spec, status, counts, data_meta, data_plane_error=error, errors=errors,
                           now=self.clock(), resync=self.settings.resync_seconds)
         log.debug("taskbatch %s/%s: counts %s, phase %s, workers %d, next pass in %.1fs", namespace, name,
                   counts.to_kube(), BatchPhase(decision.status.phase).value, decision.parallelism, decision.requeue_after)
@@ -85,22 +103,23 @@ class BatchReconciler:
                 await self.recorder.record(body, "Normal", "Cancelled", f"cancelled tasks: {cancelled}")
             if decision.set_suspended is not None:
                 await store.set_suspended(name, decision.set_suspended)
-        if error is None:
-            await self._apply_job(body, spec, decision.parallelism)
+        if error is None and self.credentials is not None:
+            secret = await self.credentials.ensure(namespace)
+            await self._apply_job(body, spec, decision.parallelism, secret)
         if decision.delete_batch:
             await self.client.delete(resources.TASKBATCHES, name, namespace)
             return self.settings.resync_seconds
         await self._report(body, status, decision.status)
         return decision.requeue_after
 
-    async def _apply_job(self, body: Mapping[str, Any], spec: TaskBatchSpec, parallelism: int) -> None:
+    async def _apply_job(self, body: Mapping[str, Any], spec: TaskBatchSpec, parallelism: int, secret: str) -> None:
         meta = body["metadata"]
         job = await self.client.get(resources.JOBS, job_name(meta["name"]), meta["namespace"])
         if job is None:
             if parallelism == 0:
                 return  # nothing to run yet (or any more)
             try:
-                await self.client.create(resources.JOBS, worker_job(dict(meta), spec, self.settings, parallelism),
+                await self.client.create(resources.JOBS, worker_job(dict(meta), spec, self.settings, parallelism, secret),
                                          meta["namespace"])
             except AlreadyExists:
                 pass

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import multiprocessing
 import os
 import signal
 from typing import Any
-
-import redis.asyncio as aioredis
 
 from .store import TaskStore
 from .worker import Worker, load_handler
@@ -34,12 +33,22 @@ class WorkerOptions:
 
 async def run_worker(options: WorkerOptions, stop: asyncio.Event | None = None) -> dict[str, Any]:
     handler = load_handler(options.handler)
-    store = TaskStore(aioredis.Redis.from_url(options.redis_url), prefix=options.key_prefix)
+    # Workers wait out any Redis outage: their claims stay meaningful (tokens, leases), and a
+    # worker that exited instead would only be restarted into the same outage.
+    store = TaskStore.from_url(options.redis_url, prefix=options.key_prefix, outage_budget=None, retry_auth=True)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+
+    def on_signal() -> None:
+        if stop.is_set() and main is not None:
+            main.cancel()  # a second signal: stop now (even mid-outage); our leases lapse and others retry
+        else:
+            stop.set()  # drain: finish the batch in hand, claim no more
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
-            loop.add_signal_handler(sig, stop.set)  # drain: finish the batch in hand, claim no more
+            loop.add_signal_handler(sig, on_signal)
         except (RuntimeError, ValueError):
             pass  # not the main thread
     worker = Worker(
@@ -50,8 +59,13 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event | None = None) 
     )
     try:
         stats = await worker.run(stop)
+    except asyncio.CancelledError:
+        log.warning("worker %s stopped without draining: its tasks return to the queue when their leases lapse",
+                    worker.worker_id)
+        return dataclasses.asdict(worker.stats)
     finally:
-        await store.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(store.close(), 2)
     log.info("worker %s done: %s", worker.worker_id, stats)
     return dataclasses.asdict(stats)
 

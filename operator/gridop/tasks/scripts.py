@@ -17,7 +17,14 @@ local meta = KEYS[1]
 local base = string.sub(meta, 1, #meta - 4)
 local q, st, att, lease, own, inp, out, err, n, retry, done = base .. 'q', base .. 'st', base .. 'att', base .. 'lease', base .. 'own', base .. 'in', base .. 'out', base .. 'err', base .. 'n', base .. 'retry', base .. 'done'
 local ts_sub, ts_q, ts_claim, ts_start, ts_fin, wake = base .. 'ts:submitted', base .. 'ts:queued', base .. 'ts:claimed', base .. 'ts:started', base .. 'ts:finished', base .. 'wake'
-local idle = base .. 'idle'
+local idle, q1, ek, iatt, apx = base .. 'idle', base .. 'q1', base .. 'ek', base .. 'iatt', base .. 'apx'
+-- The next tasks to claim. A task whose last attempt ended with a lost lease (its worker died)
+-- is claimed alone: if it is what killed the worker, it takes no neighbour down with it again.
+local function pop_work(count)
+  local solo = redis.call('LPOP', q1)
+  if solo then return {solo} end
+  return redis.call('LPOP', q, count)
+end
 -- Bulk writes: one command per key per script instead of one per task (Redis time per task is
 -- dominated by command dispatch, so this is most of the data plane's throughput).
 local function chunks(list, fn, step)
@@ -84,22 +91,41 @@ local function backoff(a)
   if d > cap then d = cap end
   return d
 end
--- Retry (with backoff) while the budget lasts, else fail; `from` is the state being left.
-local function retry_or_fail(i, from, now, message)
-  local a = tonumber(redis.call('HGET', att, i) or '0')
-  local max_attempts = tonumber(redis.call('HGET', meta, 'max_attempts') or '1')
-  redis.call('HINCRBY', n, from, -1)
+-- A failed attempt of kind application | timeout | infrastructure: recorded on the task and in
+-- the batch's counters. Infrastructure failures (lost lease: the worker died or was cut off)
+-- have a budget of their own, so they never spend the application's retries.
+local function record_failure(i, kind, message)
+  redis.call('HSET', ek, i, kind)
+  redis.call('HINCRBY', n, 'e:' .. kind, 1)
   if message then redis.call('HSET', err, i, message) end
-  if a < max_attempts and redis.call('HGET', meta, 'cancelled') ~= '1' then
+end
+local function fail(i, from, now)
+  redis.call('HINCRBY', n, from, -1)
+  redis.call('HSET', st, i, 'failed')
+  redis.call('HSET', ts_fin, i, now)
+  redis.call('HINCRBY', n, 'failed', 1)
+  redis.call('XADD', done, '*', 'i', i, 's', 'failed')
+end
+-- Retry (with backoff) while the budget for this kind of failure lasts, else fail; `from` is the
+-- state being left.
+local function retry_or_fail(i, from, now, message, kind)
+  local a = tonumber(redis.call('HGET', att, i) or '0')
+  record_failure(i, kind, message)
+  local allowed
+  if kind == 'infrastructure' then
+    allowed = redis.call('HINCRBY', iatt, i, 1) <= tonumber(redis.call('HGET', meta, 'max_infra') or '3')
+  else
+    local lost = tonumber(redis.call('HGET', iatt, i) or '0')
+    allowed = a - lost < tonumber(redis.call('HGET', meta, 'max_attempts') or '1')
+  end
+  if allowed and redis.call('HGET', meta, 'cancelled') ~= '1' then
+    redis.call('HINCRBY', n, from, -1)
     redis.call('HSET', st, i, 'retrying')
     redis.call('ZADD', retry, now + backoff(a), i)
     redis.call('HINCRBY', n, 'retrying', 1)
     return 'retrying'
   end
-  redis.call('HSET', st, i, 'failed')
-  redis.call('HSET', ts_fin, i, now)
-  redis.call('HINCRBY', n, 'failed', 1)
-  redis.call('XADD', done, '*', 'i', i, 's', 'failed')
+  fail(i, from, now)
   return 'failed'
 end
 """
@@ -108,7 +134,7 @@ end
 CLAIM = _PRELUDE + """
 local count, now, deadline, worker = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 if redis.call('HGET', meta, 'cancelled') == '1' or redis.call('HGET', meta, 'suspended') == '1' then return {} end
-local ids = redis.call('LPOP', q, count)
+local ids = pop_work(count)
 if not ids then return {} end
 local result, claimed = claim_all(ids, worker, now, deadline)
 if claimed > 0 then
@@ -119,7 +145,8 @@ return result
 """
 
 # ARGV: now, next_count, worker, lease_seconds, idle_ttl, then (i, token, outcome, payload, started)
-# per task; outcome is ok | error | fatal. After recording the outcomes, the worker's next step
+# per task; outcome is ok, or a failure: error | timeout (retried within the budget) or
+# fatal | fatal-timeout (failed at once), of kind timeout for the *timeout ones, else application. After recording the outcomes, the worker's next step
 # happens in the same call: claim up to next_count more tasks, or, when there are none and
 # idle_ttl > 0, register it for direct handoff. Returns {applied, stale, idle entry or false,
 # then i, token, attempt, input per newly claimed task}.
@@ -147,15 +174,15 @@ for j, i in ipairs(ids) do
         redis.call('XADD', done, '*', 'i', i, 's', 'finished')
       end
       finished = finished + 1
-    elseif outcome == 'error' then
-      retry_or_fail(i, 'processing', tonumber(now), payload)
     else
-      redis.call('HSET', err, i, payload)
-      redis.call('HINCRBY', n, 'processing', -1)
-      redis.call('HSET', st, i, 'failed')
-      redis.call('HSET', ts_fin, i, now)
-      redis.call('HINCRBY', n, 'failed', 1)
-      redis.call('XADD', done, '*', 'i', i, 's', 'failed')
+      local kind = 'application'
+      if outcome == 'timeout' or outcome == 'fatal-timeout' then kind = 'timeout' end
+      if outcome == 'error' or outcome == 'timeout' then
+        retry_or_fail(i, 'processing', tonumber(now), payload, kind)
+      else
+        record_failure(i, kind, payload)
+        fail(i, 'processing', now)
+      end
     end
     applied = applied + 1
   else
@@ -173,7 +200,7 @@ if finished > 0 then
 end
 local result = {applied, stale, false}
 if next_count > 0 and redis.call('HGET', meta, 'cancelled') ~= '1' and redis.call('HGET', meta, 'suspended') ~= '1' then
-  local next_ids = redis.call('LPOP', q, next_count)
+  local next_ids = pop_work(next_count)
   local claimed_list, claimed = {}, 0
   if next_ids then claimed_list, claimed = claim_all(next_ids, worker, now, tonumber(now) + lease_s) end
   if claimed > 0 then
@@ -213,7 +240,8 @@ for _, i in ipairs(expired) do
   redis.call('ZREM', lease, i)
   redis.call('HDEL', own, i)
   if redis.call('HGET', st, i) == 'processing' then
-    if retry_or_fail(i, 'processing', now, 'lease expired: the worker stopped heartbeating (lost or killed)') == 'failed' then
+    if retry_or_fail(i, 'processing', now, 'lease expired: the worker stopped heartbeating (lost or killed)',
+                     'infrastructure') == 'failed' then
       failed = failed + 1
     else
       retried = retried + 1
@@ -227,7 +255,7 @@ for _, i in ipairs(due) do
   if redis.call('HGET', st, i) == 'retrying' then
     redis.call('HSET', st, i, 'pending')
     redis.call('HSET', ts_q, i, now)
-    redis.call('RPUSH', q, i)
+    if redis.call('HGET', ek, i) == 'infrastructure' then redis.call('RPUSH', q1, i) else redis.call('RPUSH', q, i) end
     requeued = requeued + 1
   end
 end
@@ -253,8 +281,9 @@ local function cancel(i, from)
     counts[from] = counts[from] + 1
   end
 end
+for _, i in ipairs(redis.call('LRANGE', q1, 0, -1)) do cancel(i, 'pending') end
 for _, i in ipairs(redis.call('LRANGE', q, 0, -1)) do cancel(i, 'pending') end
-redis.call('DEL', q)
+redis.call('DEL', q, q1)
 for _, i in ipairs(redis.call('ZRANGE', retry, 0, -1)) do cancel(i, 'retrying') end
 redis.call('DEL', retry)
 for _, i in ipairs(redis.call('ZRANGE', lease, 0, -1)) do cancel(i, 'processing') end
@@ -267,14 +296,20 @@ if total > 0 then redis.call('HINCRBY', n, 'cancelled', total) end
 return {counts.pending, counts.retrying, counts.processing}
 """
 
-# ARGV: now, payloads... Appends to an existing batch; returns {first new index, last terminal-event
-# id} (the id lets the caller wait for these tasks without missing an event), or {-1} if no batch.
+# ARGV: now, append id, payloads... Appends to an existing batch; returns {first new index, last
+# terminal-event id} (the id lets the caller wait for these tasks without missing an event), {-1}
+# if there is no batch, {-2} if it was cancelled. Replaying an append id (a retry after a lost
+# reply) returns the first reply's index and appends nothing.
 APPEND = _PRELUDE + """
-if redis.call('EXISTS', meta) == 0 then return {-1} end
+if not redis.call('HGET', meta, 'total') then return {-1} end
+if redis.call('HGET', meta, 'cancelled') == '1' then return {-2} end
 local now = ARGV[1]
-local count = #ARGV - 1
+local seen = redis.call('HGET', apx, ARGV[2])
+if seen then return {tonumber(seen), '0-0'} end
+local count = #ARGV - 2
 local total = redis.call('HINCRBY', meta, 'total', count)
 local first = total - count
+redis.call('HSET', apx, ARGV[2], first)
 local open = redis.call('HGET', meta, 'cancelled') ~= '1' and redis.call('HGET', meta, 'suspended') ~= '1'
 -- A worker waiting idle gets the task handed straight to its inbox, already claimed: no queue
 -- round trip. Entries are "worker|lease seconds|registration expiry".
@@ -289,8 +324,8 @@ local function idle_worker()
 end
 local queued, handed = 0, 0
 local set_in, set_ts, set_st, queue = {}, {}, {}, {}
-for k = 2, #ARGV do
-  local i = first + k - 2
+for k = 3, #ARGV do
+  local i = first + k - 3
   set_in[#set_in + 1] = i; set_in[#set_in + 1] = ARGV[k]
   set_ts[#set_ts + 1] = i; set_ts[#set_ts + 1] = now
   local worker, lease_s = nil, nil
@@ -355,7 +390,9 @@ for j = 1, k do
   local s = states[j]
   local payload = false
   if s == 'finished' then payload = redis.call('HGET', out, ARGV[j])
-  elseif s == 'failed' then payload = redis.call('HGET', err, ARGV[j]) end
+  elseif s == 'failed' then
+    payload = (redis.call('HGET', ek, ARGV[j]) or 'application') .. '\\0' .. (redis.call('HGET', err, ARGV[j]) or '')
+  end
   result[#result + 1] = s
   result[#result + 1] = payload
 end
@@ -369,4 +406,56 @@ local entry = ARGV[1]
 if redis.call('LREM', idle, 1, entry) == 1 then return false end
 local worker = string.match(entry, '^(.*)|[^|]*|[^|]*$')
 return redis.call('LPOP', base .. 'inbox:' .. worker)
+"""
+
+# ARGV: total, content digest, now, max_attempts, backoff, backoff_mult, backoff_max, max_infra.
+# Declares a batch, atomically: returns {initial-submission cursor, total} — 0 for a new batch, the
+# resume point when the same content was declared before — or {-1, total} when the id already
+# holds other content. A retry policy the operator wrote from the TaskBatch (policy_source) wins
+# over the submitter's.
+CREATE = _PRELUDE + """
+local total = redis.call('HGET', meta, 'total')
+if total then
+  if redis.call('HGET', meta, 'digest') ~= ARGV[2] then return {-1, tonumber(total)} end
+  return {tonumber(redis.call('HGET', meta, 'cursor') or '0'), tonumber(total)}
+end
+redis.call('HSET', meta, 'total', ARGV[1], 'submitted', 0, 'cursor', 0, 'digest', ARGV[2], 'created', ARGV[3])
+redis.call('HSETNX', meta, 'cancelled', 0)
+redis.call('HSETNX', meta, 'suspended', 0)
+if redis.call('HGET', meta, 'policy_source') ~= 'taskbatch' then
+  redis.call('HSET', meta, 'max_attempts', ARGV[4], 'backoff', ARGV[5], 'backoff_mult', ARGV[6], 'backoff_max', ARGV[7],
+             'max_infra', ARGV[8])
+end
+for _, s in ipairs({'pending', 'processing', 'retrying', 'finished', 'failed', 'cancelled'}) do
+  redis.call('HSETNX', n, s, 0)
+end
+return {0, tonumber(ARGV[1])}
+"""
+
+# ARGV: from, now, payloads... Writes the initial submission's tasks from..from+#payloads-1 if the
+# cursor stands at `from`, and returns the cursor after it. Otherwise writes nothing and returns
+# the cursor: a concurrent submitter of the same content (or this call's own earlier, replayed
+# attempt) got there first, and the caller continues from where it stands.
+SUBMIT = _PRELUDE + """
+local from = tonumber(ARGV[1])
+local cursor = tonumber(redis.call('HGET', meta, 'cursor') or '-1')
+if cursor ~= from then return cursor end
+local now = ARGV[2]
+local count = #ARGV - 2
+local set_in, set_st, set_ts, queue = {}, {}, {}, {}
+for k = 3, #ARGV do
+  local i = from + k - 3
+  set_in[#set_in + 1] = i; set_in[#set_in + 1] = ARGV[k]
+  set_st[#set_st + 1] = i; set_st[#set_st + 1] = 'pending'
+  set_ts[#set_ts + 1] = i; set_ts[#set_ts + 1] = now
+  queue[#queue + 1] = i
+end
+hset_all(inp, set_in); hset_all(st, set_st); hset_all(ts_sub, set_ts); hset_all(ts_q, set_ts)
+chunks(queue, function(...) redis.call('RPUSH', q, ...) end)
+redis.call('HINCRBY', n, 'pending', count)
+redis.call('HINCRBY', meta, 'submitted', count)
+redis.call('HSET', meta, 'cursor', from + count)
+redis.call('RPUSH', wake, 1)
+redis.call('LTRIM', wake, -64, -1)
+return from + count
 """

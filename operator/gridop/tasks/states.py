@@ -26,5 +26,8 @@ class TaskState(str, enum.Enum):
         return self in TERMINAL
 
 
+# What a failed attempt is blamed on: the handler raised (application), it ran past its timeout
+# (timeout), or the worker under it died or lost contact (infrastructure: a lost lease).
+ERROR_KINDS = ("application", "timeout", "infrastructure")
 TERMINAL = frozenset({TaskState.FINISHED, TaskState.FAILED, TaskState.CANCELLED})
 STAGES = ("submitted", "queued", "claimed", "started", "finished")

@@ -2,15 +2,19 @@
 
 Layout for batch `sid` (every key carries the `{sid}` hash tag):
 
-    gridop:{sid}:meta        hash   total, submitted, max_attempts, backoff*, cancelled, suspended, created
+    gridop:{sid}:meta        hash   total, submitted, cursor, digest, max_attempts, max_infra, backoff*,
+                                    policy_source, cancelled, suspended, created
     gridop:{sid}:q           list   pending task indices, in order
-    gridop:{sid}:st|att      hash   index -> state | attempts
+    gridop:{sid}:q1          list   pending tasks whose worker died under them: claimed one at a time
+    gridop:{sid}:st|att|iatt hash   index -> state | attempts | attempts lost to infrastructure
     gridop:{sid}:in|out|err  hash   index -> base64 JSON input | base64 JSON output | error message
+    gridop:{sid}:ek          hash   index -> kind of the last failed attempt (application|timeout|infrastructure)
+    gridop:{sid}:apx         hash   append id -> first index it was given (appends are replay-safe)
     gridop:{sid}:ts:<stage>  hash   index -> unix time (submitted, queued, claimed, started, finished)
     gridop:{sid}:lease       zset   index -> lease deadline, while processing
     gridop:{sid}:own         hash   index -> claim token (worker:attempt)
     gridop:{sid}:retry       zset   index -> time it may run again
-    gridop:{sid}:n           hash   state -> count
+    gridop:{sid}:n           hash   state -> count, and e:<kind> -> failed attempts of that kind
     gridop:{sid}:done        stream one entry per task reaching a terminal state (i, s)
     gridop:{sid}:wake        list   a nudge for idle workers when work arrives
 
@@ -20,19 +24,22 @@ Columns rather than a hash per task: a batch of N tasks is a few commands, not N
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from . import scripts
+from .connection import connect
 from .codec import PayloadError, decode, encode
-from .states import STAGES, TaskState
+from .states import ERROR_KINDS, STAGES, TaskState
 
 SUBMIT_CHUNK = 5000
-ROLES = ("meta", "q", "st", "att", "lease", "own", "in", "out", "err", "n", "retry", "done", "wake", "idle",
-         *(f"ts:{stage}" for stage in STAGES))
+ROLES = ("meta", "q", "q1", "st", "att", "iatt", "ek", "apx", "lease", "own", "in", "out", "err", "n", "retry", "done",
+         "wake", "idle", *(f"ts:{stage}" for stage in STAGES))
 
 
 def task_id(sid: str, index: int | str) -> str:
@@ -48,10 +55,27 @@ def parse_task_id(tid: str) -> tuple[str, int]:
 
 @dataclasses.dataclass(frozen=True)
 class RetryPolicy:
+    """How failed attempts are retried. `max_retries` counts application failures (the handler
+    raised or timed out); attempts lost to infrastructure (the worker died, its lease lapsed) have
+    their own budget, `max_infrastructure_retries`, so a crashing neighbour never spends them."""
+
     max_retries: int = 3
     backoff_seconds: float = 1.0
     backoff_multiplier: float = 2.0
     backoff_max_seconds: float = 60.0
+    max_infrastructure_retries: int = 3
+
+    def meta_fields(self) -> dict[str, str]:
+        """The policy as the data plane stores it (the batch's meta hash)."""
+        return {
+            "max_attempts": str(self.max_retries + 1), "backoff": _num(self.backoff_seconds),
+            "backoff_mult": _num(self.backoff_multiplier), "backoff_max": _num(self.backoff_max_seconds),
+            "max_infra": str(self.max_infrastructure_retries),
+        }
+
+
+def _num(value: float) -> str:
+    return repr(float(value))
 
 
 @dataclasses.dataclass
@@ -70,6 +94,10 @@ class Outcome:
     payload: bytes | str  # base64 output for ok, error message otherwise
     started: float | None = None
 
+    @property
+    def failed(self) -> bool:
+        return self.outcome != "ok"
+
 
 @dataclasses.dataclass
 class TaskRecord:
@@ -79,11 +107,29 @@ class TaskRecord:
     input: Any
     output: Any
     error: str | None
+    error_kind: str | None  # of the last failed attempt
     timestamps: dict[str, float]
 
 
+# (state, output or error message, error kind) of one task in a collected report.
+Report = tuple[TaskState | None, bytes | None, str | None]
+
+
 class BatchExists(ValueError):
-    pass
+    """The session id already holds different tasks."""
+
+
+class BatchClosed(ValueError):
+    """The batch was cancelled: it takes no more tasks."""
+
+
+def content_digest(payloads: Sequence[bytes]) -> str:
+    """What identifies a submission's content: same tasks in the same order, same digest."""
+    h = hashlib.blake2b(digest_size=16)
+    for payload in payloads:
+        h.update(len(payload).to_bytes(4, "little"))
+        h.update(payload)
+    return h.hexdigest()
 
 
 class TaskStore:
@@ -92,12 +138,15 @@ class TaskStore:
         self.prefix = prefix
         self._scripts = {
             name: redis.register_script(getattr(scripts, name))
-            for name in ("CLAIM", "COMPLETE", "HEARTBEAT", "SWEEP", "CANCEL", "APPEND", "COLLECT", "UNIDLE")
+            for name in ("CLAIM", "COMPLETE", "HEARTBEAT", "SWEEP", "CANCEL", "APPEND", "COLLECT", "UNIDLE", "CREATE",
+                         "SUBMIT")
         }
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> TaskStore:
-        return cls(aioredis.Redis.from_url(url, **kwargs))
+    def from_url(cls, url: str, *, prefix: str = "gridop:default", outage_budget: float | None = None,
+                 retry_auth: bool = False, **kwargs: Any) -> TaskStore:
+        """A store whose commands ride out Redis outages up to `outage_budget` seconds (None: any)."""
+        return cls(connect(url, outage_budget=outage_budget, retry_auth=retry_auth, **kwargs), prefix=prefix)
 
     def clone(self) -> TaskStore:
         """A store with its own connections to the same Redis (for use from another thread's loop)."""
@@ -117,38 +166,45 @@ class TaskStore:
 
     # -- submission -----------------------------------------------------------------------
 
-    async def create(self, sid: str, total: int, policy: RetryPolicy) -> int:
-        """Declare a batch of `total` tasks; returns how many were already submitted (resume point).
+    async def create(self, sid: str, payloads: Sequence[bytes], policy: RetryPolicy) -> int:
+        """Declare a batch of these tasks, atomically; returns how many of them were already
+        submitted (0 for a new batch; the resume point when the same tasks were sent before).
 
-        Idempotent: the same id with the same total resumes an interrupted submission.
+        Raises BatchExists when the id already holds different tasks.
         """
-        meta = self.key(sid, "meta")
-        fields = {
-            "total": total, "submitted": 0, "max_attempts": policy.max_retries + 1,
-            "backoff": policy.backoff_seconds, "backoff_mult": policy.backoff_multiplier,
-            "backoff_max": policy.backoff_max_seconds, "created": time.time(), "cancelled": 0, "suspended": 0,
-        }
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hsetnx(meta, "total", total)
-        pipe.hget(meta, "total")
-        pipe.hget(meta, "submitted")
-        created, existing_total, submitted = (await pipe.execute())
-        if not created:
-            if int(existing_total) != total:
-                raise BatchExists(f"session {sid!r} already exists with {int(existing_total)} tasks, not {total}")
-            return int(submitted or 0)
-        await self.redis.hset(meta, mapping={k: v for k, v in fields.items() if k != "total"})
-        await self.redis.hset(self.key(sid, "n"), mapping={s.value: 0 for s in TaskState})
-        return 0
+        digest = content_digest(payloads)
+        fields = policy.meta_fields()
+        cursor, total = await self._scripts["CREATE"](keys=self.keys(sid), args=[
+            len(payloads), digest, time.time(), fields["max_attempts"], fields["backoff"], fields["backoff_mult"],
+            fields["backoff_max"], fields["max_infra"],
+        ])
+        if int(cursor) < 0:
+            raise BatchExists(
+                f"session {sid!r} already holds {int(total)} different tasks; use a new session id, "
+                "or send(..., append=True) to add tasks to it"
+            )
+        return int(cursor)
+
+    async def submit(self, sid: str, payloads: Sequence[bytes], start: int = 0) -> None:
+        """Write the declared tasks from `start` in atomic chunks. Safe to run concurrently with
+        another submitter of the same tasks, and to replay: each chunk is written once."""
+        position = start
+        while position < len(payloads):
+            chunk = payloads[position:position + SUBMIT_CHUNK]
+            position = int(await self._scripts["SUBMIT"](keys=self.keys(sid), args=[position, time.time(), *chunk]))
 
     async def append(self, sid: str, payloads: Sequence[bytes]) -> tuple[list[int], str] | None:
-        """Add tasks to an existing (open) batch, one script per chunk: (their indices, the
-        terminal-event position before them). None if the batch does not exist."""
+        """Add tasks to an existing batch, one script per chunk: (their indices, the terminal-event
+        position before them). None if the batch does not exist; BatchClosed if it was cancelled.
+        Each chunk carries an id of its own, so a replay after a lost reply appends nothing."""
         indices: list[int] = []
         position = "0-0"
+        call = uuid.uuid4().hex
         for lo in range(0, len(payloads), SUBMIT_CHUNK):
             chunk = payloads[lo:lo + SUBMIT_CHUNK]
-            reply = await self._scripts["APPEND"](keys=self.keys(sid), args=[time.time(), *chunk])
+            reply = await self._scripts["APPEND"](keys=self.keys(sid), args=[time.time(), f"{call}:{lo}", *chunk])
+            if int(reply[0]) == -2:
+                raise BatchClosed(f"session {sid!r} was cancelled; it takes no more tasks")
             if int(reply[0]) < 0:
                 return None
             if lo == 0:
@@ -156,36 +212,22 @@ class TaskStore:
             indices.extend(range(int(reply[0]), int(reply[0]) + len(chunk)))
         return indices, position
 
-    async def collect(self, sid: str, indices: Sequence[int]) -> tuple[str, int, list[tuple[TaskState | None, bytes | None]] | None]:
+    async def collect(self, sid: str, indices: Sequence[int]) -> tuple[str, int, list[Report] | None]:
         """(last terminal-event id, how many of `indices` are terminal, and — once all are — their
-        states with output (finished) or error (failed)). One round trip."""
+        states with output (finished) or error and its kind (failed)). One round trip."""
         reply = await self._scripts["COLLECT"](keys=self.keys(sid), args=list(indices))
         last_id, terminal = reply[0].decode(), int(reply[1])
         if len(reply) == 2:
             return last_id, terminal, None
-        report = [
-            (TaskState(reply[j].decode()) if reply[j] else None, reply[j + 1] or None)
-            for j in range(2, len(reply), 2)
-        ]
+        report: list[Report] = []
+        for j in range(2, len(reply), 2):
+            state = TaskState(reply[j].decode()) if reply[j] else None
+            if state == TaskState.FAILED:
+                kind, _, message = reply[j + 1].partition(b"\x00")
+                report.append((state, message, kind.decode()))
+            else:
+                report.append((state, reply[j + 1] or None, None))
         return last_id, terminal, report
-
-    async def submit(self, sid: str, payloads: Sequence[bytes], start: int = 0) -> None:
-        """Write tasks start.. in atomic chunks; each chunk advances meta.submitted."""
-        for lo in range(start, len(payloads), SUBMIT_CHUNK):
-            hi = min(lo + SUBMIT_CHUNK, len(payloads))
-            idx = range(lo, hi)
-            now = time.time()
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.hset(self.key(sid, "in"), mapping={i: payloads[i] for i in idx})
-            pipe.hset(self.key(sid, "st"), mapping=dict.fromkeys(idx, TaskState.PENDING.value))
-            pipe.hset(self.key(sid, "ts:submitted"), mapping=dict.fromkeys(idx, now))
-            pipe.hset(self.key(sid, "ts:queued"), mapping=dict.fromkeys(idx, now))
-            pipe.rpush(self.key(sid, "q"), *idx)
-            pipe.hincrby(self.key(sid, "n"), TaskState.PENDING.value, hi - lo)
-            pipe.hset(self.key(sid, "meta"), "submitted", hi)
-            pipe.rpush(self.key(sid, "wake"), 1)
-            pipe.ltrim(self.key(sid, "wake"), -64, -1)
-            await pipe.execute()
 
     # -- workers ----------------------------------------------------------------------------
 
@@ -273,28 +315,35 @@ class TaskStore:
     # -- reading ----------------------------------------------------------------------------
 
     async def exists(self, sid: str) -> bool:
-        return bool(await self.redis.exists(self.key(sid, "meta")))
+        """Whether tasks were ever declared under this id (a meta hash holding only a policy the
+        operator wrote ahead of the first submission does not count)."""
+        return bool(await self.redis.hexists(self.key(sid, "meta"), "total"))
 
     async def meta(self, sid: str) -> dict[str, str]:
         raw = await self.redis.hgetall(self.key(sid, "meta"))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
-    async def snapshot(self, sid: str) -> tuple[dict[str, str], dict[str, int]]:
-        """(meta, counts) read atomically: a submission chunk moves both at once, so a reader
-        must not see one before and the other after it."""
+    async def snapshot(self, sid: str) -> tuple[dict[str, str], dict[str, int], dict[str, int]]:
+        """(meta, tasks per state, failed attempts per error kind) read atomically: a submission
+        chunk moves meta and counts at once, so a reader must not see one before and the other after."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.hgetall(self.key(sid, "meta"))
         pipe.hgetall(self.key(sid, "n"))
         raw_meta, raw_counts = await pipe.execute()
-        counts = {s.value: 0 for s in TaskState}
-        counts.update({k.decode(): int(v) for k, v in raw_counts.items()})
-        return {k.decode(): v.decode() for k, v in raw_meta.items()}, counts
+        return ({k.decode(): v.decode() for k, v in raw_meta.items()}, _counts(raw_counts),
+                _counts(raw_counts, errors=True))
 
     async def counts(self, sid: str) -> dict[str, int]:
-        raw = await self.redis.hgetall(self.key(sid, "n"))
-        counts = {s.value: 0 for s in TaskState}
-        counts.update({k.decode(): int(v) for k, v in raw.items()})
-        return counts
+        """Tasks per state."""
+        return _counts(await self.redis.hgetall(self.key(sid, "n")))
+
+    async def error_counts(self, sid: str) -> dict[str, int]:
+        """Failed attempts per error kind (application, timeout, infrastructure)."""
+        return _counts(await self.redis.hgetall(self.key(sid, "n")), errors=True)
+
+    async def set_policy(self, sid: str, policy: RetryPolicy) -> None:
+        """Make `policy` the batch's, whoever submits its tasks (the operator, from the TaskBatch)."""
+        await self.redis.hset(self.key(sid, "meta"), mapping={**policy.meta_fields(), "policy_source": "taskbatch"})
 
     async def states(self, sid: str, indices: Sequence[int]) -> list[TaskState | None]:
         if not indices:
@@ -305,16 +354,21 @@ class TaskStore:
     async def outputs(self, sid: str, indices: Sequence[int]) -> list[bytes | None]:
         return list(await self.redis.hmget(self.key(sid, "out"), indices)) if indices else []
 
-    async def errors(self, sid: str, indices: Sequence[int]) -> list[str | None]:
+    async def errors(self, sid: str, indices: Sequence[int]) -> list[tuple[str | None, str | None]]:
+        """(error message, error kind) of each task's last failed attempt."""
         if not indices:
             return []
-        return [v.decode() if v else None for v in await self.redis.hmget(self.key(sid, "err"), indices)]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(self.key(sid, "err"), indices)
+        pipe.hmget(self.key(sid, "ek"), indices)
+        messages, kinds = await pipe.execute()
+        return [(m.decode() if m else None, k.decode() if k else None) for m, k in zip(messages, kinds)]
 
     async def record(self, sid: str, index: int) -> TaskRecord | None:
         pipe = self.redis.pipeline(transaction=False)
-        for role in ("st", "att", "in", "out", "err", *(f"ts:{s}" for s in STAGES)):
+        for role in ("st", "att", "in", "out", "err", "ek", *(f"ts:{s}" for s in STAGES)):
             pipe.hget(self.key(sid, role), index)
-        st, att, inp, out, err, *ts = await pipe.execute()
+        st, att, inp, out, err, kind, *ts = await pipe.execute()
         if st is None:
             return None
         return TaskRecord(
@@ -324,6 +378,7 @@ class TaskStore:
             input=decode(inp) if inp else None,
             output=decode(out) if out else None,
             error=err.decode() if err else None,
+            error_kind=kind.decode() if kind else None,
             timestamps={stage: float(t) for stage, t in zip(STAGES, ts) if t is not None},
         )
 
@@ -343,6 +398,17 @@ class TaskStore:
         entries = reply[0][1]
         events = [(int(f[b"i"]), TaskState(f[b"s"].decode()), f.get(b"o")) for _, f in entries]
         return entries[-1][0].decode(), events
+
+
+def _counts(raw: dict[bytes, bytes], *, errors: bool = False) -> dict[str, int]:
+    """The `n` hash as tasks per state, or (errors=True) failed attempts per error kind."""
+    if errors:
+        counts = dict.fromkeys(ERROR_KINDS, 0)
+        counts.update({k.decode()[2:]: int(v) for k, v in raw.items() if k.startswith(b"e:")})
+    else:
+        counts = {s.value: 0 for s in TaskState}
+        counts.update({k.decode(): int(v) for k, v in raw.items() if not k.startswith(b"e:")})
+    return counts
 
 
 def _inbox_item(raw: bytes) -> ClaimedTask:

@@ -5,7 +5,10 @@ event loop. Sync handlers run one after another on the loop itself when there is
 timeout (no thread hop per batch), or in a thread watched from the loop when there is one, so a
 handler that hangs past its timeout is reported (and abandoned) without stopping the worker.
 Heartbeats run in a thread of their own, so a long sync handler never starves its leases.
-Cancellation and lost leases come back with each heartbeat and stop the affected tasks.
+Cancellation and lost leases come back with each heartbeat and stop the affected tasks. The same
+thread sweeps the batch (due retries back to the queue, lapsed leases to retry) once per
+heartbeat, so a pool of workers moves retries along without the operator; the sweep is one
+idempotent script, safe to run from every worker and the operator at once.
 """
 
 from __future__ import annotations
@@ -114,7 +117,9 @@ def _call(handler: Callable[..., Any], task: ClaimedTask, event: Any, ctx: Conte
         result = handler(event, ctx)
     except PermanentError as exc:
         return Outcome(task.index, task.token, "fatal", _describe(exc), started)
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise  # the operator of this process asked it to stop, not the task
+    except BaseException as exc:  # noqa: B036 - sys.exit() or a BaseException in one task fails that task only
         return Outcome(task.index, task.token, "error", _describe(exc), started)
     return _encode_result(task, result, started)
 
@@ -201,7 +206,7 @@ class Worker:
                 )
                 self.stats.stale += stale
                 self.stats.finished += sum(1 for o in outcomes if o.outcome == "ok")
-                self.stats.errors += sum(1 for o in outcomes if o.outcome != "ok")
+                self.stats.errors += sum(1 for o in outcomes if o.failed)
                 for t in claimed:
                     self._held.pop(t.index, None)
                     self._lost.discard(t.index)
@@ -242,8 +247,8 @@ class Worker:
 
     async def _batch_done(self) -> bool:
         meta = await self.store.meta(self.sid)
-        if not meta:
-            return False  # not created yet: wait for it
+        if "total" not in meta:
+            return False  # no tasks declared yet: wait for them
         if meta.get("cancelled") == "1":
             return True
         counts = await self.store.counts(self.sid)
@@ -257,6 +262,10 @@ class Worker:
             store = self.store.clone()
             try:
                 while not stop.wait(self.heartbeat_seconds):
+                    try:
+                        await store.sweep(self.sid)
+                    except Exception as exc:  # the next beat sweeps again
+                        log.warning("sweep failed: %s", exc)
                     held = list(self._held.items())
                     if not held:
                         continue
@@ -287,8 +296,7 @@ class Worker:
         deadline = time.monotonic() + self.task_timeout if self.task_timeout else None
         return Context(self.sid, task_id(self.sid, task.index), task.attempt, deadline, self.worker_id)
 
-    def _error_kind(self) -> str:
-        return "error" if self.retry_on_error else "fatal"
+    _FATAL = {"error": "fatal", "timeout": "fatal-timeout"}
 
     async def _run_batch(self, claimed: list[ClaimedTask]) -> list[Outcome]:
         items = []
@@ -304,8 +312,9 @@ class Worker:
             outcomes += await self._run_async(items)
         else:
             outcomes += await self._run_sync(items)
-        kind = self._error_kind()
-        return [dataclasses.replace(o, outcome=kind) if o.outcome == "error" else o for o in outcomes]
+        if self.retry_on_error:
+            return outcomes
+        return [dataclasses.replace(o, outcome=self._FATAL.get(o.outcome, o.outcome)) for o in outcomes]
 
     async def _run_async(self, items: list[tuple[ClaimedTask, Any, Context]]) -> list[Outcome]:
         async def one(task: ClaimedTask, event: Any, ctx: Context) -> Outcome:
@@ -313,14 +322,16 @@ class Worker:
             try:
                 result = await asyncio.wait_for(self.handler(event, ctx), timeout=self.task_timeout)
             except TimeoutError:
-                return Outcome(task.index, task.token, "error", f"timed out after {self.task_timeout}s", started)
+                return Outcome(task.index, task.token, "timeout", f"timed out after {self.task_timeout}s", started)
             except PermanentError as exc:
                 return Outcome(task.index, task.token, "fatal", _describe(exc), started)
             except asyncio.CancelledError:
                 if task.index in self._lost:
                     return Outcome(task.index, task.token, "error", "cancelled", started)  # discarded as stale
                 raise
-            except Exception as exc:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: B036 - sys.exit() in one task fails that task only
                 return Outcome(task.index, task.token, "error", _describe(exc), started)
             return _encode_result(task, result, started)
 
@@ -359,7 +370,7 @@ class Worker:
             if timed_out is None:
                 break
             task = next(t for t, _, _ in remaining if t.index == timed_out)
-            outcomes[timed_out] = Outcome(task.index, task.token, "error", f"timed out after {self.task_timeout}s")
+            outcomes[timed_out] = Outcome(task.index, task.token, "timeout", f"timed out after {self.task_timeout}s")
             log.warning("task %s hung past its %ss timeout; abandoned its thread", task_id(self.sid, timed_out), self.task_timeout)
             remaining = [(t, e, c) for t, e, c in remaining if t.index not in outcomes and t.index not in self._lost]
         return list(outcomes.values())

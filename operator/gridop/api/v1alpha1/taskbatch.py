@@ -49,10 +49,16 @@ class Workers(KubeModel):
 
 
 class RetryPolicySpec(KubeModel):
-    max_retries: int = Field(default=3, ge=0, le=100)
-    backoff_seconds: float = Field(default=1.0, ge=0)
-    backoff_multiplier: float = Field(default=2.0, ge=1)
-    backoff_max_seconds: float = Field(default=60.0, ge=0)
+    max_retries: int = Field(default=3, ge=0, le=100,
+                             description="Retries of a task whose handler raised or timed out.")
+    max_infrastructure_retries: int = Field(
+        default=3, ge=0, le=100,
+        description="Retries of a task whose worker died or lost contact under it (a lost lease); they do not "
+                    "spend maxRetries, and such a task is retried alone, so a crashing task cannot fail its neighbours.",
+    )
+    backoff_seconds: float = Field(default=1.0, ge=0, description="Delay before the first retry.")
+    backoff_multiplier: float = Field(default=2.0, ge=1, description="Factor applied to the delay at each retry.")
+    backoff_max_seconds: float = Field(default=60.0, ge=0, description="Upper bound of the delay.")
     on_error: OnError = Field(default=OnError.RETRY, description="Retry tasks whose handler raises, or fail them at once.")
 
 
@@ -84,9 +90,18 @@ class TaskCounts(KubeModel):
     total: int = 0
 
 
+class ErrorCounts(KubeModel):
+    """Failed attempts by what they are blamed on (a task retried twice counts twice)."""
+
+    application: int = Field(default=0, description="The handler raised (or called sys.exit()).")
+    timeout: int = Field(default=0, description="The handler ran past taskTimeoutSeconds.")
+    infrastructure: int = Field(default=0, description="The worker died or lost contact: its lease lapsed.")
+
+
 class TaskBatchStatus(KubeModel):
     phase: BatchPhase = BatchPhase.PENDING
     counts: TaskCounts = Field(default_factory=TaskCounts)
+    errors: ErrorCounts = Field(default_factory=ErrorCounts)
     workers: int = 0
     start_time: datetime.datetime | None = None
     completion_time: datetime.datetime | None = None

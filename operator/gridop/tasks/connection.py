@@ -1,0 +1,144 @@
+"""Connections to the data plane that ride out Redis restarts and failovers.
+
+Every command goes through redis-py's retry hook with `RideOut`: on a connection error, a
+timeout, a server still loading its dataset after a restart, or a read-only replica during a
+failover, it reconnects and tries again with exponential backoff and jitter (50 ms doubling to 2 s)
+until Redis answers or the outage budget is spent (`None`: for ever, as workers do). Pooled
+connections are health-checked after an idle spell, so the first command after a restart does
+not fail on a dead socket.
+
+Retrying a command whose reply was lost is safe here because every write is a script or
+transaction that checks what it changes (claim tokens, owners, the submission cursor): a replay
+finds its work done and changes nothing.
+
+One line is logged when an outage has lasted a second and one when it ends, per Redis address,
+however many connections and commands wait through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import AuthenticationError, BusyLoadingError, ConnectionError, ReadOnlyError, TimeoutError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+RETRIABLE = (ConnectionError, TimeoutError, BusyLoadingError, ReadOnlyError)
+HEALTH_CHECK_SECONDS = 15
+SOCKET_TIMEOUT_SECONDS = 60.0  # a half-open connection is given up on after this (blocking reads wait ≤ 5 s)
+
+
+class DataPlaneUnavailable(ConnectionError):
+    """Redis stayed unreachable for longer than the caller's outage budget."""
+
+
+class _Outages:
+    """Which Redis addresses are down, and since when (shared by every connection in the process).
+
+    An outage is announced once it has lasted `ANNOUNCE_AFTER` seconds, so the dead pooled
+    connections a restart leaves behind (each fails once, then reconnects) make no noise; its end
+    is logged only if its start was.
+    """
+
+    ANNOUNCE_AFTER = 1.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._since: dict[str, float] = {}
+        self._announced: set[str] = set()
+
+    def failed(self, address: str, error: Exception) -> float:
+        """Note a failure; returns how long the address has been failing."""
+        with self._lock:
+            now = time.monotonic()
+            since = self._since.setdefault(address, now)
+            if now - since >= self.ANNOUNCE_AFTER and address not in self._announced:
+                self._announced.add(address)
+                log.warning("Redis at %s unreachable for %.1fs (%s: %s); retrying with backoff", address,
+                            now - since, type(error).__name__, error)
+            return now - since
+
+    def recovered(self, address: str) -> None:
+        if address not in self._since:  # the common case: no lock on the hot path
+            return
+        with self._lock:
+            since = self._since.pop(address, None)
+            announced = address in self._announced
+            self._announced.discard(address)
+        if since is not None and announced:
+            log.warning("Redis at %s is back after %.1fs", address, time.monotonic() - since)
+
+
+OUTAGES = _Outages()
+
+
+class RideOut(Retry):
+    """redis-py's retry policy, bounded by time rather than by a count, with outage logging."""
+
+    def __init__(self, address: str, budget_seconds: float | None, *, retry_auth: bool = False, cap: float = 2.0,
+                 base: float = 0.05):
+        super().__init__(ExponentialWithJitterBackoff(cap=cap, base=base), retries=-1, supported_errors=RETRIABLE)
+        self.address = address
+        self.budget_seconds = budget_seconds
+        # A refused password is a mistake to report at once, except for workers: after a Redis
+        # restart their per-namespace user exists again only once the operator re-creates it.
+        self.retry_auth = retry_auth
+
+    async def call_with_retry(
+        self,
+        do: Callable[[], Awaitable[T]],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        failures = 0
+        while True:
+            try:
+                result = await do()
+            except self._supported_errors as error:
+                if is_retryable and not is_retryable(error):
+                    raise
+                if isinstance(error, AuthenticationError) and not self.retry_auth:
+                    raise
+                failures += 1
+                await (fail(error, failures) if with_failure_count else fail(error))
+                down_for = OUTAGES.failed(self.address, error)
+                if self.budget_seconds is not None and down_for > self.budget_seconds:
+                    raise DataPlaneUnavailable(
+                        f"Redis at {self.address} unreachable for {down_for:.0f}s ({type(error).__name__}: {error})"
+                    ) from error
+                await asyncio.sleep(self._backoff.compute(min(failures, 16)))
+            else:
+                OUTAGES.recovered(self.address)
+                return result
+
+
+def address_of(url: str) -> str:
+    """host:port of a Redis URL, never its credentials (for messages and logs)."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path
+    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+
+
+def connect(url: str, *, outage_budget: float | None, retry_auth: bool = False, **kwargs: Any) -> aioredis.Redis:
+    """A client for `url` that rides out outages of up to `outage_budget` seconds (None: any)."""
+    options: dict[str, Any] = {
+        "retry": RideOut(address_of(url), outage_budget, retry_auth=retry_auth),
+        "health_check_interval": HEALTH_CHECK_SECONDS,
+        "socket_connect_timeout": 5.0,
+        "socket_timeout": SOCKET_TIMEOUT_SECONDS,
+        "socket_keepalive": True,
+    }
+    options.update(kwargs)
+    return aioredis.Redis.from_url(url, **options)

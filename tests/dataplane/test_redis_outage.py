@@ -1,0 +1,137 @@
+"""Redis restarts under live workers and waiting clients: a clean shutdown, then a SIGKILL with a
+31-second outage. Every acknowledged task finishes exactly once with its own output, no worker
+exits, and nobody prints a traceback. Redis runs with AOF fsync'ed on every write, so what it
+acknowledged survives the SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from gridop.client.tasks import AsyncGridConnector
+from gridop.tasks.store import TaskStore
+
+from ..conftest import _free_port
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TASKS = 3000
+
+
+class RedisProcess:
+    def __init__(self, workdir: pathlib.Path):
+        self.port = _free_port()
+        self.workdir = workdir
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--dir", str(self.workdir), "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        for _ in range(200):
+            try:
+                client.ping()
+                return
+            except (redis.ConnectionError, redis.BusyLoadingError):
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)  # SIGTERM: a clean shutdown (AOF flushed); SIGKILL: none
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def restartable_redis(tmp_path: pathlib.Path) -> Iterator[RedisProcess]:
+    server = RedisProcess(tmp_path)
+    server.start()
+    yield server
+    if server.proc and server.proc.poll() is None:
+        server.stop(signal.SIGKILL)
+
+
+def spawn_worker(url: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gridop", "worker", "--redis-url", url, "--session", "outage",
+         "--handler", "tests.dataplane.handlers:echo_slow", "--batch-size", "32", "--heartbeat", "0.5",
+         "--lease", "3", "--log-level", "WARNING"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+
+
+async def test_workers_and_clients_ride_out_redis_restarts(restartable_redis: RedisProcess) -> None:
+    server = restartable_redis
+    async with AsyncGridConnector({"redis_url": server.url, "retry_backoff_sec": 0.05}) as c:
+        tasks = [{"n": i, "seconds": 0.003} for i in range(TASKS)]
+        sub = await c.send(tasks, session_id="outage")  # acknowledged: these must all finish
+
+        async def stream() -> list[dict]:
+            return [item async for item in c.iter_results(sub, timeout_sec=240)]
+
+        waiting = asyncio.create_task(c.get_results(sub, timeout_sec=240))
+        streaming = asyncio.create_task(stream())
+        workers = [spawn_worker(server.url) for _ in range(2)]
+        probe = TaskStore(redis.asyncio.Redis(port=server.port))  # no ride-out: only read while up
+
+        async def finished() -> int:
+            return (await probe.counts("outage"))["finished"]
+
+        try:
+            while await finished() < 300:
+                await asyncio.sleep(0.05)
+            server.stop(signal.SIGTERM)
+            await asyncio.sleep(2)
+            server.start()
+            await probe.redis.connection_pool.disconnect()
+            before_kill = await finished()
+            while await finished() < before_kill + 300:
+                await asyncio.sleep(0.05)
+            server.stop(signal.SIGKILL)
+            await asyncio.sleep(31)
+            assert all(w.poll() is None for w in workers), "a worker exited during the outage"
+            server.start()
+            await probe.redis.connection_pool.disconnect()
+
+            results = await asyncio.wait_for(waiting, 240)
+            streamed = await asyncio.wait_for(streaming, 240)
+            outputs = [await asyncio.to_thread(w.communicate, timeout=120) for w in workers]
+        finally:
+            for w in workers:
+                if w.poll() is None:
+                    w.kill()
+            await probe.close()
+
+        assert [w.returncode for w in workers] == [0, 0]
+        logs = [out.decode() for out, _ in outputs]
+        for log in logs:
+            assert "Traceback" not in log, log
+            assert 1 <= log.count("unreachable") <= 2, log  # one line per outage, not one per command
+        assert results["finished"] == sub["task_ids"] and results["failed"] == []
+        assert [json.loads(o)["echo"]["n"] for o in results["finished_OUTPUT"]] == list(range(TASKS))
+        assert sorted(item["task_id"] for item in streamed) == sorted(sub["task_ids"])
+
+        check = TaskStore(redis.asyncio.Redis(port=server.port), prefix=c.store.prefix)
+        try:
+            events = await check.redis.xrange(check.key("outage", "done"))
+            done = collections.Counter(int(f[b"i"]) for _, f in events if f[b"s"] == b"finished")
+            assert len(done) == TASKS and set(done.values()) == {1}  # exactly once
+            assert (await check.counts("outage"))["finished"] == TASKS
+        finally:
+            await check.close()
