@@ -67,6 +67,7 @@ def test_defaults_render_a_restricted_operator_with_crds_and_rbac() -> None:
     assert env["GRIDOP_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert env["GRIDOP_LEADER_ELECTION"] == "true"
     assert env["GRIDOP_REDIS_URL"] == {"secretKeyRef": {"name": "gridop-redis", "key": "url"}}
+    assert env["GRIDOP_REDIS_ACL"] == "true"
     assert not by_kind(docs, "ServiceMonitor")
 
 
