@@ -1,7 +1,7 @@
 """The gridop SDK: GRID-compatible session management backed by GridSession objects, and session consoles."""
 
 from .console import ConsoleClient, ConsoleError, ConsoleStream
-from .sessions import GridSessionManager
+from .sessions import GridSessionManager, SyncGridSessionManager, SyncSharedSession
 from .sharing import (
     SessionAlreadyExistsError,
     SessionBusyError,
@@ -24,4 +24,6 @@ __all__ = [
     "SessionSharingError",
     "SessionStartError",
     "SharedSession",
+    "SyncGridSessionManager",
+    "SyncSharedSession",
 ]

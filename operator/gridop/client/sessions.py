@@ -9,11 +9,13 @@ or timed out) or None (unknown resource, or a request error); `stop_session` ret
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import json
 import logging
 import pathlib
 import re
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,14 +23,27 @@ import aiohttp
 
 from ..api.v1alpha1 import API_VERSION, GridSessionSpec, Phase
 from ..api.v1alpha1.gridsession import KIND, MAX_NAME_LENGTH, NAME_PATTERN
-from ..kube import ClusterAccess, KubeClient, KubeError, load_cluster_access, resources
+from ..kube import AlreadyExists, ClusterAccess, Conflict, KubeClient, KubeError, load_cluster_access, resources
 from ..sessions.config import build_session_config, read_session_config_file
 from ..sessions.plan import LAST_ACTIVE_ANNOTATION
-from .sharing import SessionInitializationBehavior, SharedSession, open_session
+from .sharing import (
+    SessionInitializationBehavior,
+    SessionNotFoundError,
+    SessionStartError,
+    SharedSession,
+    open_session,
+)
 
 log = logging.getLogger(__name__)
 
 ACTIVE = (Phase.PENDING.value, Phase.STARTING.value, Phase.RUNNING.value)
+FINISHED = (Phase.STOPPED.value, Phase.FAILED.value)
+REPLACE_TIMEOUT = 60.0  # how long replacing a leftover Stopped/Failed session may wait for it to go
+
+
+@dataclasses.dataclass(frozen=True)
+class CreateOutcome:
+    created: bool  # True: this call created the session; False: it existed (ours, open)
 
 
 def validate_session_id(session_id: Any) -> str:
@@ -124,35 +139,84 @@ class GridSessionManager:
         }
 
     async def start_session(self, session_id: str, resource: str, session_config_file_path: str) -> bool | None:
+        """True once the session runs; False if it cannot (the reason is logged); None for an
+        unknown resource or a failed request. A leftover Stopped or Failed session of the same
+        name and user is replaced; one being deleted is refused."""
         validate_session_id(session_id)
-        if resource not in self.resources:
-            log.warning("resource %r is not in the resource configuration (have: %s)", resource, sorted(self.resources))
-            return None
-        config = self.create_config(session_config_file_path, session_id)
-        body = self.session_body(session_id, resource, config)
         try:
-            kube = await self._kube()
-            namespace = self.namespace
-            existing = await kube.get(resources.GRIDSESSIONS, session_id, namespace)
-            if existing is None:
-                await kube.create(resources.GRIDSESSIONS, body, namespace)
-            elif existing["spec"].get("user") != self.user_id:
-                log.warning("session %r exists and belongs to another user", session_id)
-                return False
-            return await self._wait_started(kube, session_id, namespace)
+            await self.create_session(session_id, resource, session_config_file_path)
+            return await self.wait_started(session_id)
+        except SessionNotFoundError as exc:
+            log.warning("%s", exc)
+            return None
+        except SessionStartError as exc:
+            log.warning("%s", exc)
+            return False
         except (KubeError, aiohttp.ClientError, OSError) as exc:
             log.warning("start_session(%r) failed: %s", session_id, exc)
             return None
 
-    async def _wait_started(self, kube: KubeClient, session_id: str, namespace: str | None) -> bool:
+    async def create_session(self, session_id: str, resource: str, session_config_file_path: str) -> CreateOutcome:
+        """Create the session, letting the API server decide races: of many callers, exactly one
+        gets `created=True`; the others find it and get `created=False`.
+
+        Raises SessionNotFoundError (unknown resource) or SessionStartError (the session belongs
+        to another user, or is being deleted).
+        """
+        validate_session_id(session_id)
+        if resource not in self.resources:
+            raise SessionNotFoundError(
+                f"resource {resource!r} is not in the resource configuration (have: {', '.join(sorted(self.resources))})"
+            )
+        body = self.session_body(session_id, resource, self.create_config(session_config_file_path, session_id))
+        kube = await self._kube()
+        namespace = self.namespace
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REPLACE_TIMEOUT
+        while loop.time() < deadline:
+            try:
+                await kube.create(resources.GRIDSESSIONS, body, namespace)
+                return CreateOutcome(created=True)
+            except AlreadyExists:
+                pass
+            gs = await kube.get(resources.GRIDSESSIONS, session_id, namespace)
+            if gs is None:
+                continue  # deleted between our create and our read: create again
+            if gs["spec"].get("user") != self.user_id:
+                raise SessionStartError(f"session {session_id!r} exists and belongs to another user")
+            phase = (gs.get("status") or {}).get("phase", Phase.PENDING.value)
+            if gs["metadata"].get("deletionTimestamp"):
+                raise SessionStartError(
+                    f"session {session_id!r} is being deleted (phase {phase}); start it again once it is gone"
+                )
+            if phase not in FINISHED:
+                return CreateOutcome(created=False)
+            # A leftover of an earlier run: replace it. The uid precondition makes sure we delete
+            # that incarnation only, not a new one another client created meanwhile.
+            log.info("replacing session %r left over in phase %s", session_id, phase)
+            try:
+                await kube.delete(resources.GRIDSESSIONS, session_id, namespace, uid=gs["metadata"]["uid"])
+            except Conflict:
+                continue
+            while loop.time() < deadline and (await kube.get(resources.GRIDSESSIONS, session_id, namespace)) is not None:
+                await asyncio.sleep(0.25)
+        raise SessionStartError(f"session {session_id!r}: the leftover session was not removed within {REPLACE_TIMEOUT:.0f}s")
+
+    async def wait_started(self, session_id: str) -> bool:
+        """Wait until the session runs (True), or fails, stops or does not start in time (False)."""
+        kube = await self._kube()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.start_timeout
         while loop.time() < deadline:
-            gs = await kube.get(resources.GRIDSESSIONS, session_id, namespace)
+            gs = await kube.get(resources.GRIDSESSIONS, session_id, self.namespace)
             phase = (gs or {}).get("status", {}).get("phase")
             if phase == Phase.RUNNING.value:
                 return True
             if gs is None or phase in (Phase.FAILED.value, Phase.STOPPED.value, Phase.STOPPING.value):
+                reason = next((c for c in (gs or {}).get("status", {}).get("conditions") or []
+                               if c.get("type") == "Ready"), {})
+                log.warning("session %r did not start: %s", session_id,
+                            "it was deleted" if gs is None else f"{phase}: {reason.get('reason')}: {reason.get('message')}")
                 return False
             await asyncio.sleep(0.5)
         log.warning("session %r did not start within %ss", session_id, self.start_timeout)
@@ -194,6 +258,8 @@ class GridSessionManager:
             status = gs.get("status") or {}
             if gs.get("spec", {}).get("user") != self.user_id or status.get("phase", "Pending") not in ACTIVE:
                 continue
+            if gs["metadata"].get("deletionTimestamp"):
+                continue  # being deleted: no longer a session to work with
             result.append(
                 {
                     "session_id": gs["metadata"]["name"],
@@ -227,3 +293,92 @@ class GridSessionManager:
 
     async def _find(self, kube: KubeClient, session_id: str) -> dict[str, Any] | None:
         return await kube.get(resources.GRIDSESSIONS, session_id, self.namespace)
+
+
+class SyncSharedSession:
+    """A SharedSession for synchronous code: `with manager.open_session(...) as session:`."""
+
+    def __init__(self, manager: SyncGridSessionManager, shared: SharedSession):
+        self._manager = manager
+        self._shared = shared
+
+    @property
+    def session_id(self) -> str:
+        return self._shared.session_id
+
+    @property
+    def new_session_initialized(self) -> bool:
+        return self._shared.new_session_initialized
+
+    @property
+    def client_id(self) -> str:
+        return self._shared.client_id
+
+    def detach(self) -> None:
+        self._manager._run(self._shared.detach())
+
+    def close(self) -> None:
+        self._manager._run(self._shared.close())
+
+    def __enter__(self) -> SyncSharedSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._manager._run(self._shared.__aexit__(*exc))
+
+
+class SyncGridSessionManager:
+    """GridSessionManager for synchronous code (scripts, notebooks, measurement plug-ins).
+
+        with SyncGridSessionManager("alice", "resource_config.json") as manager:
+            with manager.open_session("sim-1", "node0", "session.json") as session:
+                ...
+
+    The same methods, blocking. Its event loop runs in a thread of its own, so an open session's
+    attachment keeps being renewed while your code runs.
+    """
+
+    def __init__(self, user_id: str, resource_config_file_path: str, **kwargs: Any):
+        self._async = GridSessionManager(user_id, resource_config_file_path, **kwargs)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="gridop-sessions", daemon=True)
+        self._thread.start()
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def create_config(self, session_config_file_path: str, session_id: str) -> dict[str, Any]:
+        return self._async.create_config(session_config_file_path, session_id)
+
+    def start_session(self, session_id: str, resource: str, session_config_file_path: str) -> bool | None:
+        return self._run(self._async.start_session(session_id, resource, session_config_file_path))
+
+    def stop_session(self, session_id: str) -> bool:
+        return self._run(self._async.stop_session(session_id))
+
+    def touch(self, session_id: str) -> bool:
+        return self._run(self._async.touch(session_id))
+
+    def list_sessions(self) -> list[dict[str, Any]]:
+        return self._run(self._async.list_sessions())
+
+    def open_session(self, session_id: str, resource: str, session_config_file_path: str,
+                     initialization_behavior: SessionInitializationBehavior = SessionInitializationBehavior.AUTO,
+                     **kwargs: Any) -> SyncSharedSession:
+        shared = self._run(self._async.open_session(session_id, resource, session_config_file_path,
+                                                    initialization_behavior, **kwargs))
+        return SyncSharedSession(self, shared)
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._run(self._async.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def __enter__(self) -> SyncGridSessionManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -14,6 +14,16 @@
 
 While open, the client holds an attachment lease it renews in the background; a crashed client
 stops renewing and its lease lapses, so it never pins a session.
+
+Races are decided by the API server: exactly one of many clients creating the same session gets
+its create through (`new_session_initialized=True`); the others see 409 AlreadyExists and attach
+(AUTO) or raise SessionAlreadyExistsError (INITIALIZE_*). Attachments are one annotation per
+client written by merge patch, so clients attaching, renewing and detaching at once never
+conflict; only attaching to an Exclusive session carries a resourceVersion precondition (two
+clients must not both see it free).
+
+A session left over in Stopped or Failed is replaced by AUTO and INITIALIZE_* (deleted, then
+created anew); a session being deleted is refused with SessionStartError naming its state.
 """
 
 from __future__ import annotations
@@ -23,12 +33,13 @@ import contextlib
 import datetime
 import enum
 import logging
+import random
 import uuid
 from typing import TYPE_CHECKING, Any
 
 from ..api.v1alpha1 import Phase
 from ..api.v1alpha1.gridsession import Sharing
-from ..kube import Conflict, KubeClient, resources
+from ..kube import Conflict, KubeClient, NotFound, resources
 from ..sessions import attachments
 
 if TYPE_CHECKING:
@@ -118,32 +129,48 @@ class SharedSession:
         self._renewer: asyncio.Task[None] | None = None
         self._done = False
 
-    async def _write_lease(self, expires: datetime.datetime | None, *, exclusive: bool = False) -> None:
+    async def _write_lease(self, expires: datetime.datetime | None) -> None:
+        """Set (or, with None, remove) our attachment: a merge patch of our own annotation only, so
+        it never conflicts with other clients' attachments."""
         key = attachments.annotation_key(self.client_id)
         value = attachments.lease_value("interactive", expires) if expires else None
-        for _ in range(10):
+        try:
+            await self._kube.patch(resources.GRIDSESSIONS, self.session_id, {"metadata": {"annotations": {key: value}}},
+                                   self.namespace)
+        except NotFound:
+            if expires is not None:
+                raise SessionNotFoundError(f"session {self.session_id!r} is gone") from None
+
+    async def _attach_exclusive(self, expires: datetime.datetime) -> None:
+        """Take an Exclusive session: read who holds it, and write our attachment only if nobody
+        changed it since (resourceVersion precondition); a conflict means someone else moved
+        first, so look again."""
+        key = attachments.annotation_key(self.client_id)
+        for attempt in range(20):
             gs = await self._kube.get(resources.GRIDSESSIONS, self.session_id, self.namespace)
             if gs is None:
-                if expires is None:
-                    return
                 raise SessionNotFoundError(f"session {self.session_id!r} is gone")
             now = datetime.datetime.now(tz=datetime.UTC)
             others = [a for a in attachments.live(attachments.parse(gs["metadata"].get("annotations")), now)
                       if a.client != self.client_id]
-            if expires is not None and exclusive and others:
+            if others:
                 raise SessionBusyError(
                     f"session {self.session_id!r} is Exclusive and attached to {', '.join(a.client for a in others)}"
                 )
-            patch = {"metadata": {"resourceVersion": gs["metadata"]["resourceVersion"], "annotations": {key: value}}}
+            patch = {"metadata": {"resourceVersion": gs["metadata"]["resourceVersion"],
+                                  "annotations": {key: attachments.lease_value("interactive", expires)}}}
             try:
                 await self._kube.patch(resources.GRIDSESSIONS, self.session_id, patch, self.namespace)
                 return
             except Conflict:
-                continue  # someone else attached or detached meanwhile: re-read and decide again
-        raise SessionBusyError(f"session {self.session_id!r}: too many concurrent attachment changes")
+                await asyncio.sleep(random.uniform(0, min(1.0, 0.02 * 2**attempt)))
+        raise SessionBusyError(f"session {self.session_id!r}: could not take it amid concurrent changes; try again")
 
     async def attach(self, *, exclusive: bool) -> None:
-        await self._write_lease(self._expiry(), exclusive=exclusive)
+        if exclusive:
+            await self._attach_exclusive(self._expiry())
+        else:
+            await self._write_lease(self._expiry())
         self._renewer = asyncio.create_task(self._renew())
 
     def _expiry(self) -> datetime.datetime:
@@ -180,7 +207,8 @@ class SharedSession:
             return
         self._done = True
         await self._stop_renewing()
-        await self._kube.delete(resources.GRIDSESSIONS, self.session_id, self.namespace)
+        with contextlib.suppress(NotFound):
+            await self._kube.delete(resources.GRIDSESSIONS, self.session_id, self.namespace)
 
     async def _others_attached(self) -> bool:
         gs = await self._kube.get(resources.GRIDSESSIONS, self.session_id, self.namespace)
@@ -221,21 +249,24 @@ async def open_session(
     namespace = manager.namespace
     assert namespace is not None
     gs = await kube.get(resources.GRIDSESSIONS, session_id, namespace)
+    new = False
     if is_open(gs):
         if behavior not in MAY_ATTACH:
             raise SessionAlreadyExistsError(f"session {session_id!r} is already open (behavior {behavior.name})")
-        new = False
+    elif behavior not in CREATES:
+        raise SessionNotFoundError(f"no open session {session_id!r} to attach to (behavior {behavior.name})")
     else:
-        if behavior not in CREATES:
-            raise SessionNotFoundError(f"no open session {session_id!r} to attach to (behavior {behavior.name})")
-        started = await manager.start_session(session_id, resource, session_config_file_path)
-        if started is None:
-            raise SessionNotFoundError(f"resource {resource!r} is not in the resource configuration, or the cluster refused the request")
-        if started is False:
+        outcome = await manager.create_session(session_id, resource, session_config_file_path)
+        if outcome.created:
+            new = True
+        elif behavior != SessionInitializationBehavior.AUTO:
+            # Another client's create won the race: it initialized the session, not us.
+            raise SessionAlreadyExistsError(f"session {session_id!r} was just created by another client "
+                                            f"(behavior {behavior.name})")
+        if not await manager.wait_started(session_id):
             gs = await kube.get(resources.GRIDSESSIONS, session_id, namespace)
             ready = next((c for c in (gs or {}).get("status", {}).get("conditions") or [] if c.get("type") == "Ready"), {})
             raise SessionStartError(f"session {session_id!r} did not start: {ready.get('reason')}: {ready.get('message')}")
-        new = True
         gs = await kube.get(resources.GRIDSESSIONS, session_id, namespace)
     exclusive = (gs or {}).get("spec", {}).get("sharing") == Sharing.EXCLUSIVE.value
     shared = SharedSession(

@@ -251,9 +251,13 @@ class KubeClient:
         *,
         grace_period_seconds: int | None = None,
         propagation: str | None = "Background",
+        uid: str | None = None,
     ) -> bool:
-        """Delete; False when it was already gone (the normal case for idempotent cleanup)."""
+        """Delete; False when it was already gone (the normal case for idempotent cleanup). With
+        `uid`, only that incarnation of the object (409 Conflict if it was replaced meanwhile)."""
         options: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1"}
+        if uid is not None:
+            options["preconditions"] = {"uid": uid}
         if grace_period_seconds is not None:
             options["gracePeriodSeconds"] = grace_period_seconds
         if propagation:

@@ -197,6 +197,8 @@ def decide(
     st.last_active_time = last_active_time(session.model_copy(update={"status": st}), now)
     if st.phase in ACTIVE_PHASES:
         why = stop_reason(session, st, now)
+        if why is None and session.spec.close_when_unused and prev.attached_clients and not st.attached_clients:
+            why = "Unused", "the last attached client detached or lapsed (closeWhenUnused)"
         if why is not None:
             reason, message = why
             st.phase = Phase.STOPPING

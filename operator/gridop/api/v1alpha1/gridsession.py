@@ -115,6 +115,11 @@ class GridSessionSpec(KubeModel):
     )
     max_lifetime_seconds: int | None = Field(default=None, ge=1, description="Stop the session this long after it started.")
     sharing: Sharing = Field(default=Sharing.SHARED, description="Shared: many clients may attach; Exclusive: one at a time.")
+    close_when_unused: bool = Field(
+        default=False,
+        description="Stop the session when its last attached client detaches or its lease lapses "
+                    "(a session nobody has attached to yet keeps running).",
+    )
     pod_loss_policy: PodLossPolicy = Field(
         default=PodLossPolicy.RECREATE,
         description="When the pod is deleted, evicted or its node is gone: recreate it, or fail the session.",
