@@ -52,3 +52,90 @@ def test_malformed_files_are_refused_before_anything_is_sent(redis_url: str, tmp
     bad.write_text('{"ok": 1}\n[1, 2]\n')
     result = gridctl("tasks", "--redis-url", redis_url, "submit", str(bad))
     assert result.returncode == 2 and "bad.jsonl:2: each line must be a JSON object" in result.stderr
+
+
+def test_a_local_run_whose_workers_all_die_ends_with_exit_1_and_cancels_the_rest(
+    redis_url: str, tmp_path: pathlib.Path
+) -> None:
+    result = gridctl("tasks", "--redis-url", redis_url, "run", "--local", "-", "--handler",
+                     "tests.dataplane.handlers:crashes", "--workers", "2", "--session", "dies", "-o", "none",
+                     stdin='{"poison": true}\n' * 4)
+    assert result.returncode == 1, result.stderr
+    assert "all 2 local workers exited (exit codes 1, 1) with 4 tasks unfinished" in result.stderr
+    assert "cancelled the 4 unfinished tasks of session 'dies'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_timeouts_say_the_work_did_not_finish(redis_url: str, tmp_path: pathlib.Path) -> None:
+    slow = '{"seconds": 30}\n' * 2
+    run = gridctl("tasks", "--redis-url", redis_url, "run", "--local", "-", "--handler",
+                  "tests.dataplane.handlers:slow", "--workers", "1", "--timeout", "2", "--session", "late", "-o", "none",
+                  stdin=slow)
+    assert run.returncode == 1 and "2 of 2 tasks of session 'late' unfinished after 2s" in run.stderr
+    submit = gridctl("tasks", "--redis-url", redis_url, "submit", "-", "--session", "nobody", "--wait",
+                     "--timeout", "1", "-q", stdin=slow)
+    assert submit.returncode == 1 and "unfinished after 1s" in submit.stderr
+
+
+def test_usage_errors_name_the_culprit_with_exit_2(redis_url: str, tmp_path: pathlib.Path) -> None:
+    tasks = tmp_path / "t.jsonl"
+    tasks.write_text('{"a": 1}\n')
+    base = ["tasks", "--redis-url", redis_url, "run", "--local", str(tasks)]
+    cases = [
+        ([*base, "--handler", "tests.dataplane.handlers:echo", "--workers", "0"], "--workers must be at least 1, got 0"),
+        ([*base, "--handler", "tests.dataplane.handlers:echo", "--timeout-per-task", "-1"],
+         "--timeout-per-task must be positive, got -1"),
+        ([*base, "--handler", "nosuchmodule:fn"], "cannot import 'nosuchmodule'"),
+        ([*base, "--handler", "tests.dataplane.handlers:echo", "--lease", "1", "--heartbeat", "2"],
+         "--lease (1) must exceed --heartbeat (2)"),
+        (["tasks", "--redis-url", redis_url, "submit", str(tmp_path / "missing.jsonl")],
+         "missing.jsonl': No such file or directory"),
+    ]
+    for argv, message in cases:
+        result = gridctl(*argv)
+        assert result.returncode == 2 and message in result.stderr, (argv, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_an_unreachable_redis_is_named(tmp_path: pathlib.Path) -> None:
+    result = gridctl("tasks", "--redis-url", "redis://127.0.0.1:1/0", "submit", "-", stdin='{"a": 1}\n')
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: cannot reach Redis at 127.0.0.1:1") and "check --redis-url" in result.stderr
+
+
+def test_ctrl_c_stops_a_local_run_cleanly_and_cancels_what_is_left(redis_url: str) -> None:
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gridop.cli.gridctl", "tasks", "--redis-url", redis_url, "run", "--local", "-",
+         "--handler", "tests.dataplane.handlers:slow", "--workers", "1", "--session", "ctrl-c", "-o", "none"],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True,
+    )
+    proc.stdin.write('{"seconds": 30}\n' * 3)
+    proc.stdin.close()
+    proc.stdin = None
+    time.sleep(3)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: gridctl and its workers
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert "cancelled the 3 unfinished tasks of session 'ctrl-c'" in err and "interrupted" in err
+
+
+def test_session_commands_check_the_name_and_file_before_the_cluster(tmp_path: pathlib.Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "KUBECONFIG": str(tmp_path / "missing-kubeconfig")}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gridop.cli.gridctl", *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60, env=env)
+
+    bad_name = run("session", "start", "Bad_Name", "--node", "w1", "--config", str(tmp_path / "c.json"))
+    assert bad_name.returncode == 2 and "'Bad_Name' is not a valid session name" in bad_name.stderr
+    no_file = run("session", "start", "ok-name", "--node", "w1", "--config", str(tmp_path / "c.json"))
+    assert no_file.returncode == 2 and "no such file" in no_file.stderr
+    no_cluster = run("session", "list")
+    assert no_cluster.returncode == 2 and "cannot read kubeconfig" in no_cluster.stderr
+    for r in (bad_name, no_file, no_cluster):
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr

@@ -77,7 +77,8 @@ def parse_selector(text: str) -> dict[str, str]:
     return result
 
 
-async def _start(kube: KubeClient, ns: str, args: argparse.Namespace) -> int:
+def session_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The GridSession `session start` creates, checked locally first (ValueError names what is wrong)."""
     name = validate_session_id(args.name)
     config = read_session_config_file(args.config)
     spec: dict[str, Any] = {"user": args.user, "config": {"airgen": config.get("airgen"), "grid": config.get("grid")}}
@@ -95,7 +96,11 @@ async def _start(kube: KubeClient, ns: str, args: argparse.Namespace) -> int:
         GridSessionSpec.model_validate(spec)
     except ValueError as exc:
         raise ValueError(f"invalid session: {exc}") from exc
-    body = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name}, "spec": spec}
+    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name}, "spec": spec}
+
+
+async def _start(kube: KubeClient, ns: str, args: argparse.Namespace, body: dict[str, Any]) -> int:
+    name = body["metadata"]["name"]
     await kube.create(resources.GRIDSESSIONS, body, ns)
     print(f"gridsession.gridop.io/{name} created")
     if not args.wait:
@@ -117,11 +122,16 @@ async def _start(kube: KubeClient, ns: str, args: argparse.Namespace) -> int:
 
 
 async def run(args: argparse.Namespace) -> int:
+    # What the user typed is checked before the cluster is: a bad name or file is named as such.
+    body = session_body(args) if args.verb == "start" else None
+    if args.verb in ("stop", "get"):
+        validate_session_id(args.name)
     access = await asyncio.to_thread(load_cluster_access, args.kubeconfig, args.context)
     ns = args.namespace or access.namespace
     async with await KubeClient.connect(access) as kube:
         if args.verb == "start":
-            return await _start(kube, ns, args)
+            assert body is not None
+            return await _start(kube, ns, args, body)
         if args.verb == "stop":
             name = validate_session_id(args.name)
             if await kube.delete(resources.GRIDSESSIONS, name, ns):
@@ -208,7 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
         return 130
+    except tasks_cli.Unfinished as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return tasks_cli.UNFINISHED
     except ValueError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2

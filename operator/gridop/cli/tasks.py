@@ -4,6 +4,10 @@
     gridctl tasks results my-run [-o jsonl]
     gridctl tasks cancel my-run
     gridctl tasks run --local tasks.jsonl --handler mymod:handle --redis-url redis://localhost:6379/0 --workers 2
+
+Exit codes say whether the work finished: 0 every task finished; 3 some failed or were
+cancelled; 1 the work did not finish (a timeout, every local worker died, Redis unreachable);
+2 a usage error (bad option, unreadable file); 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -17,13 +21,28 @@ import sys
 import time
 from typing import Any, TextIO
 
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
 from ..client.tasks import AsyncGridConnector
+from ..tasks.connection import address_of
 from ..tasks.states import TaskState
 from ..tasks.sweeper import Sweeper
+from ..tasks.worker import load_handler
+
+UNFINISHED = 1  # exit code: the work did not finish
+FAILED = 3  # exit code: it finished, but some tasks failed or were cancelled
+
+
+class Unfinished(Exception):
+    """The work did not finish; the message says why (exit code 1)."""
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
-    source: TextIO = sys.stdin if path == "-" else open(path)  # noqa: SIM115
+    try:
+        source: TextIO = sys.stdin if path == "-" else open(path)  # noqa: SIM115
+    except OSError as exc:
+        raise ValueError(f"tasks file {path!r}: {exc.strerror or exc}") from exc
     tasks = []
     with source:
         for lineno, line in enumerate(source, 1):
@@ -49,8 +68,10 @@ def progress_line(counts: dict[str, int], total: int, width: int = 30) -> str:
             f"retrying {counts['retrying']}")
 
 
-async def follow(connector: AsyncGridConnector, sid: str, total: int, timeout: float | None, quiet: bool) -> dict[str, int]:
-    """Show a progress bar until every task is terminal (or the timeout passes)."""
+async def follow(connector: AsyncGridConnector, sid: str, total: int, timeout: float | None, quiet: bool,
+                 workers: list[subprocess.Popen[bytes]] | None = None) -> dict[str, int]:
+    """Show a progress bar until every task is terminal; raises Unfinished when the timeout
+    passes or every local worker has exited first."""
     deadline = None if timeout is None else time.monotonic() + timeout
     tty = sys.stderr.isatty()
     last = ""
@@ -60,21 +81,34 @@ async def follow(connector: AsyncGridConnector, sid: str, total: int, timeout: f
         if not quiet and line != last:
             print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
             last = line
-        if counts["finished"] + counts["failed"] + counts["cancelled"] >= total:
+        done = counts["finished"] + counts["failed"] + counts["cancelled"]
+        if done >= total:
             break
         if deadline is not None and time.monotonic() > deadline:
-            break
+            _end_line(quiet, tty)
+            raise Unfinished(f"{total - done} of {total} tasks of session {sid!r} unfinished after {timeout:g}s")
+        if workers and all(w.poll() is not None for w in workers):
+            counts = await connector.store.counts(sid)
+            if counts["finished"] + counts["failed"] + counts["cancelled"] < total:
+                _end_line(quiet, tty)
+                codes = ", ".join(str(w.returncode) for w in workers)
+                raise Unfinished(f"all {len(workers)} local workers exited (exit codes {codes}) with "
+                                 f"{total - counts['finished'] - counts['failed'] - counts['cancelled']} tasks unfinished")
         await asyncio.sleep(0.2)
+    _end_line(quiet, tty)
+    return counts
+
+
+def _end_line(quiet: bool, tty: bool) -> None:
     if not quiet and tty:
         print(file=sys.stderr)
-    return counts
 
 
 async def print_results(connector: AsyncGridConnector, sid: str, output: str) -> int:
     meta = await connector.store.meta(sid)
     if not meta:
         print(f"Error: no session {sid!r} in the data plane", file=sys.stderr)
-        return 1
+        return UNFINISHED
     total = int(meta["total"])
     submission = {"session_id": sid, "task_ids": [f"{sid}-{i}" for i in range(total)]}
     results = await connector.get_results(submission)
@@ -92,7 +126,7 @@ async def print_results(connector: AsyncGridConnector, sid: str, output: str) ->
             if tid in errors:
                 row["error"] = errors[tid]
             print(json.dumps(row))
-    return 0 if not results["failed"] else 3
+    return 0 if not results["failed"] else FAILED
 
 
 def spawn_workers(args: argparse.Namespace, sid: str, prefix: str) -> list[subprocess.Popen[bytes]]:
@@ -105,18 +139,70 @@ def spawn_workers(args: argparse.Namespace, sid: str, prefix: str) -> list[subpr
     return [subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL) for _ in range(args.workers)]
 
 
-async def run(args: argparse.Namespace) -> int:
+WORKER_GRACE = 5.0  # seconds local workers get to stop before they are killed, when a run ends early
+
+
+def stop_workers(workers: list[subprocess.Popen[bytes]], grace: float) -> None:
+    """Stop local workers: SIGTERM (they drain), and SIGKILL for any still running after `grace`
+    seconds when the run ended early (a handler in the middle of a long task would hold it up).
+    A finished run's workers are already on their way out: wait for them."""
+    for w in workers:
+        if w.poll() is None:
+            w.terminate()
+    deadline = time.monotonic() + grace
+    for w in workers:
+        try:
+            w.wait(None if not grace else max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            w.kill()
+            w.wait()
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Usage errors, before anything is read or sent (ValueError: exit code 2)."""
     if not args.redis_url:
         raise ValueError("--redis-url (or GRIDOP_REDIS_URL) is required")
+    for name in ("timeout", "timeout_per_task", "heartbeat", "lease"):
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value:g}")
+    if getattr(args, "workers", 1) < 1:
+        raise ValueError(f"--workers must be at least 1, got {args.workers}")
+    if args.verb == "run":
+        if not args.local:
+            raise ValueError("tasks run needs --local (on a cluster, create a TaskBatch and use submit)")
+        if args.lease <= args.heartbeat:
+            raise ValueError(f"--lease ({args.lease:g}) must exceed --heartbeat ({args.heartbeat:g})")
+        load_handler(args.handler)  # a bad handler is named here, not by N dying workers
+
+
+async def _reachable(url: str) -> None:
+    client = aioredis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        await client.ping()
+    except RedisError as exc:
+        raise Unfinished(f"cannot reach Redis at {address_of(url)} ({exc}); check --redis-url") from exc
+    finally:
+        await client.aclose()
+
+
+async def run(args: argparse.Namespace) -> int:
+    check_options(args)
+    tasks = read_jsonl(args.file) if args.verb in ("submit", "run") else None
+    await _reachable(args.redis_url)
     config = {"redis_url": args.redis_url, "namespace": args.namespace or "default", "max_retries": args.max_retries}
     async with AsyncGridConnector(config) as connector:
         if args.verb == "submit":
-            tasks = read_jsonl(args.file)
+            assert tasks is not None
             sub = await connector.send(tasks, session_id=args.session)
             print(sub["session_id"])
             if args.wait:
-                counts = await follow(connector, sub["session_id"], len(tasks), args.timeout, args.quiet)
-                return 0 if counts["failed"] == 0 else 3
+                try:
+                    counts = await follow(connector, sub["session_id"], len(tasks), args.timeout, args.quiet)
+                except asyncio.CancelledError:
+                    print(f"stopped following; session {sub['session_id']!r} carries on", file=sys.stderr)
+                    raise
+                return 0 if counts["failed"] == 0 and counts["cancelled"] == 0 else FAILED
             return 0
         if args.verb == "results":
             if args.wait:
@@ -128,28 +214,34 @@ async def run(args: argparse.Namespace) -> int:
             print(json.dumps(report, indent=2))
             return 0
         if args.verb == "run":
-            if not args.local:
-                raise ValueError("tasks run needs --local (on a cluster, create a TaskBatch and use submit)")
-            tasks = read_jsonl(args.file)
-            sub = await connector.send(tasks, session_id=args.session)
-            sid = sub["session_id"]
-            workers = spawn_workers(args, sid, connector.store.prefix)
-            stop = asyncio.Event()
-            sweeper = asyncio.create_task(Sweeper(connector.store, sid, interval=0.5).run(stop))
-            try:
-                counts = await follow(connector, sid, len(tasks), args.timeout, args.quiet)
-            finally:
-                stop.set()
-                await sweeper
-                for w in workers:
-                    if w.poll() is None:
-                        w.terminate()
-                for w in workers:
-                    w.wait()
-            if args.output != "none":
-                await print_results(connector, sid, args.output)
-            return 0 if counts["failed"] == 0 and counts["cancelled"] == 0 else 3
+            assert tasks is not None
+            return await _run_local(args, connector, tasks)
     raise AssertionError(args.verb)
+
+
+async def _run_local(args: argparse.Namespace, connector: AsyncGridConnector, tasks: list[dict[str, Any]]) -> int:
+    """Run the batch with local worker processes. Whatever ends the run early (a timeout, dead
+    workers, Ctrl-C), the unfinished tasks are cancelled: nothing is left queued with no workers."""
+    sub = await connector.send(tasks, session_id=args.session)
+    sid = sub["session_id"]
+    workers = spawn_workers(args, sid, connector.store.prefix)
+    stop = asyncio.Event()
+    sweeper = asyncio.create_task(Sweeper(connector.store, sid, interval=0.5).run(stop))
+    finished = False
+    try:
+        counts = await follow(connector, sid, len(tasks), args.timeout, args.quiet, workers)
+        finished = True
+    finally:
+        stop.set()
+        await asyncio.shield(sweeper)
+        if not finished:
+            cancelled = await asyncio.shield(connector.cancel_sessions([sid]))
+            print(f"cancelled the {cancelled[sid]['total_cancelled_tasks']} unfinished tasks of session {sid!r}",
+                  file=sys.stderr)
+        await asyncio.shield(asyncio.to_thread(stop_workers, workers, 0.0 if finished else WORKER_GRACE))
+    if args.output != "none":
+        await print_results(connector, sid, args.output)
+    return 0 if counts["failed"] == 0 and counts["cancelled"] == 0 else FAILED
 
 
 def add_parser(kinds: Any) -> None:
@@ -162,7 +254,7 @@ def add_parser(kinds: Any) -> None:
     submit.add_argument("file", help="JSONL file, or - for standard input")
     submit.add_argument("--session", help="session id (default: generated); re-submitting the same file resumes")
     submit.add_argument("--wait", action="store_true", help="follow with a progress bar until all tasks are done")
-    submit.add_argument("--timeout", type=float)
+    submit.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds (exit 1)")
     submit.add_argument("-q", "--quiet", action="store_true")
 
     results = verbs.add_parser("results", help="print each task's result (JSON lines), or the HTC-Grid dict")
@@ -179,11 +271,11 @@ def add_parser(kinds: Any) -> None:
     local.add_argument("file")
     local.add_argument("--local", action="store_true", help="run the workers on this machine")
     local.add_argument("--handler", required=True, help="module:function(event, context) -> dict")
-    local.add_argument("--workers", type=int, default=2)
-    local.add_argument("--session")
-    local.add_argument("--heartbeat", type=float, default=2.0)
-    local.add_argument("--lease", type=float, default=10.0)
-    local.add_argument("--timeout-per-task", type=float)
-    local.add_argument("--timeout", type=float, help="give up following after this many seconds")
+    local.add_argument("--workers", type=int, default=2, help="worker processes (default: 2)")
+    local.add_argument("--session", help="session id (default: generated)")
+    local.add_argument("--heartbeat", type=float, default=2.0, help="seconds between lease renewals (default: 2)")
+    local.add_argument("--lease", type=float, default=10.0, help="seconds a task's lease lasts (default: 10)")
+    local.add_argument("--timeout-per-task", type=float, help="fail a task running longer than this (seconds)")
+    local.add_argument("--timeout", type=float, help="give up after this many seconds: cancel what is left, exit 1")
     local.add_argument("-o", "--output", choices=["jsonl", "json", "none"], default="jsonl")
     local.add_argument("-q", "--quiet", action="store_true")
