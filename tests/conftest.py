@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pathlib
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -18,33 +20,48 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class RedisProcess:
+    """A real redis-server on a free loopback port, which a test may stop and start again."""
+
+    def __init__(self, workdir: pathlib.Path, *args: str, password: str | None = None):
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed: `apt-get install redis-server` (.ci/run does this)")
+        self.port = _free_port()
+        self.password = password
+        self.command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(workdir),
+                        "--save", "", *(("--requirepass", password) if password else ()), *args]
+        self.url = f"redis://{f':{password}@' if password else ''}127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisProcess:
+        self.proc = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        try:
+            for _ in range(200):
+                try:
+                    client.ping()
+                    return self
+                except (redis.ConnectionError, redis.BusyLoadingError):
+                    time.sleep(0.05)
+        finally:
+            client.close()
+        self.proc.kill()
+        pytest.fail("redis-server did not start")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """SIGTERM: a clean shutdown (AOF flushed); SIGKILL: a crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed: `apt-get install redis-server` (.ci/run does this)")
-    port = _free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir), "--protected-mode", "yes"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("redis-server did not start")
-    yield url
-    client.close()
-    proc.terminate()
-    proc.wait(timeout=10)
+    server = RedisProcess(tmp_path_factory.mktemp("redis"), "--appendonly", "no", "--protected-mode", "yes").start()
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture

@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
-import shutil
-import subprocess
 from collections.abc import Iterator
 
 import pytest
-import redis
 import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError, NoPermissionError
 
@@ -21,7 +18,7 @@ from gridop.tasks.credentials import acl_user, define_user, with_credentials
 from gridop.tasks.store import RetryPolicy, TaskStore
 from gridop.tasks.worker import Worker
 
-from ..conftest import _free_port
+from ..conftest import RedisProcess
 from . import handlers
 
 ADMIN_PASSWORD = "admin-secret"
@@ -29,26 +26,9 @@ ADMIN_PASSWORD = "admin-secret"
 
 @pytest.fixture
 def secured_redis(tmp_path: pathlib.Path) -> Iterator[str]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
-         "--requirepass", ADMIN_PASSWORD, "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-    )
-    url = f"redis://:{ADMIN_PASSWORD}@127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            import time
-
-            time.sleep(0.05)
-    yield url
-    client.close()
-    proc.terminate()
-    proc.wait(10)
+    server = RedisProcess(tmp_path, "--appendonly", "no", password=ADMIN_PASSWORD).start()
+    yield server.url
+    server.stop()
 
 
 async def test_a_namespace_credential_reaches_its_own_keys_only(secured_redis: str) -> None:

@@ -10,60 +10,28 @@ import collections
 import json
 import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import pytest
-import redis
+import redis.asyncio as aioredis
 
 from gridop.client.tasks import AsyncGridConnector
 from gridop.tasks.store import TaskStore
 
-from ..conftest import _free_port
+from ..conftest import RedisProcess
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TASKS = 3000
 
 
-class RedisProcess:
-    def __init__(self, workdir: pathlib.Path):
-        self.port = _free_port()
-        self.workdir = workdir
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.workdir), "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port)
-        for _ in range(200):
-            try:
-                client.ping()
-                return
-            except (redis.ConnectionError, redis.BusyLoadingError):
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)  # SIGTERM: a clean shutdown (AOF flushed); SIGKILL: none
-        self.proc.wait(timeout=30)
-
-
 @pytest.fixture
 def restartable_redis(tmp_path: pathlib.Path) -> Iterator[RedisProcess]:
-    server = RedisProcess(tmp_path)
-    server.start()
+    server = RedisProcess(tmp_path, "--appendonly", "yes", "--appendfsync", "always").start()
     yield server
-    if server.proc and server.proc.poll() is None:
-        server.stop(signal.SIGKILL)
+    server.stop(signal.SIGKILL)
 
 
 def spawn_worker(url: str) -> subprocess.Popen[bytes]:
@@ -88,7 +56,7 @@ async def test_workers_and_clients_ride_out_redis_restarts(restartable_redis: Re
         waiting = asyncio.create_task(c.get_results(sub, timeout_sec=240))
         streaming = asyncio.create_task(stream())
         workers = [spawn_worker(server.url) for _ in range(2)]
-        probe = TaskStore(redis.asyncio.Redis(port=server.port))  # no ride-out: only read while up
+        probe = TaskStore(aioredis.Redis(port=server.port))  # no ride-out: only read while up
 
         async def finished() -> int:
             return (await probe.counts("outage"))["finished"]
@@ -127,7 +95,7 @@ async def test_workers_and_clients_ride_out_redis_restarts(restartable_redis: Re
         assert [json.loads(o)["echo"]["n"] for o in results["finished_OUTPUT"]] == list(range(TASKS))
         assert sorted(item["task_id"] for item in streamed) == sorted(sub["task_ids"])
 
-        check = TaskStore(redis.asyncio.Redis(port=server.port), prefix=c.store.prefix)
+        check = TaskStore(aioredis.Redis(port=server.port), prefix=c.store.prefix)
         try:
             events = await check.redis.xrange(check.key("outage", "done"))
             done = collections.Counter(int(f[b"i"]) for _, f in events if f[b"s"] == b"finished")
