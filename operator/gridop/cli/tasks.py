@@ -233,12 +233,12 @@ async def _run_local(args: argparse.Namespace, connector: AsyncGridConnector, ta
         finished = True
     finally:
         stop.set()
-        await asyncio.shield(sweeper)
+        await sweeper
         if not finished:
-            cancelled = await asyncio.shield(connector.cancel_sessions([sid]))
+            cancelled = await connector.cancel_sessions([sid])
             print(f"cancelled the {cancelled[sid]['total_cancelled_tasks']} unfinished tasks of session {sid!r}",
                   file=sys.stderr)
-        await asyncio.shield(asyncio.to_thread(stop_workers, workers, 0.0 if finished else WORKER_GRACE))
+        await asyncio.to_thread(stop_workers, workers, 0.0 if finished else WORKER_GRACE)
     if args.output != "none":
         await print_results(connector, sid, args.output)
     return 0 if counts["failed"] == 0 and counts["cancelled"] == 0 else FAILED

@@ -60,7 +60,7 @@ def _transient(exc: Exception) -> bool:
     """Failures that an outage of Redis or the API server explains."""
     if isinstance(exc, KubeError):
         return exc.status >= 500 or exc.status in (409, 429)
-    return isinstance(exc, RedisConnectionError | RedisTimeoutError | aiohttp.ClientError | TimeoutError | OSError)
+    return isinstance(exc, RedisConnectionError | RedisTimeoutError | aiohttp.ClientError | OSError)
 
 
 def build_registry() -> kopf.OperatorRegistry:
