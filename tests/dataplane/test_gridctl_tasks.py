@@ -8,6 +8,8 @@ import pathlib
 import subprocess
 import sys
 
+import yaml
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -45,6 +47,31 @@ def test_submit_then_cancel_then_results(redis_url: str, tmp_path: pathlib.Path)
     assert json.loads(cancel.stdout)["later"]["cancelled_pending"] == 2
     results = gridctl("tasks", "--redis-url", redis_url, "results", "later", "-o", "json")
     assert json.loads(results.stdout)["cancelled"] == ["later-0", "later-1"]
+
+
+def test_read_commands_print_tables_json_and_yaml(redis_url: str) -> None:
+    tasks = "".join(json.dumps({"x": i}) + "\n" for i in range(6))
+    run = gridctl("tasks", "--redis-url", redis_url, "run", "--local", "-", "--handler", "tests.dataplane.handlers:echo",
+                  "--workers", "1", "--session", "shown", "-o", "table", stdin=tasks)
+    assert run.returncode == 0, run.stderr
+    table = run.stdout.splitlines()
+    assert table[0].split() == ["TASK", "STATE", "OUTPUT", "/", "ERROR"] and len(table) == 7
+    assert table[1].split()[:2] == ["shown-0", "finished"] and '{"echo": {"x": 0}' in table[1]
+    # Piped, the progress is plain lines with the rate and the ETA.
+    assert "shown  6/6 (100%)" in run.stderr and "tasks/s" in run.stderr and "ETA" in run.stderr
+
+    status = gridctl("tasks", "--redis-url", redis_url, "status", "shown", "-o", "yaml")
+    doc = yaml.safe_load(status.stdout)
+    assert status.returncode == 0 and doc["total"] == 6 and doc["done"] == 6 and doc["tasks"]["finished"] == 6
+    table = gridctl("tasks", "--redis-url", redis_url, "status", "shown").stdout.splitlines()
+    assert table[0].split()[:3] == ["SESSION", "TOTAL", "DONE"] and table[1].split()[:4] == ["shown", "6", "6", "0"]
+    assert table[1].split()[-1] == "Done"
+    results = gridctl("tasks", "--redis-url", redis_url, "results", "shown", "-o", "yaml")
+    assert yaml.safe_load(results.stdout)["finished"] == [f"shown-{i}" for i in range(6)]
+    cancel = gridctl("tasks", "--redis-url", redis_url, "cancel", "shown", "-o", "yaml")
+    assert yaml.safe_load(cancel.stdout)["shown"]["total_cancelled_tasks"] == 0
+    missing = gridctl("tasks", "--redis-url", redis_url, "status", "nosuch")
+    assert missing.returncode == 1 and missing.stderr.startswith("Error: no session 'nosuch' in the data plane")
 
 
 def test_malformed_files_are_refused_before_anything_is_sent(redis_url: str, tmp_path: pathlib.Path) -> None:

@@ -156,6 +156,17 @@ async def test_gridctl_start_list_get_stop(
 
     assert await asyncio.to_thread(gridctl, [*base, "session", "get", "cli-1", "-o", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["status"]["phase"] == "Running"
+    assert await asyncio.to_thread(gridctl, [*base, "gs", "ls", "-o", "yaml", "--user", "bob"]) == 0
+    listed = yaml.safe_load(capsys.readouterr().out)
+    assert listed["kind"] == "List" and [g["metadata"]["name"] for g in listed["items"]] == ["cli-1"]
+    assert await asyncio.to_thread(gridctl, [*base, "session", "list", "-o", "name"]) == 0
+    assert capsys.readouterr().out == "gridsession.gridop.io/cli-1\n"
+    assert await asyncio.to_thread(gridctl, [*base, "session", "list", "-A", "-o", "wide"]) == 0
+    wide = capsys.readouterr().out.splitlines()
+    assert wide[0].split()[0] == "NAMESPACE" and wide[0].split()[-4:] == ["TENANT", "SHARING", "ATTACHED", "CONSOLE"]
+    assert wide[1].split()[:3] == [NAMESPACE, "cli-1", "Running"]
+    assert await asyncio.to_thread(gridctl, [*base, "session", "list", "--user", "nobody"]) == 0
+    assert capsys.readouterr().err.startswith("No sessions found")
 
     assert await asyncio.to_thread(gridctl, [*base, "session", "stop", "cli-1"]) == 0
     await eventually(lambda: _absent(api, "cli-1"))

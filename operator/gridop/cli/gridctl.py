@@ -1,38 +1,45 @@
-"""gridctl — start, stop, list and inspect grid sessions; reach their consoles.
+"""gridctl — start, stop, list and inspect grid sessions; run task batches; reach consoles.
 
-    gridctl session start NAME --node kind-worker --user alice --config session.json
-    gridctl session list
+    gridctl session start NAME --node kind-worker --user alice --config session.json --wait
+    gridctl session list -A
     gridctl session get NAME -o yaml
     gridctl session stop NAME
+    gridctl tasks submit tasks.jsonl --wait
     gridctl console tail NAME -n 100 -f
-    gridctl console interact NAME
 
 Installed as `kubectl-grid` too, so `kubectl grid session list` works.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime
 import getpass
-import json
+import os
 import sys
-from collections.abc import Sequence
 from typing import Any
 
-import yaml
-from redis.exceptions import RedisError
+import click
 
 from ..api.v1alpha1 import API_VERSION, GridSessionSpec, Phase
 from ..api.v1alpha1.gridsession import KIND
 from ..client.sessions import validate_session_id
-from ..kube import KubeClient, KubeError, load_cluster_access, resources
+from ..kube import KubeClient, load_cluster_access, resources
 from ..sessions.config import read_session_config_file
-from ..client.console import ConsoleError
-from ..kube.access import AccessError
 from . import console as console_cli
 from . import tasks as tasks_cli
+from .common import (
+    CONTEXT_SETTINGS,
+    UNFINISHED,
+    USAGE,
+    AliasedGroup,
+    Globals,
+    error,
+    pass_globals,
+    positive,
+    runs_async,
+)
+from .output import as_list, output_option, print_document, print_table, stderr
 
 
 def age(timestamp: str | None, now: datetime.datetime | None = None) -> str:
@@ -46,25 +53,31 @@ def age(timestamp: str | None, now: datetime.datetime | None = None) -> str:
     return f"{max(seconds, 0)}s"
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [list(headers)] + [["<none>" if v in (None, "") else str(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
+def _ready(gs: dict[str, Any]) -> dict[str, Any]:
+    conditions = (gs.get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c.get("type") == "Ready"), {})
 
 
-def session_rows(items: list[dict[str, Any]], wide_namespace: bool) -> str:
-    rows = []
-    for gs in sorted(items, key=lambda g: (g["metadata"].get("namespace", ""), g["metadata"]["name"])):
-        st = gs.get("status") or {}
-        ready = next((c for c in st.get("conditions") or [] if c.get("type") == "Ready"), {})
-        row = [
-            gs["metadata"]["name"], st.get("phase", Phase.PENDING.value), gs["spec"].get("user"), st.get("nodeName"),
-            st.get("nodeIP"), age(st.get("lastActiveTime")), age(gs["metadata"].get("creationTimestamp")),
-            ready.get("reason", ""),
-        ]
-        rows.append(([gs["metadata"].get("namespace")] if wide_namespace else []) + row)
+def print_sessions(items: list[dict[str, Any]], output: str, all_namespaces: bool) -> None:
+    items = sorted(items, key=lambda g: (g["metadata"].get("namespace", ""), g["metadata"]["name"]))
+    if output == "name":
+        for gs in items:
+            click.echo(f"gridsession.gridop.io/{gs['metadata']['name']}")
+        return
     headers = ["NAME", "PHASE", "USER", "NODE", "NODE-IP", "LAST-ACTIVE", "AGE", "REASON"]
-    return table((["NAMESPACE"] if wide_namespace else []) + headers, rows)
+    if output == "wide":
+        headers += ["TENANT", "SHARING", "ATTACHED", "CONSOLE"]
+    rows = []
+    for gs in items:
+        st = gs.get("status") or {}
+        row = [gs["metadata"]["name"], st.get("phase", Phase.PENDING.value), gs["spec"].get("user"),
+               st.get("nodeName"), st.get("nodeIP"), age(st.get("lastActiveTime")),
+               age(gs["metadata"].get("creationTimestamp")), _ready(gs).get("reason", "")]
+        if output == "wide":
+            row += [gs["spec"].get("tenant"), gs["spec"].get("sharing"), len(st.get("attachedClients") or []),
+                    (st.get("console") or {}).get("interact")]
+        rows.append(([gs["metadata"].get("namespace")] if all_namespaces else []) + row)
+    print_table((["NAMESPACE"] if all_namespaces else []) + headers, rows)
 
 
 def parse_selector(text: str) -> dict[str, str]:
@@ -77,21 +90,25 @@ def parse_selector(text: str) -> dict[str, str]:
     return result
 
 
-def session_body(args: argparse.Namespace) -> dict[str, Any]:
+def session_body(name: str, config_file: str, user: str, node: str | None = None, selector: str | None = None,
+                 image: str | None = None, idle_timeout: int | None = None,
+                 tenant: str | None = None) -> dict[str, Any]:
     """The GridSession `session start` creates, checked locally first (ValueError names what is wrong)."""
-    name = validate_session_id(args.name)
-    config = read_session_config_file(args.config)
-    spec: dict[str, Any] = {"user": args.user, "config": {"airgen": config.get("airgen"), "grid": config.get("grid")}}
-    if args.node:
-        spec["node"] = args.node
-    if args.selector:
-        spec["nodeSelector"] = parse_selector(args.selector)
-    if args.image:
-        spec["workload"] = {"image": args.image}
-    if args.idle_timeout:
-        spec["idleTimeoutSeconds"] = args.idle_timeout
-    if args.tenant:
-        spec["tenant"] = args.tenant
+    name = validate_session_id(name)
+    if bool(node) == bool(selector):
+        raise ValueError("give exactly one of --node NODE or --selector k=v (where the session runs)")
+    config = read_session_config_file(config_file)
+    spec: dict[str, Any] = {"user": user, "config": {"airgen": config.get("airgen"), "grid": config.get("grid")}}
+    if node:
+        spec["node"] = node
+    if selector:
+        spec["nodeSelector"] = parse_selector(selector)
+    if image:
+        spec["workload"] = {"image": image}
+    if idle_timeout:
+        spec["idleTimeoutSeconds"] = idle_timeout
+    if tenant:
+        spec["tenant"] = tenant
     try:
         GridSessionSpec.model_validate(spec)
     except ValueError as exc:
@@ -99,142 +116,176 @@ def session_body(args: argparse.Namespace) -> dict[str, Any]:
     return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name}, "spec": spec}
 
 
-async def _start(kube: KubeClient, ns: str, args: argparse.Namespace, body: dict[str, Any]) -> int:
-    name = body["metadata"]["name"]
-    await kube.create(resources.GRIDSESSIONS, body, ns)
-    print(f"gridsession.gridop.io/{name} created")
-    if not args.wait:
-        return 0
-    deadline = asyncio.get_running_loop().time() + args.timeout
-    while asyncio.get_running_loop().time() < deadline:
-        gs = await kube.get(resources.GRIDSESSIONS, name, ns) or {}
-        st = gs.get("status") or {}
-        if st.get("phase") == Phase.RUNNING.value:
-            print(f"{name} is running on {st.get('nodeName')} ({st.get('nodeIP')})")
-            return 0
-        if st.get("phase") in (Phase.FAILED.value, Phase.STOPPED.value):
-            ready = next((c for c in st.get("conditions") or [] if c.get("type") == "Ready"), {})
-            print(f"{name} {st['phase'].lower()}: {ready.get('reason')}: {ready.get('message')}", file=sys.stderr)
-            return 1
-        await asyncio.sleep(1)
-    print(f"{name} did not start within {args.timeout}s", file=sys.stderr)
-    return 1
+def _whoami() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        raise ValueError("cannot tell who you are (no $USER): pass --user NAME") from None
 
 
-async def run(args: argparse.Namespace) -> int:
-    # What the user typed is checked before the cluster is: a bad name or file is named as such.
-    body = session_body(args) if args.verb == "start" else None
-    if args.verb in ("stop", "get"):
-        validate_session_id(args.name)
-    access = await asyncio.to_thread(load_cluster_access, args.kubeconfig, args.context)
-    ns = args.namespace or access.namespace
-    async with await KubeClient.connect(access) as kube:
-        if args.verb == "start":
-            assert body is not None
-            return await _start(kube, ns, args, body)
-        if args.verb == "stop":
-            name = validate_session_id(args.name)
-            if await kube.delete(resources.GRIDSESSIONS, name, ns):
-                print(f"gridsession.gridop.io/{name} deleted")
+async def _connect(g: Globals) -> tuple[KubeClient, str]:
+    access = await asyncio.to_thread(load_cluster_access, g.kubeconfig, g.context)
+    return await KubeClient.connect(access), g.namespace or access.namespace
+
+
+async def _wait_running(kube: KubeClient, name: str, ns: str, timeout: float) -> int:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    with stderr().status(f"waiting for {name} to run") as status:
+        while loop.time() < deadline:
+            gs = await kube.get(resources.GRIDSESSIONS, name, ns) or {}
+            st = gs.get("status") or {}
+            phase = st.get("phase", Phase.PENDING.value)
+            if phase == Phase.RUNNING.value:
+                status.stop()
+                click.echo(f"{name} is running on {st.get('nodeName')} ({st.get('nodeIP')})")
                 return 0
-            print(f"Error: session {name!r} not found in namespace {ns!r}", file=sys.stderr)
-            return 1
-        if args.verb == "list":
-            items = await kube.list(resources.GRIDSESSIONS, None if args.all_namespaces else ns)
-            if args.user:
-                items = [g for g in items if g["spec"].get("user") == args.user]
-            if not items:
-                print("No sessions found.", file=sys.stderr)
-                return 0
-            print(session_rows(items, args.all_namespaces))
+            if phase in (Phase.FAILED.value, Phase.STOPPED.value):
+                status.stop()
+                ready = _ready(gs)
+                error(f"{name} {phase.lower()}: {ready.get('reason')}: {ready.get('message')}", "")
+                return UNFINISHED
+            status.update(f"waiting for {name} to run: {phase} {_ready(gs).get('reason') or ''}".rstrip())
+            await asyncio.sleep(1)
+    error(f"{name} did not start within {timeout:g}s (see: gridctl session get {name} -o yaml)")
+    return UNFINISHED
+
+
+# -- the commands ------------------------------------------------------------------------------------------
+
+
+@click.group(cls=AliasedGroup, context_settings=CONTEXT_SETTINGS, aliases={"sessions": "session", "gs": "session",
+                                                                          "tb": "tasks"})
+@click.option("--kubeconfig", metavar="PATH", help="kubeconfig to use  [default: $KUBECONFIG, else ~/.kube/config]")
+@click.option("--context", metavar="NAME", help="kubeconfig context to use  [default: the current context]")
+@click.option("-n", "--namespace", metavar="NS",
+              help="namespace of sessions and task batches  [default: the context's, else 'default']")
+@click.version_option(package_name="gridop", prog_name="gridctl")
+@click.pass_context
+def cli(ctx: click.Context, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
+    """Grid sessions, task batches and consoles on Kubernetes (gridop).
+
+    Exit codes: 0 done; 1 the work did not finish (timeout, refused, unreachable); 2 a usage error
+    (nothing was sent); 3 finished, but some tasks failed or were cancelled; 130 interrupted.
+    """
+    ctx.obj = Globals(kubeconfig=kubeconfig, context=context, namespace=namespace)
+
+
+@cli.group(cls=AliasedGroup, aliases={"ls": "list"})
+def session() -> None:
+    """Grid sessions: start one on a resource node, list, inspect, stop."""
+
+
+@session.command()
+@click.argument("name")
+@click.option("--node", help="the resource node to run on  [default: none; give --node or --selector]")
+@click.option("--selector", metavar="K=V[,K=V]",
+              help="run on any node with these labels  [default: none; give --node or --selector]")
+@click.option("--config", "config_file", required=True, metavar="FILE",
+              help="session configuration (JSON) with 'airgen' and 'grid' sections")
+@click.option("--user", help="the session's owner  [default: you, from $USER]")
+@click.option("--tenant", help="the tenant the session belongs to  [default: none]")
+@click.option("--image", help="workload image  [default: the operator's session image]")
+@click.option("--idle-timeout", type=int, metavar="SECONDS", help="stop the session after this long idle  [default: never]")
+@click.option("--wait/--no-wait", default=False, help="wait until the session runs (exit 1 if it fails)")
+@click.option("--timeout", type=float, default=300.0, metavar="SECONDS", help="how long --wait waits")
+@pass_globals
+@runs_async
+async def start(g: Globals, name: str, node: str | None, selector: str | None, config_file: str, user: str | None,
+                tenant: str | None, image: str | None, idle_timeout: int | None, wait: bool, timeout: float) -> int:
+    """Start session NAME on a resource node."""
+    positive("timeout", timeout)
+    positive("idle-timeout", idle_timeout)
+    body = session_body(name, config_file, user or _whoami(), node=node, selector=selector, image=image,
+                        idle_timeout=idle_timeout, tenant=tenant)  # what the user typed is checked first
+    kube, ns = await _connect(g)
+    async with kube:
+        await kube.create(resources.GRIDSESSIONS, body, ns)
+        click.echo(f"gridsession.gridop.io/{body['metadata']['name']} created")
+        return await _wait_running(kube, body["metadata"]["name"], ns, timeout) if wait else 0
+
+
+@session.command()
+@click.argument("name")
+@pass_globals
+@runs_async
+async def stop(g: Globals, name: str) -> int:
+    """Stop session NAME: delete it and everything it created."""
+    validate_session_id(name)
+    kube, ns = await _connect(g)
+    async with kube:
+        if await kube.delete(resources.GRIDSESSIONS, name, ns):
+            click.echo(f"gridsession.gridop.io/{name} deleted")
             return 0
-        if args.verb == "get":
-            gs = await kube.get(resources.GRIDSESSIONS, validate_session_id(args.name), ns)
-            if gs is None:
-                print(f"Error: session {args.name!r} not found in namespace {ns!r}", file=sys.stderr)
-                return 1
-            if args.output == "json":
-                print(json.dumps(gs, indent=2))
-            elif args.output == "yaml":
-                print(yaml.safe_dump(gs, sort_keys=False), end="")
-            else:
-                print(session_rows([gs], False))
-            return 0
-    raise AssertionError(args.verb)
+    error(f"session {name!r} not found in namespace {ns!r}")
+    return UNFINISHED
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gridctl", description="Grid sessions on Kubernetes (gridop).")
-    parser.add_argument("--kubeconfig", help="path to a kubeconfig (default: $KUBECONFIG or ~/.kube/config)")
-    parser.add_argument("--context", help="kubeconfig context to use")
-    parser.add_argument("-n", "--namespace", help="namespace (default: the context's)")
-    kinds = parser.add_subparsers(dest="kind", required=True)
-    session = kinds.add_parser("session", aliases=["sessions", "gs"], help="grid sessions")
-    verbs = session.add_subparsers(dest="verb", required=True)
+@session.command("list")
+@click.option("-A", "--all-namespaces", is_flag=True, help="sessions of every namespace")
+@click.option("--user", help="only this user's sessions  [default: everyone's]")
+@output_option("table", "wide", "json", "yaml", "name", default="table")
+@pass_globals
+@runs_async
+async def list_(g: Globals, all_namespaces: bool, user: str | None, output: str) -> int:
+    """List sessions."""
+    kube, ns = await _connect(g)
+    async with kube:
+        items = await kube.list(resources.GRIDSESSIONS, None if all_namespaces else ns)
+    items = [gs for gs in items if user is None or gs["spec"].get("user") == user]
+    if output in ("json", "yaml"):
+        print_document(as_list(items), output)
+    elif not items:
+        error(f"No sessions found in {'any namespace' if all_namespaces else f'namespace {ns!r}'}.", "")
+    else:
+        print_sessions(items, output, all_namespaces)
+    return 0
 
-    start = verbs.add_parser("start", help="start a session on a resource node")
-    start.add_argument("name")
-    where = start.add_mutually_exclusive_group(required=True)
-    where.add_argument("--node", help="resource node to run on")
-    where.add_argument("--selector", help="run on any node with these labels (k=v,k2=v2)")
-    start.add_argument("--config", required=True, help="session configuration file with 'airgen' and 'grid'")
-    start.add_argument("--user", default=getpass.getuser(), help="session owner (default: you)")
-    start.add_argument("--tenant")
-    start.add_argument("--image", help="workload image (default: the operator's session image)")
-    start.add_argument("--idle-timeout", type=int, help="stop after this many idle seconds")
-    start.add_argument("--wait", action="store_true", help="wait until the session runs (or fails)")
-    start.add_argument("--timeout", type=float, default=300.0, help="how long --wait waits (seconds)")
 
-    stop = verbs.add_parser("stop", help="stop (delete) a session and everything it created")
-    stop.add_argument("name")
+@session.command()
+@click.argument("name")
+@output_option("table", "wide", "json", "yaml", "name", default="table")
+@pass_globals
+@runs_async
+async def get(g: Globals, name: str, output: str) -> int:
+    """Show session NAME."""
+    validate_session_id(name)
+    kube, ns = await _connect(g)
+    async with kube:
+        gs = await kube.get(resources.GRIDSESSIONS, name, ns)
+    if gs is None:
+        error(f"session {name!r} not found in namespace {ns!r}")
+        return UNFINISHED
+    if output in ("json", "yaml"):
+        print_document(gs, output)
+    else:
+        print_sessions([gs], output, False)
+    return 0
 
-    ls = verbs.add_parser("list", aliases=["ls"], help="list sessions")
-    ls.add_argument("-A", "--all-namespaces", action="store_true")
-    ls.add_argument("--user", help="only this user's sessions")
 
-    get = verbs.add_parser("get", help="show one session")
-    get.add_argument("name")
-    get.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
-
-    tasks_cli.add_parser(kinds)
-    console_cli.add_parser(kinds)
-    return parser
+cli.add_command(tasks_cli.tasks)
+cli.add_command(console_cli.console)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.verb == "ls":
-        args.verb = "list"
+    """Run gridctl; return its exit code. A mistake on the command line is one line and code 2."""
+    prog = "kubectl grid" if os.path.basename(sys.argv[0]) == "kubectl-grid" else "gridctl"
     try:
-        if args.kind in ("tasks", "tb"):
-            return asyncio.run(tasks_cli.run(args))
-        if args.kind == "console":
-            return asyncio.run(console_cli.run(args))
-        return asyncio.run(run(args))
-    except ConsoleError as exc:
-        print(f"ERROR: {exc.message}", file=sys.stderr)
-        return 1
-    except AccessError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        code = cli.main(args=argv, prog_name=prog, standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        exc.show()
+        return USAGE
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx else prog
+        error(f"{exc.format_message()} (see '{where} --help')")
+        return USAGE
+    except click.ClickException as exc:
+        error(exc.format_message())
+        return exc.exit_code
+    except click.Abort:
+        error("interrupted", "")
         return 130
-    except tasks_cli.Unfinished as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return tasks_cli.UNFINISHED
-    except ValueError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 2
-    except KubeError as exc:
-        print(f"Error from server: {exc.api_message or exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"Error: cannot reach the cluster: {exc}", file=sys.stderr)
-        return 1
-    except RedisError as exc:
-        print(f"Error: data plane: {exc}", file=sys.stderr)
-        return 1
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -1,19 +1,19 @@
-"""`gridctl tasks`: submit a JSONL file of tasks, follow it, collect results, cancel; or run locally.
+"""`gridctl tasks`: submit a JSONL file of tasks, follow it, inspect, collect results, cancel; or run locally.
 
     gridctl tasks submit tasks.jsonl --redis-url redis://localhost:6379/0 [--session my-run] [--wait]
-    gridctl tasks results my-run [-o jsonl]
+    gridctl tasks status my-run
+    gridctl tasks results my-run [-o jsonl|json|yaml|table]
     gridctl tasks cancel my-run
-    gridctl tasks run --local tasks.jsonl --handler mymod:handle --redis-url redis://localhost:6379/0 --workers 2
+    gridctl tasks run --local tasks.jsonl --handler mymod:handle --workers 2
 
-Exit codes say whether the work finished: 0 every task finished; 3 some failed or were
-cancelled; 1 the work did not finish (a timeout, every local worker died, Redis unreachable);
-2 a usage error (bad option, unreadable file); 130 interrupted (Ctrl-C).
+Exit codes (see common.py): 0 every task finished; 3 some failed or were cancelled; 1 the work did
+not finish (a timeout, every local worker died, Redis unreachable); 2 a usage error; 130 Ctrl-C.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import subprocess
@@ -21,6 +21,7 @@ import sys
 import time
 from typing import Any, TextIO
 
+import click
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
@@ -29,13 +30,32 @@ from ..tasks.connection import address_of
 from ..tasks.states import TaskState
 from ..tasks.sweeper import Sweeper
 from ..tasks.worker import load_handler
+from .common import (
+    FAILED,
+    UNFINISHED,
+    AliasedGroup,
+    Globals,
+    Unfinished,
+    error,
+    pass_globals,
+    positive,
+    runs_async,
+)
+from .output import TaskProgress, output_option, print_document, print_table
 
-UNFINISHED = 1  # exit code: the work did not finish
-FAILED = 3  # exit code: it finished, but some tasks failed or were cancelled
+WORKER_GRACE = 5.0  # seconds local workers get to stop before they are killed, when a run ends early
 
 
-class Unfinished(Exception):
-    """The work did not finish; the message says why (exit code 1)."""
+@dataclasses.dataclass
+class DataPlane:
+    """The `tasks` group's own flags."""
+
+    redis_url: str | None
+    max_retries: int
+    namespace: str
+
+    def config(self) -> dict[str, Any]:
+        return {"redis_url": self.redis_url, "namespace": self.namespace, "max_retries": self.max_retries}
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
@@ -60,12 +80,8 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
     return tasks
 
 
-def progress_line(counts: dict[str, int], total: int, width: int = 30) -> str:
-    done = counts["finished"] + counts["failed"] + counts["cancelled"]
-    filled = int(width * done / total) if total else width
-    return (f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}  finished {counts['finished']}  "
-            f"failed {counts['failed']}  cancelled {counts['cancelled']}  running {counts['processing']}  "
-            f"retrying {counts['retrying']}")
+def _done(counts: dict[str, int]) -> int:
+    return counts["finished"] + counts["failed"] + counts["cancelled"]
 
 
 async def follow(connector: AsyncGridConnector, sid: str, total: int, timeout: float | None, quiet: bool,
@@ -73,73 +89,81 @@ async def follow(connector: AsyncGridConnector, sid: str, total: int, timeout: f
     """Show a progress bar until every task is terminal; raises Unfinished when the timeout
     passes or every local worker has exited first."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    tty = sys.stderr.isatty()
-    last = ""
-    while True:
-        counts = await connector.store.counts(sid)
-        line = progress_line(counts, total)
-        if not quiet and line != last:
-            print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
-            last = line
-        done = counts["finished"] + counts["failed"] + counts["cancelled"]
-        if done >= total:
-            break
-        if deadline is not None and time.monotonic() > deadline:
-            _end_line(quiet, tty)
-            raise Unfinished(f"{total - done} of {total} tasks of session {sid!r} unfinished after {timeout:g}s")
-        if workers and all(w.poll() is not None for w in workers):
+    with TaskProgress(total, sid, quiet) as bar:
+        while True:
             counts = await connector.store.counts(sid)
-            if counts["finished"] + counts["failed"] + counts["cancelled"] < total:
-                _end_line(quiet, tty)
-                codes = ", ".join(str(w.returncode) for w in workers)
-                raise Unfinished(f"all {len(workers)} local workers exited (exit codes {codes}) with "
-                                 f"{total - counts['finished'] - counts['failed'] - counts['cancelled']} tasks unfinished")
-        await asyncio.sleep(0.2)
-    _end_line(quiet, tty)
-    return counts
+            bar.update(counts)
+            if _done(counts) >= total:
+                return counts
+            if deadline is not None and time.monotonic() > deadline:
+                raise Unfinished(f"{total - _done(counts)} of {total} tasks of session {sid!r} unfinished "
+                                 f"after {timeout:g}s")
+            if workers and all(w.poll() is not None for w in workers):
+                counts = await connector.store.counts(sid)
+                bar.update(counts)
+                if _done(counts) < total:
+                    codes = ", ".join(str(w.returncode) for w in workers)
+                    raise Unfinished(f"all {len(workers)} local workers exited (exit codes {codes}) with "
+                                     f"{total - _done(counts)} tasks unfinished")
+            await asyncio.sleep(0.2)
 
 
-def _end_line(quiet: bool, tty: bool) -> None:
-    if not quiet and tty:
-        print(file=sys.stderr)
+def result_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per task (task_id, state, output or error), in task order, from the HTC-Grid dict."""
+    states = {tid: TaskState.FINISHED for tid in results["finished"]}
+    states.update({tid: TaskState.FAILED for tid in results["failed"]})
+    outputs = dict(zip(results["finished"], results["finished_OUTPUT"]))
+    errors = dict(zip(results["failed"], results["failed_OUTPUT"]))
+    rows = []
+    for tid in results["finished"] + results["failed"] + results["cancelled"]:
+        row: dict[str, Any] = {"task_id": tid, "state": states.get(tid, TaskState.CANCELLED).value}
+        if tid in outputs:
+            row["output"] = json.loads(outputs[tid]) if outputs[tid] else None
+        if tid in errors:
+            row["error"] = errors[tid]
+        rows.append(row)
+    return rows
 
 
 async def print_results(connector: AsyncGridConnector, sid: str, output: str) -> int:
     meta = await connector.store.meta(sid)
     if not meta:
-        print(f"Error: no session {sid!r} in the data plane", file=sys.stderr)
+        error(f"no session {sid!r} in the data plane (see: gridctl tasks status {sid})")
         return UNFINISHED
     total = int(meta["total"])
     submission = {"session_id": sid, "task_ids": [f"{sid}-{i}" for i in range(total)]}
     results = await connector.get_results(submission)
-    if output == "json":
-        print(json.dumps(results, indent=2))
+    if output in ("json", "yaml"):
+        print_document(results, output)
+    elif output == "table":
+        print_table(["TASK", "STATE", "OUTPUT / ERROR"],
+                    [[r["task_id"], r["state"], r.get("error") or json.dumps(r.get("output"))]
+                     for r in result_rows(results)])
     else:
-        states = {tid: TaskState.FINISHED for tid in results["finished"]}
-        states.update({tid: TaskState.FAILED for tid in results["failed"]})
-        outputs = dict(zip(results["finished"], results["finished_OUTPUT"]))
-        errors = dict(zip(results["failed"], results["failed_OUTPUT"]))
-        for tid in results["finished"] + results["failed"] + results["cancelled"]:
-            row: dict[str, Any] = {"task_id": tid, "state": states.get(tid, TaskState.CANCELLED).value}
-            if tid in outputs:
-                row["output"] = json.loads(outputs[tid]) if outputs[tid] else None
-            if tid in errors:
-                row["error"] = errors[tid]
-            print(json.dumps(row))
+        for row in result_rows(results):
+            sys.stdout.write(json.dumps(row) + "\n")
+        sys.stdout.flush()
     return 0 if not results["failed"] else FAILED
 
 
-def spawn_workers(args: argparse.Namespace, sid: str, prefix: str) -> list[subprocess.Popen[bytes]]:
-    command = [sys.executable, "-m", "gridop", "worker", "--redis-url", args.redis_url, "--session", sid,
-               "--handler", args.handler, "--key-prefix", prefix, "--log-format", "text", "--log-level", "WARNING",
-               "--heartbeat", str(args.heartbeat), "--lease", str(args.lease)]
-    if args.timeout_per_task:
-        command += ["--timeout", str(args.timeout_per_task)]
+@dataclasses.dataclass
+class LocalRun:
+    redis_url: str
+    handler: str
+    workers: int
+    heartbeat: float
+    lease: float
+    timeout_per_task: float | None
+
+
+def spawn_workers(run: LocalRun, sid: str, prefix: str) -> list[subprocess.Popen[bytes]]:
+    command = [sys.executable, "-m", "gridop", "worker", "--redis-url", run.redis_url, "--session", sid,
+               "--handler", run.handler, "--key-prefix", prefix, "--log-format", "text", "--log-level", "WARNING",
+               "--heartbeat", str(run.heartbeat), "--lease", str(run.lease)]
+    if run.timeout_per_task:
+        command += ["--timeout", str(run.timeout_per_task)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
-    return [subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL) for _ in range(args.workers)]
-
-
-WORKER_GRACE = 5.0  # seconds local workers get to stop before they are killed, when a run ends early
+    return [subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL) for _ in range(run.workers)]
 
 
 def stop_workers(workers: list[subprocess.Popen[bytes]], grace: float) -> None:
@@ -158,24 +182,6 @@ def stop_workers(workers: list[subprocess.Popen[bytes]], grace: float) -> None:
             w.wait()
 
 
-def check_options(args: argparse.Namespace) -> None:
-    """Usage errors, before anything is read or sent (ValueError: exit code 2)."""
-    if not args.redis_url:
-        raise ValueError("--redis-url (or GRIDOP_REDIS_URL) is required")
-    for name in ("timeout", "timeout_per_task", "heartbeat", "lease"):
-        value = getattr(args, name, None)
-        if value is not None and value <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value:g}")
-    if getattr(args, "workers", 1) < 1:
-        raise ValueError(f"--workers must be at least 1, got {args.workers}")
-    if args.verb == "run":
-        if not args.local:
-            raise ValueError("tasks run needs --local (on a cluster, create a TaskBatch and use submit)")
-        if args.lease <= args.heartbeat:
-            raise ValueError(f"--lease ({args.lease:g}) must exceed --heartbeat ({args.heartbeat:g})")
-        load_handler(args.handler)  # a bad handler is named here, not by N dying workers
-
-
 async def _reachable(url: str) -> None:
     client = aioredis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
     try:
@@ -186,96 +192,180 @@ async def _reachable(url: str) -> None:
         await client.aclose()
 
 
-async def run(args: argparse.Namespace) -> int:
-    check_options(args)
-    tasks = read_jsonl(args.file) if args.verb in ("submit", "run") else None
-    await _reachable(args.redis_url)
-    config = {"redis_url": args.redis_url, "namespace": args.namespace or "default", "max_retries": args.max_retries}
-    async with AsyncGridConnector(config) as connector:
-        if args.verb == "submit":
-            assert tasks is not None
-            sub = await connector.send(tasks, session_id=args.session)
-            print(sub["session_id"])
-            if args.wait:
-                try:
-                    counts = await follow(connector, sub["session_id"], len(tasks), args.timeout, args.quiet)
-                except asyncio.CancelledError:
-                    print(f"stopped following; session {sub['session_id']!r} carries on", file=sys.stderr)
-                    raise
-                return 0 if counts["failed"] == 0 and counts["cancelled"] == 0 else FAILED
-            return 0
-        if args.verb == "results":
-            if args.wait:
-                meta = await connector.store.meta(args.session)
-                await follow(connector, args.session, int(meta.get("total", 0)), args.timeout, args.quiet)
-            return await print_results(connector, args.session, args.output)
-        if args.verb == "cancel":
-            report = await connector.cancel_sessions([args.session])
-            print(json.dumps(report, indent=2))
-            return 0
-        if args.verb == "run":
-            assert tasks is not None
-            return await _run_local(args, connector, tasks)
-    raise AssertionError(args.verb)
+async def _connector(plane: DataPlane) -> AsyncGridConnector:
+    """The SDK connector, once the data plane answers (an unreachable one is named: exit code 1)."""
+    assert plane.redis_url is not None
+    await _reachable(plane.redis_url)
+    return AsyncGridConnector(plane.config())
 
 
-async def _run_local(args: argparse.Namespace, connector: AsyncGridConnector, tasks: list[dict[str, Any]]) -> int:
-    """Run the batch with local worker processes. Whatever ends the run early (a timeout, dead
-    workers, Ctrl-C), the unfinished tasks are cancelled: nothing is left queued with no workers."""
-    sub = await connector.send(tasks, session_id=args.session)
-    sid = sub["session_id"]
-    workers = spawn_workers(args, sid, connector.store.prefix)
-    stop = asyncio.Event()
-    sweeper = asyncio.create_task(Sweeper(connector.store, sid, interval=0.5).run(stop))
-    finished = False
-    try:
-        counts = await follow(connector, sid, len(tasks), args.timeout, args.quiet, workers)
-        finished = True
-    finally:
-        stop.set()
-        await sweeper
-        if not finished:
-            cancelled = await connector.cancel_sessions([sid])
-            print(f"cancelled the {cancelled[sid]['total_cancelled_tasks']} unfinished tasks of session {sid!r}",
-                  file=sys.stderr)
-        await asyncio.to_thread(stop_workers, workers, 0.0 if finished else WORKER_GRACE)
-    if args.output != "none":
-        await print_results(connector, sid, args.output)
+def _data_plane() -> DataPlane:
+    """The `tasks` group's flags; a missing Redis URL is a usage error, named before anything is read."""
+    plane = click.get_current_context().find_object(DataPlane)
+    assert plane is not None
+    if not plane.redis_url:
+        raise ValueError("--redis-url (or GRIDOP_REDIS_URL) is required: the data plane's redis:// URL")
+    return plane
+
+
+# -- the commands ------------------------------------------------------------------------------------------
+
+
+@click.group(cls=AliasedGroup)
+@click.option("--redis-url", envvar="GRIDOP_REDIS_URL", show_envvar=True, metavar="URL",
+              help="the data plane: redis://[user:password@]host:port/db")
+@click.option("--max-retries", type=click.IntRange(min=0), default=3,
+              help="retries per task after its handler fails (a TaskBatch's spec.retry wins)")
+@pass_globals
+def tasks(g: Globals, redis_url: str | None, max_retries: int) -> None:
+    """Task batches on the data plane: submit, follow, collect, cancel; or run a batch locally."""
+    click.get_current_context().obj = DataPlane(redis_url, max_retries, g.namespace or "default")
+
+
+def _follow_options(fn: Any) -> Any:
+    fn = click.option("-q", "--quiet", is_flag=True, help="no progress bar")(fn)
+    fn = click.option("--timeout", type=float, metavar="SECONDS",
+                      help="give up following after this long (exit 1)  [default: no limit]")(fn)
+    return fn
+
+
+@tasks.command()
+@click.argument("file", metavar="FILE")
+@click.option("--session", metavar="ID", help="session id; re-submitting the same file under it resumes  [default: generated]")
+@click.option("--wait", is_flag=True, help="follow with a progress bar until every task is done")
+@_follow_options
+@runs_async
+async def submit(file: str, session: str | None, wait: bool, timeout: float | None, quiet: bool) -> int:
+    """Submit the tasks of FILE (JSON lines, one event object per line; - reads standard input).
+
+    Prints the session id. With --wait: exit 0 when every task finished, 3 when some failed or
+    were cancelled, 1 at --timeout (the batch carries on)."""
+    plane = _data_plane()
+    positive("timeout", timeout)
+    task_list = read_jsonl(file)
+    async with await _connector(plane) as connector:
+        sub = await connector.send(task_list, session_id=session)
+        sid = sub["session_id"]
+        click.echo(sid)
+        if not wait:
+            return 0
+        try:
+            counts = await follow(connector, sid, len(task_list), timeout, quiet)
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            error(f"stopped following; session {sid!r} carries on", "")
+            raise
+        return 0 if counts["failed"] == 0 and counts["cancelled"] == 0 else FAILED
+
+
+@tasks.command()
+@click.argument("session", metavar="SESSION")
+@output_option("table", "json", "yaml", default="table")
+@runs_async
+async def status(session: str, output: str) -> int:
+    """Show how far SESSION's batch is: tasks per state and failed attempts per error kind."""
+    plane = _data_plane()
+    async with await _connector(plane) as connector:
+        meta, counts, errors = await connector.store.snapshot(session)
+    if not meta:
+        error(f"no session {session!r} in the data plane (namespace {plane.namespace!r}); check -n and --redis-url")
+        return UNFINISHED
+    total = int(meta.get("total", 0))
+    document = {"session_id": session, "total": total, "done": _done(counts), "cancelled": meta.get("cancelled") == "1",
+                "suspended": meta.get("suspended") == "1", "tasks": counts, "failed_attempts": errors}
+    if output != "table":
+        print_document(document, output)
+        return 0
+    print_table(["SESSION", "TOTAL", "DONE", *(s.upper() for s in counts), "STATUS"],
+                [[session, total, _done(counts), *counts.values(),
+                  "Cancelled" if document["cancelled"] else "Suspended" if document["suspended"]
+                  else "Done" if _done(counts) >= total else "Running"]])
+    return 0
+
+
+@tasks.command()
+@click.argument("session", metavar="SESSION")
+@output_option("jsonl", "json", "yaml", "table", default="jsonl",
+               help="jsonl: one {task_id, state, output|error} per line; json/yaml: the HTC-Grid results dict")
+@click.option("--wait", is_flag=True, help="follow with a progress bar until every task is done, then print")
+@_follow_options
+@runs_async
+async def results(session: str, output: str, wait: bool, timeout: float | None, quiet: bool) -> int:
+    """Print each task's result. Exit 3 when some tasks failed."""
+    plane = _data_plane()
+    positive("timeout", timeout)
+    async with await _connector(plane) as connector:
+        if wait:
+            meta = await connector.store.meta(session)
+            if meta:
+                await follow(connector, session, int(meta.get("total", 0)), timeout, quiet)
+        return await print_results(connector, session, output)
+
+
+@tasks.command()
+@click.argument("session", metavar="SESSION")
+@output_option("json", "yaml", default="json")
+@runs_async
+async def cancel(session: str, output: str) -> int:
+    """Cancel every task of SESSION not yet finished; print what was cancelled."""
+    plane = _data_plane()
+    async with await _connector(plane) as connector:
+        report = await connector.cancel_sessions([session])
+    print_document(report, output)
+    return 0
+
+
+@tasks.command()
+@click.argument("file", metavar="FILE")
+@click.option("--local", is_flag=True,
+              help="run the workers on this machine (on a cluster, create a TaskBatch and use submit)")
+@click.option("--handler", required=True, metavar="MODULE:FUNCTION", help="the handler: function(event, context) -> dict")
+@click.option("--workers", type=int, default=2, help="worker processes")
+@click.option("--session", metavar="ID", help="session id  [default: generated]")
+@click.option("--heartbeat", type=float, default=2.0, metavar="SECONDS", help="time between lease renewals")
+@click.option("--lease", type=float, default=10.0, metavar="SECONDS", help="how long a task's lease lasts")
+@click.option("--timeout-per-task", type=float, metavar="SECONDS", help="fail a task running longer than this  [default: no limit]")
+@click.option("--timeout", type=float, metavar="SECONDS",
+              help="give up after this long: cancel what is left, exit 1  [default: no limit]")
+@output_option("jsonl", "json", "yaml", "table", "none", default="jsonl", help="how to print the results at the end")
+@click.option("-q", "--quiet", is_flag=True, help="no progress bar")
+@runs_async
+async def run(file: str, local: bool, handler: str, workers: int, session: str | None, heartbeat: float, lease: float,
+              timeout_per_task: float | None, timeout: float | None, output: str, quiet: bool) -> int:
+    """Run the tasks of FILE here: local worker processes against your Redis.
+
+    Whatever ends the run early (a timeout, every worker dead, Ctrl-C) cancels the tasks it
+    leaves unfinished: nothing stays queued with no workers."""
+    plane = _data_plane()
+    if not local:
+        raise ValueError("tasks run needs --local (on a cluster, create a TaskBatch and use: gridctl tasks submit)")
+    for name, value in (("timeout", timeout), ("timeout-per-task", timeout_per_task), ("heartbeat", heartbeat),
+                        ("lease", lease)):
+        positive(name, value)
+    if workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
+    if lease <= heartbeat:
+        raise ValueError(f"--lease ({lease:g}) must exceed --heartbeat ({heartbeat:g})")
+    load_handler(handler)  # a bad handler is named here, not by N dying workers
+    task_list = read_jsonl(file)
+    assert plane.redis_url is not None
+    local_run = LocalRun(plane.redis_url, handler, workers, heartbeat, lease, timeout_per_task)
+    async with await _connector(plane) as connector:
+        sub = await connector.send(task_list, session_id=session)
+        sid = sub["session_id"]
+        spawned = spawn_workers(local_run, sid, connector.store.prefix)
+        stop = asyncio.Event()
+        sweeper = asyncio.create_task(Sweeper(connector.store, sid, interval=0.5).run(stop))
+        finished = False
+        try:
+            counts = await follow(connector, sid, len(task_list), timeout, quiet, spawned)
+            finished = True
+        finally:
+            stop.set()
+            await sweeper
+            if not finished:
+                cancelled = await connector.cancel_sessions([sid])
+                error(f"cancelled the {cancelled[sid]['total_cancelled_tasks']} unfinished tasks of session {sid!r}", "")
+            await asyncio.to_thread(stop_workers, spawned, 0.0 if finished else WORKER_GRACE)
+        if output != "none":
+            await print_results(connector, sid, output)
     return 0 if counts["failed"] == 0 and counts["cancelled"] == 0 else FAILED
-
-
-def add_parser(kinds: Any) -> None:
-    tasks = kinds.add_parser("tasks", aliases=["tb"], help="task batches on the data plane")
-    tasks.add_argument("--redis-url", default=os.environ.get("GRIDOP_REDIS_URL"), help="data plane [GRIDOP_REDIS_URL]")
-    tasks.add_argument("--max-retries", type=int, default=3)
-    verbs = tasks.add_subparsers(dest="verb", required=True)
-
-    submit = verbs.add_parser("submit", help="submit the tasks of a JSONL file (one event object per line)")
-    submit.add_argument("file", help="JSONL file, or - for standard input")
-    submit.add_argument("--session", help="session id (default: generated); re-submitting the same file resumes")
-    submit.add_argument("--wait", action="store_true", help="follow with a progress bar until all tasks are done")
-    submit.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds (exit 1)")
-    submit.add_argument("-q", "--quiet", action="store_true")
-
-    results = verbs.add_parser("results", help="print each task's result (JSON lines), or the HTC-Grid dict")
-    results.add_argument("session")
-    results.add_argument("-o", "--output", choices=["jsonl", "json"], default="jsonl")
-    results.add_argument("--wait", action="store_true")
-    results.add_argument("--timeout", type=float)
-    results.add_argument("-q", "--quiet", action="store_true")
-
-    cancel = verbs.add_parser("cancel", help="cancel every task not yet finished")
-    cancel.add_argument("session")
-
-    local = verbs.add_parser("run", help="run a batch here: local worker processes, your Redis")
-    local.add_argument("file")
-    local.add_argument("--local", action="store_true", help="run the workers on this machine")
-    local.add_argument("--handler", required=True, help="module:function(event, context) -> dict")
-    local.add_argument("--workers", type=int, default=2, help="worker processes (default: 2)")
-    local.add_argument("--session", help="session id (default: generated)")
-    local.add_argument("--heartbeat", type=float, default=2.0, help="seconds between lease renewals (default: 2)")
-    local.add_argument("--lease", type=float, default=10.0, help="seconds a task's lease lasts (default: 10)")
-    local.add_argument("--timeout-per-task", type=float, help="fail a task running longer than this (seconds)")
-    local.add_argument("--timeout", type=float, help="give up after this many seconds: cancel what is left, exit 1")
-    local.add_argument("-o", "--output", choices=["jsonl", "json", "none"], default="jsonl")
-    local.add_argument("-q", "--quiet", action="store_true")
