@@ -90,7 +90,7 @@ async def gridop_run(url: str, n: int, latency_n: int) -> dict[str, float]:
         # End to end: warm workers wait on the batch; time from send() until every result is in.
         procs = workers("e2e", keep_running=True)
         await c.send([{}], session_id="e2e", append=True)  # warm-up task: workers connected and ready
-        await c.get_results({"session_id": "e2e", "task_ids": ["e2e-0"]}, timeout_sec=60)
+        await c.get_results({"session_id": "e2e", "task_ids": ["e2e_0"]}, timeout_sec=60)
         t0 = time.perf_counter()
         sub = await c.send(tasks, session_id="e2e", append=True)
         res = await c.get_results(sub, timeout_sec=600)
@@ -105,7 +105,7 @@ async def gridop_run(url: str, n: int, latency_n: int) -> dict[str, float]:
             sid = f"rtt-{handler}"
             procs = workers(sid, keep_running=True, handler=handler)
             await c.send([{}], session_id=sid, append=True)
-            await c.get_results({"session_id": sid, "task_ids": [f"{sid}-0"]}, timeout_sec=60)
+            await c.get_results({"session_id": sid, "task_ids": [f"{sid}_0"]}, timeout_sec=60)
             samples = []
             for _ in range(latency_n):
                 t0 = time.perf_counter()

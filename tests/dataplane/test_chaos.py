@@ -52,7 +52,7 @@ async def test_sigkilled_workers_lose_nothing_and_duplicate_nothing(redis_url: s
                     workers[victim] = spawn_worker(redis_url, "chaos")
                 elif all(w.poll() is not None for w in workers):
                     workers = [spawn_worker(redis_url, "chaos")]
-            results = await c.get_results(sub, timeout_sec=0)
+            results = await c.get_results(sub, wait=False)
         finally:
             stop.set()
             await sweeper

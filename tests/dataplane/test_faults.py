@@ -49,10 +49,10 @@ async def test_sys_exit_in_a_handler_fails_that_task_and_the_worker_carries_on(r
         results = await c.get_results(sub, timeout_sec=5)
     assert worker.returncode == 0, out.decode()
     assert b"Traceback" not in out
-    assert results["failed"] == ["exits-5", "exits-12"]
-    assert results["failed_OUTPUT"][0] == "SystemExit: 3"
-    assert results["failed_OUTPUT"][1].startswith("GeneratorExit")
-    assert results["metadata"]["error_kinds"] == {"exits-5": "application", "exits-12": "application"}
+    assert results["failed"] == ["exits_5", "exits_12"]
+    assert results["metadata"]["errors"]["exits_5"] == "SystemExit: 3"
+    assert results["metadata"]["errors"]["exits_12"].startswith("GeneratorExit")
+    assert results["metadata"]["error_kinds"] == {"exits_5": "application", "exits_12": "application"}
     assert len(results["finished"]) == 18
     assert (await store.record("exits", 5)).attempts == 2  # retried within the application budget
 
@@ -84,8 +84,8 @@ async def test_a_task_that_kills_its_worker_costs_its_neighbours_at_most_one_att
             await sweeper
     assert worker.returncode == 0
     assert deaths == 3  # the first claim, then the poison task alone twice
-    assert results["failed"] == ["poison-3"]
-    assert results["metadata"]["error_kinds"] == {"poison-3": "infrastructure"}
+    assert results["failed"] == ["poison_3"]
+    assert results["metadata"]["error_kinds"] == {"poison_3": "infrastructure"}
     assert len(results["finished"]) == 19
     attempts = [(await store.record("poison", i)).attempts for i in range(20) if i != 3]
     assert max(attempts) <= 2, attempts
@@ -105,11 +105,11 @@ async def test_error_kinds_are_recorded_per_attempt_and_counted(redis_url: str, 
             await sweeper
         results = await c.get_results(sub, timeout_sec=5)
         streamed = [item async for item in c.iter_results(sub, timeout_sec=5)]
-    assert results["failed"] == ["kinds-1"] and results["metadata"]["error_kinds"] == {"kinds-1": "timeout"}
+    assert results["failed"] == ["kinds_1"] and results["metadata"]["error_kinds"] == {"kinds_1": "timeout"}
     record = await store.record("kinds", 1)
     assert (record.error_kind, record.attempts, record.error) == ("timeout", 2, "timed out after 0.2s")
     assert await store.error_counts("kinds") == {"application": 0, "timeout": 2, "infrastructure": 0}
-    assert {"task_id": "kinds-1", "state": "failed", "error": "timed out after 0.2s", "error_kind": "timeout"} in streamed
+    assert {"task_id": "kinds_1", "state": "failed", "error": "timed out after 0.2s", "error_kind": "timeout"} in streamed
 
 
 def _send_same(redis_url: str, sid: str, count: int, variant: int, queue: multiprocessing.Queue) -> None:
@@ -140,7 +140,7 @@ async def test_concurrent_sends_of_one_id_from_many_processes_never_corrupt_the_
 ) -> None:
     count = 20_000  # four submission chunks: the racers interleave chunk by chunk
     replies = await asyncio.to_thread(_race, redis_url, "race", count, [0] * 6)
-    assert replies == [("ok", count, f"race-{count - 1}")] * 6
+    assert replies == [("ok", count, f"race_{count - 1}")] * 6
     meta, counts, _ = await store.snapshot("race")
     assert (meta["total"], meta["submitted"]) == (str(count), str(count))
     assert counts["pending"] == count and await store.redis.llen(store.key("race", "q")) == count
@@ -188,7 +188,7 @@ async def test_the_policy_written_from_the_taskbatch_governs_whoever_submits(red
         sub = await c.send([{"x": 1}], session_id="tb")
         await asyncio.wait_for(Worker(store, "tb", handlers.boom).run(), 30)
         results = await c.get_results(sub, timeout_sec=5)
-    assert results["failed"] == ["tb-0"]
+    assert results["failed"] == ["tb_0"]
     assert (await store.record("tb", 0)).attempts == 1
 
 

@@ -25,7 +25,7 @@ def test_run_local_runs_a_file_of_tasks_with_local_workers(redis_url: str, tmp_p
                      "--handler", "tests.dataplane.handlers:echo", "--workers", "2", "--session", "local-1")
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [r["task_id"] for r in rows] == [f"local-1-{i}" for i in range(25)]
+    assert [r["task_id"] for r in rows] == [f"local-1_{i}" for i in range(25)]
     assert rows[7]["output"]["echo"] == {"x": 7} and {r["state"] for r in rows} == {"finished"}
     assert "25/25" in result.stderr
 
@@ -46,7 +46,7 @@ def test_submit_then_cancel_then_results(redis_url: str, tmp_path: pathlib.Path)
     cancel = gridctl("tasks", "--redis-url", redis_url, "cancel", "later")
     assert json.loads(cancel.stdout)["later"]["cancelled_pending"] == 2
     results = gridctl("tasks", "--redis-url", redis_url, "results", "later", "-o", "json")
-    assert json.loads(results.stdout)["cancelled"] == ["later-0", "later-1"]
+    assert json.loads(results.stdout)["cancelled"] == ["later_0", "later_1"]
 
 
 def test_read_commands_print_tables_json_and_yaml(redis_url: str) -> None:
@@ -56,7 +56,7 @@ def test_read_commands_print_tables_json_and_yaml(redis_url: str) -> None:
     assert run.returncode == 0, run.stderr
     table = run.stdout.splitlines()
     assert table[0].split() == ["TASK", "STATE", "OUTPUT", "/", "ERROR"] and len(table) == 7
-    assert table[1].split()[:2] == ["shown-0", "finished"] and '{"echo": {"x": 0}' in table[1]
+    assert table[1].split()[:2] == ["shown_0", "finished"] and '{"echo": {"x": 0}' in table[1]
     # Piped, the progress is plain lines with the rate and the ETA.
     assert "shown  6/6 (100%)" in run.stderr and "tasks/s" in run.stderr and "ETA" in run.stderr
 
@@ -67,7 +67,7 @@ def test_read_commands_print_tables_json_and_yaml(redis_url: str) -> None:
     assert table[0].split()[:3] == ["SESSION", "TOTAL", "DONE"] and table[1].split()[:4] == ["shown", "6", "6", "0"]
     assert table[1].split()[-1] == "Done"
     results = gridctl("tasks", "--redis-url", redis_url, "results", "shown", "-o", "yaml")
-    assert yaml.safe_load(results.stdout)["finished"] == [f"shown-{i}" for i in range(6)]
+    assert yaml.safe_load(results.stdout)["finished"] == [f"shown_{i}" for i in range(6)]
     cancel = gridctl("tasks", "--redis-url", redis_url, "cancel", "shown", "-o", "yaml")
     assert yaml.safe_load(cancel.stdout)["shown"]["total_cancelled_tasks"] == 0
     missing = gridctl("tasks", "--redis-url", redis_url, "status", "nosuch")

@@ -50,7 +50,7 @@ async def test_transient_errors_are_retried_and_recorded(redis_url: str, store: 
         results = await c.get_results(sub, timeout_sec=5)
     assert len(results["finished"]) == 20
     record = await store.record("flaky", 7)
-    assert record.attempts == 2 and "transient failure on flaky-7" in record.error
+    assert record.attempts == 2 and "transient failure on flaky_7" in record.error
 
 
 async def test_errors_fail_after_the_budget_with_the_message(redis_url: str, store: TaskStore) -> None:
@@ -58,8 +58,8 @@ async def test_errors_fail_after_the_budget_with_the_message(redis_url: str, sto
         sub = await c.send([{"x": 1}, {"x": 2}], session_id="boom")
         await run_batch(store, "boom", handlers.boom)
         results = await c.get_results(sub, timeout_sec=5)
-    assert results["failed"] == ["boom-0", "boom-1"]
-    assert results["failed_OUTPUT"] == ["ValueError: bad input: 1", "ValueError: bad input: 2"]
+    assert results["failed"] == ["boom_0", "boom_1"]
+    assert results["metadata"]["errors"] == {"boom_0": "ValueError: bad input: 1", "boom_1": "ValueError: bad input: 2"}
     assert (await store.record("boom", 0)).attempts == 2
 
 
@@ -76,8 +76,8 @@ async def test_a_hung_task_times_out_and_the_worker_carries_on(redis_url: str, s
         sub = await c.send(tasks, session_id="hang")
         (stats,) = await run_batch(store, "hang", handlers.hang, task_timeout=0.3)
         results = await c.get_results(sub, timeout_sec=5)
-    assert results["finished"] == ["hang-0", "hang-2", "hang-3"]
-    assert results["failed"] == ["hang-1"] and "timed out after 0.3s" in results["failed_OUTPUT"][0]
+    assert results["finished"] == ["hang_0", "hang_2", "hang_3"]
+    assert results["failed"] == ["hang_1"] and "timed out after 0.3s" in results["metadata"]["errors"]["hang_1"]
     assert stats.finished == 3
 
 
@@ -86,8 +86,8 @@ async def test_a_non_serialisable_result_fails_the_task_with_the_reason(redis_ur
         sub = await c.send([{}], session_id="weird")
         await run_batch(store, "weird", handlers.unserialisable)
         results = await c.get_results(sub, timeout_sec=5)
-    assert results["failed"] == ["weird-0"]
-    assert "handler result is not JSON-serialisable" in results["failed_OUTPUT"][0]
+    assert results["failed"] == ["weird_0"]
+    assert "handler result is not JSON-serialisable" in results["metadata"]["errors"]["weird_0"]
     assert (await store.record("weird", 0)).attempts == 1  # deterministic: not retried
 
 
@@ -101,7 +101,7 @@ async def test_cancellation_reaches_running_tasks_within_a_heartbeat(redis_url: 
         assert report["cx"]["cancelled_processing"] == 4 and report["cx"]["cancelled_pending"] == 50
         await asyncio.wait_for(run, timeout=2)  # stopped within a heartbeat or so, not after 30 s
         results = await c.get_results(sub, timeout_sec=1)
-    assert len(results["cancelled"]) == 54 and results["cancelled_OUTPUT"][0] == "read_from_REDIS"
+    assert len(results["cancelled"]) == 54 and results["cancelled_OUTPUT"][0] == "read_from_dataplane"
 
 
 async def test_streaming_results_arrive_as_tasks_finish(redis_url: str, store: TaskStore) -> None:

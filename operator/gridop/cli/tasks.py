@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 from ..client.tasks import AsyncGridConnector
 from ..tasks.connection import address_of
 from ..tasks.states import TaskState
+from ..tasks.store import task_id
 from ..tasks.sweeper import Sweeper
 from ..tasks.worker import load_handler
 from .common import (
@@ -113,7 +114,7 @@ def result_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     states = {tid: TaskState.FINISHED for tid in results["finished"]}
     states.update({tid: TaskState.FAILED for tid in results["failed"]})
     outputs = dict(zip(results["finished"], results["finished_OUTPUT"]))
-    errors = dict(zip(results["failed"], results["failed_OUTPUT"]))
+    errors = results["metadata"]["errors"]
     rows = []
     for tid in results["finished"] + results["failed"] + results["cancelled"]:
         row: dict[str, Any] = {"task_id": tid, "state": states.get(tid, TaskState.CANCELLED).value}
@@ -131,8 +132,8 @@ async def print_results(connector: AsyncGridConnector, sid: str, output: str) ->
         error(f"no session {sid!r} in the data plane (see: gridctl tasks status {sid})")
         return UNFINISHED
     total = int(meta["total"])
-    submission = {"session_id": sid, "task_ids": [f"{sid}-{i}" for i in range(total)]}
-    results = await connector.get_results(submission)
+    submission = {"session_id": sid, "task_ids": [task_id(sid, i) for i in range(total)]}
+    results = await connector.get_results(submission, wait=False)
     if output in ("json", "yaml"):
         print_document(results, output)
     elif output == "table":

@@ -43,13 +43,16 @@ ROLES = ("meta", "q", "q1", "st", "att", "iatt", "ek", "apx", "lease", "own", "i
 
 
 def task_id(sid: str, index: int | str) -> str:
-    return f"{sid}-{index}"
+    """`<session_id>_<index>`, as HTC-Grid names tasks (`_` never occurs in a session id)."""
+    return f"{sid}_{index}"
 
 
 def parse_task_id(tid: str) -> tuple[str, int]:
-    sid, sep, index = tid.rpartition("-")
-    if not sep or not index.isdigit():
-        raise ValueError(f"task id {tid!r} is not of the form <session_id>-<index>")
+    sid, sep, index = tid.rpartition("_")
+    if not sep:
+        sid, sep, index = tid.rpartition("-")  # ids handed out before 0.1.0 used '-'
+    if not sep or not sid or not index.isdigit():
+        raise ValueError(f"task id {tid!r} is not of the form <session_id>_<index>")
     return sid, int(index)
 
 
