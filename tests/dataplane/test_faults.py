@@ -73,7 +73,7 @@ async def test_a_task_that_kills_its_worker_costs_its_neighbours_at_most_one_att
         deaths = 0
         try:
             for _ in range(10):  # the Job's restartPolicy, by hand
-                worker = spawn_worker(redis_url, "poison", "crashes", "--batch-size", "256")
+                worker = spawn_worker(redis_url, "poison", "crashes", "--batch-size", "256", "--claim-seconds", "0")
                 await asyncio.to_thread(worker.wait, 60)
                 if worker.returncode == 0:
                     break

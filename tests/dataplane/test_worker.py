@@ -94,7 +94,8 @@ async def test_a_non_serialisable_result_fails_the_task_with_the_reason(redis_ur
 async def test_cancellation_reaches_running_tasks_within_a_heartbeat(redis_url: str, store: TaskStore) -> None:
     async with conn(redis_url) as c:
         sub = await c.send([{"seconds": 30} for _ in range(4)] + [{"seconds": 0} for _ in range(50)], session_id="cx")
-        worker = Worker(store, "cx", handlers.aslow, batch_size=4, heartbeat_seconds=0.1, lease_seconds=1)
+        worker = Worker(store, "cx", handlers.aslow, batch_size=4, heartbeat_seconds=0.1, lease_seconds=1,
+                        claim_seconds=0)  # the first four together
         run = asyncio.create_task(worker.run())
         await asyncio.sleep(0.3)  # the first four are running
         report = await c.cancel_sessions(["cx"])

@@ -29,6 +29,7 @@ class WorkerOptions:
     retry_on_error: bool = True
     exit_when_done: bool = True
     key_prefix: str = "gridop:default"
+    claim_seconds: float = 0.1
 
 
 async def run_worker(options: WorkerOptions, stop: asyncio.Event | None = None) -> dict[str, Any]:
@@ -56,6 +57,7 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event | None = None) 
         batch_size=options.batch_size, heartbeat_seconds=options.heartbeat_seconds,
         lease_seconds=options.lease_seconds, task_timeout=options.task_timeout,
         retry_on_error=options.retry_on_error, exit_when_done=options.exit_when_done,
+        claim_seconds=options.claim_seconds,
     )
     try:
         stats = await worker.run(stop)

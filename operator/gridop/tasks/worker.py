@@ -5,6 +5,13 @@ event loop. Sync handlers run one after another on the loop itself when there is
 timeout (no thread hop per batch), or in a thread watched from the loop when there is one, so a
 handler that hangs past its timeout is reported (and abandoned) without stopping the worker.
 Heartbeats run in a thread of their own, so a long sync handler never starves its leases.
+
+Claims adapt to the tasks: a worker starts with one task and then claims about `claim_seconds`
+worth of work (by the measured time per task, up to `batch_size`; `claim_seconds=0` claims
+`batch_size` every time), so zero-work tasks travel in
+batches of hundreds while minute-long tasks spread one by one across idle workers. Results are
+reported as they come: together with the next claim when the batch ran briefly, and each on its
+own as soon as a batch has been running for `report_interval`.
 Cancellation and lost leases come back with each heartbeat and stop the affected tasks. The same
 thread sweeps the batch (due retries back to the queue, lapsed leases to retry) once per
 heartbeat, so a pool of workers moves retries along without the operator; the sweep is one
@@ -82,6 +89,32 @@ class WorkerStats:
     handoffs: int = 0  # tasks handed straight to this worker while it waited
 
 
+class _Reporter:
+    """The outcomes of one claimed batch on their way to the data plane. A batch that runs briefly
+    reports once, with the next claim; once it has run for `interval`, each outcome is sent as
+    soon as it is known, so a long task's result is never held back by its neighbours."""
+
+    def __init__(self, worker: Worker, interval: float):
+        self.worker = worker
+        self.interval = interval
+        self.pending: list[Outcome] = []
+        self.seen: set[int] = set()  # tasks with an outcome, reported or pending
+        self.since = time.monotonic()
+
+    def add(self, outcome: Outcome) -> None:
+        self.seen.add(outcome.index)
+        self.pending.append(self.worker._final(outcome))
+
+    def due(self) -> bool:
+        return bool(self.pending) and time.monotonic() - self.since >= self.interval
+
+    async def flush(self) -> None:
+        outcomes, self.pending = self.pending, []
+        self.since = time.monotonic()
+        if outcomes:
+            await self.worker._report(outcomes)
+
+
 def _describe(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}"
     return text if len(text) <= 4000 else text[:4000] + "..."
@@ -147,6 +180,8 @@ class Worker:
         retry_on_error: bool = True,
         exit_when_done: bool = True,
         idle_wait: float = 1.0,
+        claim_seconds: float = 0.1,
+        report_interval: float = 0.1,
     ):
         if lease_seconds <= heartbeat_seconds:
             raise ValueError(f"lease_seconds ({lease_seconds}) must exceed heartbeat_seconds ({heartbeat_seconds})")
@@ -162,6 +197,9 @@ class Worker:
         self.retry_on_error = retry_on_error
         self.exit_when_done = exit_when_done
         self.idle_wait = idle_wait
+        self.claim_seconds = claim_seconds
+        self.report_interval = report_interval
+        self._per_task: float | None = None  # measured seconds per task (moving average); None: not yet
         self.stats = WorkerStats()
         self._held: dict[int, str] = {}  # index -> claim token
         self._lost: set[int] = set()
@@ -179,8 +217,9 @@ class Worker:
         idle_entry: str | None = None  # our direct-handoff registration, when the last step made one
         try:
             while claimed or not stop.is_set():
+                wanted = self.claim_size()
                 if not claimed:
-                    claimed = await self.store.claim(self.sid, self.worker_id, self.batch_size, self.lease_seconds)
+                    claimed = await self.store.claim(self.sid, self.worker_id, wanted, self.lease_seconds)
                 if not claimed:
                     if self.exit_when_done and await self._batch_done():
                         if idle_entry is not None:
@@ -191,22 +230,22 @@ class Worker:
                     claimed = await self._wait_for_work(stop, idle_entry)
                     idle_entry = None
                     continue
-                if len(claimed) == self.batch_size:
+                if len(claimed) >= wanted:
                     await self.store.nudge(self.sid)  # likely more work: wake an idle sibling
                 self.stats.claimed += len(claimed)
                 self.stats.batches += 1
                 self._held.update({t.index: t.token for t in claimed})
                 self._lost.difference_update(t.index for t in claimed)  # a new claim supersedes old news
+                started = time.monotonic()
                 outcomes = await self._run_batch(claimed)
-                # Report, and take the next batch (or register as idle) in the same round trip.
+                self._measure(len(claimed), time.monotonic() - started)
+                # Report what is left, and take the next batch (or register as idle) in the same round trip.
                 stopping = stop.is_set()
                 _, stale, idle_entry, following = await self.store.complete_and_next(
-                    self.sid, outcomes, worker=self.worker_id, next_count=0 if stopping else self.batch_size,
+                    self.sid, outcomes, worker=self.worker_id, next_count=0 if stopping else self.claim_size(),
                     lease_seconds=self.lease_seconds, idle_ttl=0 if stopping else self.idle_wait + 1,
                 )
-                self.stats.stale += stale
-                self.stats.finished += sum(1 for o in outcomes if o.outcome == "ok")
-                self.stats.errors += sum(1 for o in outcomes if o.failed)
+                self._count(outcomes, stale)
                 for t in claimed:
                     self._held.pop(t.index, None)
                     self._lost.discard(t.index)
@@ -216,13 +255,46 @@ class Worker:
                 handed = await self.store.unidle(self.sid, idle_entry)
                 if handed is not None:
                     self._held[handed.index] = handed.token
-                    await self.store.complete(self.sid, await self._run_batch([handed]))
+                    outcomes = await self._run_batch([handed])
+                    self._count(outcomes, (await self.store.complete(self.sid, outcomes))[1])
                     self._held.pop(handed.index, None)
         finally:
             beating.set()
             await asyncio.to_thread(heartbeats.join, 10)
             self._executor.shutdown(wait=False, cancel_futures=True)
         return self.stats
+
+    def claim_size(self) -> int:
+        """How many tasks to claim next: one until a task has been timed, then about
+        `claim_seconds` of work by the measured time per task (at most `batch_size`)."""
+        if not self.claim_seconds:
+            return self.batch_size  # fixed-size claims
+        if self._per_task is None:
+            return 1
+        return max(1, min(self.batch_size, int(self.claim_seconds / max(self._per_task, 1e-7))))
+
+    def _measure(self, tasks: int, seconds: float) -> None:
+        per_task = seconds / max(tasks, 1)
+        self._per_task = per_task if self._per_task is None else 0.7 * self._per_task + 0.3 * per_task
+
+    def _final(self, outcome: Outcome) -> Outcome:
+        """Without retries (`retry_on_error=False`) every failure is final."""
+        if self.retry_on_error or outcome.outcome not in self._FATAL:
+            return outcome
+        return dataclasses.replace(outcome, outcome=self._FATAL[outcome.outcome])
+
+    def _count(self, outcomes: list[Outcome], stale: int) -> None:
+        self.stats.stale += stale
+        self.stats.finished += sum(1 for o in outcomes if o.outcome == "ok")
+        self.stats.errors += sum(1 for o in outcomes if o.failed)
+
+    async def _report(self, outcomes: list[Outcome]) -> None:
+        """Report some outcomes of the running batch now (a long batch's finished tasks)."""
+        _, stale = await self.store.complete(self.sid, outcomes)
+        self._count(outcomes, stale)
+        for o in outcomes:
+            if self._held.get(o.index) == o.token:
+                self._held.pop(o.index, None)
 
     async def _wait_for_work(self, stop: asyncio.Event, entry: str | None) -> list[ClaimedTask]:
         """Idle: offer ourselves for direct handoff and wait for a task, a nudge, or a stop."""
@@ -299,24 +371,23 @@ class Worker:
     _FATAL = {"error": "fatal", "timeout": "fatal-timeout"}
 
     async def _run_batch(self, claimed: list[ClaimedTask]) -> list[Outcome]:
+        """Run a claimed batch; outcomes already reported on the way are not returned."""
+        reporter = _Reporter(self, self.report_interval)
         items = []
-        outcomes: list[Outcome] = []
         for task in claimed:
             try:
                 event = decode(task.payload)
             except Exception as exc:
-                outcomes.append(Outcome(task.index, task.token, "fatal", f"undecodable task input: {exc}"))
+                reporter.add(Outcome(task.index, task.token, "fatal", f"undecodable task input: {exc}"))
                 continue
             items.append((task, event, self._context(task)))
         if self.is_async:
-            outcomes += await self._run_async(items)
+            await self._run_async(items, reporter)
         else:
-            outcomes += await self._run_sync(items)
-        if self.retry_on_error:
-            return outcomes
-        return [dataclasses.replace(o, outcome=self._FATAL.get(o.outcome, o.outcome)) for o in outcomes]
+            await self._run_sync(items, reporter)
+        return reporter.pending
 
-    async def _run_async(self, items: list[tuple[ClaimedTask, Any, Context]]) -> list[Outcome]:
+    async def _run_async(self, items: list[tuple[ClaimedTask, Any, Context]], reporter: _Reporter) -> None:
         async def one(task: ClaimedTask, event: Any, ctx: Context) -> Outcome:
             started = time.time()
             try:
@@ -335,21 +406,31 @@ class Worker:
                 return Outcome(task.index, task.token, "error", _describe(exc), started)
             return _encode_result(task, result, started)
 
+        async def reported(task: ClaimedTask, event: Any, ctx: Context) -> Outcome:
+            outcome = await one(task, event, ctx)
+            reporter.add(outcome)
+            if reporter.due():
+                await reporter.flush()
+            return outcome
+
         for task, event, ctx in items:
-            self._async_tasks[task.index] = asyncio.ensure_future(one(task, event, ctx))
+            self._async_tasks[task.index] = asyncio.ensure_future(reported(task, event, ctx))
         try:
-            return list(await asyncio.gather(*(self._async_tasks[t.index] for t, _, _ in items)))
+            await asyncio.gather(*(self._async_tasks[t.index] for t, _, _ in items))
         finally:
             for task, _, _ in items:
                 self._async_tasks.pop(task.index, None)
 
-    async def _run_sync(self, items: list[tuple[ClaimedTask, Any, Context]]) -> list[Outcome]:
+    async def _run_sync(self, items: list[tuple[ClaimedTask, Any, Context]], reporter: _Reporter) -> None:
         if not self.task_timeout:
             # Nothing to watch for: run on the loop, sparing a thread hop per batch.
-            return [_call(self.handler, task, event, ctx, time.time())
-                    for task, event, ctx in items if task.index not in self._lost]
+            for task, event, ctx in items:
+                if task.index not in self._lost:
+                    reporter.add(_call(self.handler, task, event, ctx, time.time()))
+                    if reporter.due():
+                        await reporter.flush()
+            return
         loop = asyncio.get_running_loop()
-        outcomes: dict[int, Outcome] = {}
         remaining = items
         while remaining:
             batch = _SyncBatch(self.handler, remaining, self._lost)
@@ -357,6 +438,11 @@ class Worker:
             timed_out: int | None = None
             while not future.done():
                 await asyncio.wait([future], timeout=self._watch_interval())
+                for index, outcome in list(batch.results.items()):  # the thread adds to it as it goes
+                    if index not in reporter.seen:
+                        reporter.add(outcome)
+                if reporter.due():
+                    await reporter.flush()
                 current = batch.current
                 if self.task_timeout and current and time.monotonic() - current[1] > self.task_timeout:
                     # The hung thread is left to finish on its own (Python cannot kill it); its result is
@@ -366,14 +452,15 @@ class Worker:
                     self._executor.shutdown(wait=False)
                     self._executor = self._new_executor()
                     break
-            outcomes.update(batch.results)
+            for index, outcome in list(batch.results.items()):
+                if index not in reporter.seen:
+                    reporter.add(outcome)
             if timed_out is None:
                 break
             task = next(t for t, _, _ in remaining if t.index == timed_out)
-            outcomes[timed_out] = Outcome(task.index, task.token, "timeout", f"timed out after {self.task_timeout}s")
+            reporter.add(Outcome(task.index, task.token, "timeout", f"timed out after {self.task_timeout}s"))
             log.warning("task %s hung past its %ss timeout; abandoned its thread", task_id(self.sid, timed_out), self.task_timeout)
-            remaining = [(t, e, c) for t, e, c in remaining if t.index not in outcomes and t.index not in self._lost]
-        return list(outcomes.values())
+            remaining = [(t, e, c) for t, e, c in remaining if t.index not in reporter.seen and t.index not in self._lost]
 
     @staticmethod
     def _new_executor() -> concurrent.futures.ThreadPoolExecutor:
