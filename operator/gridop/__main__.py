@@ -129,17 +129,22 @@ def _worker(args: argparse.Namespace) -> int:
     from .tasks.runtime import WorkerOptions, run_processes
 
     setup_logging(args.log_format, args.log_level)
-    missing = [flag for flag, value in (("--redis-url", args.redis_url), ("--session", args.session),
+    missing = [flag for flag, value in (("--redis-url", args.redis_url), ("--session or --pool", args.session or args.pool),
                                         ("--handler", args.handler)) if not value]
     if missing:
         print(f"gridop worker: missing {', '.join(missing)} (or their GRIDOP_* environment variables)", file=sys.stderr)
+        return 2
+    if args.session and args.pool:
+        print("gridop worker: give --session (one batch) or --pool (every session sent to the pool), not both",
+              file=sys.stderr)
         return 2
     problem = _check_worker_options(args)
     if problem is not None:
         print(f"gridop worker: {problem}", file=sys.stderr)
         return 2
     options = WorkerOptions(
-        redis_url=args.redis_url, session_id=args.session, handler=args.handler, batch_size=args.batch_size,
+        redis_url=args.redis_url, session_id=args.session or "", pool=args.pool,
+        retention_seconds=args.retention, handler=args.handler, batch_size=args.batch_size,
         heartbeat_seconds=args.heartbeat, lease_seconds=args.lease, task_timeout=args.timeout,
         retry_on_error=not args.fail_on_error, exit_when_done=not args.keep_running, key_prefix=args.key_prefix,
         claim_seconds=args.claim_seconds,
@@ -172,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     wk = sub.add_parser("worker", help="run task workers for one TaskBatch (session)")
     wk.add_argument("--redis-url", default=env("GRIDOP_REDIS_URL"), help="data plane URL [GRIDOP_REDIS_URL]")
     wk.add_argument("--session", default=env("GRIDOP_SESSION_ID"), help="the batch (session id) [GRIDOP_SESSION_ID]")
+    wk.add_argument("--pool", default=env("GRIDOP_POOL"),
+                    help="serve every session sent to this pool (a TaskPool) instead of one batch [GRIDOP_POOL]")
+    wk.add_argument("--retention", type=int, default=int(env("GRIDOP_RESULT_RETENTION_SECONDS", "86400")),
+                    help="with --pool: seconds a finished session's results are kept (default: 86400)")
     wk.add_argument("--handler", default=env("GRIDOP_HANDLER"), help="module:function [GRIDOP_HANDLER]")
     wk.add_argument("--batch-size", type=int, default=int(env("GRIDOP_BATCH_SIZE", "256")),
                     help="most tasks claimed at once [GRIDOP_BATCH_SIZE] (default: 256)")

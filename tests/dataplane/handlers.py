@@ -76,3 +76,11 @@ async def atimeout(event, context):
 def echo_slow(event, context):
     time.sleep(event.get("seconds", 0.003))
     return {"echo": event}
+
+
+def sleepy_flaky(event, context):
+    """Sleeps `seconds`; tasks marked `flaky` fail their first attempt."""
+    time.sleep(event.get("seconds", 0))
+    if event.get("flaky") and context.attempt == 1:
+        raise RuntimeError(f"transient failure on {context.task_id}")
+    return {"n": event.get("n")}

@@ -151,7 +151,7 @@ class AsyncGridConnector:
             backoff_seconds=float(config.get("retry_backoff_sec", 1.0)),
         )
         self.session_prefix = config.get("session_prefix")
-        self.pool = str(config.get("pool", "default"))
+        self.pool = str(config.get("pool") or "") if "pool" in config else "default"
         self.namespace = str(config.get("namespace", "default"))
         prefix = str(config.get("key_prefix", f"gridop:{self.namespace}"))
         budget = float(config.get("redis_outage_budget_sec", DEFAULT_OUTAGE_BUDGET))
@@ -197,6 +197,10 @@ class AsyncGridConnector:
         resumes an interrupted send, even when several clients send it at once. Sending different
         tasks under an id already in use raises ValueError; with `append=True`, the tasks are added
         to that session instead (a long-lived batch; a cancelled one refuses them).
+
+        Without a `session_id`, the session gets a UUID and goes to the namespace's worker pool
+        (the TaskPool named by the `pool` setting, `default` unless configured): on a cluster a
+        plain `send()` runs without a TaskBatch. A named session waits for its own TaskBatch.
         """
         store = self._store  # not configured yet: says so
         payloads = encode_tasks(tasks_list, self.max_payload_bytes)
@@ -216,6 +220,10 @@ class AsyncGridConnector:
         start = await store.create(sid, payloads, self.retry_policy)
         if start < len(payloads):
             await store.submit(sid, payloads, start)
+        if session_id is None and self.pool:
+            # No session named: the namespace's worker pool (TaskPool `pool`) runs it, as one
+            # deployment of HTC-Grid agents serves every session.
+            await store.pool_join(self.pool, sid)
         return {"session_id": sid, "task_ids": [task_id(sid, i) for i in range(len(payloads))]}
 
     @staticmethod

@@ -30,6 +30,8 @@ class WorkerOptions:
     exit_when_done: bool = True
     key_prefix: str = "gridop:default"
     claim_seconds: float = 0.1
+    pool: str | None = None  # serve every session of this pool instead of one session
+    retention_seconds: int = 86400  # how long a pool keeps a finished session's tasks and results
 
 
 async def run_worker(options: WorkerOptions, stop: asyncio.Event | None = None) -> dict[str, Any]:
@@ -60,7 +62,10 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event | None = None) 
         claim_seconds=options.claim_seconds,
     )
     try:
-        stats = await worker.run(stop)
+        if options.pool:
+            stats = await worker.serve_pool(options.pool, stop, retention=options.retention_seconds)
+        else:
+            stats = await worker.run(stop)
     except asyncio.CancelledError:
         log.warning("worker %s stopped without draining: its tasks return to the queue when their leases lapse",
                     worker.worker_id)

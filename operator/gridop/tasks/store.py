@@ -19,6 +19,16 @@ Layout for batch `sid` (every key carries the `{sid}` hash tag):
     gridop:{sid}:wake        list   a nudge for idle workers when work arrives
 
 Columns rather than a hash per task: a batch of N tasks is a few commands, not N.
+
+A worker pool (a TaskPool) serves every session sent to it; its keys carry the `{pool:<name>}` tag:
+
+    gridop:{pool:<p>}:sessions  zset  session id -> time it joined, until all its tasks are terminal
+    gridop:{pool:<p>}:ready     set   sessions that may have queued tasks (a hint: a claim confirms it)
+    gridop:{pool:<p>}:wake      list  a nudge for the pool's idle workers when work arrives
+    gridop:{pool:<p>}:sweeper   str   which worker sweeps the pool's sessions this round
+
+Pool bookkeeping is in commands of its own, never inside a session's scripts: a session's keys
+and its pool's may live on different Redis Cluster shards.
 """
 
 from __future__ import annotations
@@ -309,6 +319,98 @@ class TaskStore:
         await self.redis.hset(self.key(sid, "meta"), "suspended", int(suspended))
         if not suspended:
             await self.nudge(sid)
+
+    async def expire(self, sid: str, seconds: int) -> None:
+        """Let the batch's keys lapse `seconds` from now (a finished pool session's retention)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for role in ROLES:
+            pipe.expire(self.key(sid, role), seconds)
+        await pipe.execute()
+
+    async def done(self, sid: str) -> bool:
+        """Whether every task declared is terminal (or the batch was cancelled); False before any task."""
+        meta, counts, _ = await self.snapshot(sid)
+        if "total" not in meta:
+            return False
+        if meta.get("cancelled") == "1":
+            return True
+        active = counts["pending"] + counts["processing"] + counts["retrying"]
+        return meta.get("submitted") == meta.get("total") and active == 0
+
+    # -- worker pools -----------------------------------------------------------------------
+
+    def pool_key(self, pool: str, role: str) -> str:
+        return f"{self.prefix}:{{pool:{pool}}}:{role}"
+
+    async def pool_join(self, pool: str, sid: str) -> None:
+        """Put a session in a pool's hands: its workers will find it, wake up, and claim."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.key(sid, "meta"), "pool", pool)
+        pipe.zadd(self.pool_key(pool, "sessions"), {sid: time.time()}, nx=True)
+        pipe.sadd(self.pool_key(pool, "ready"), sid)
+        pipe.lpush(self.pool_key(pool, "wake"), 1)
+        pipe.ltrim(self.pool_key(pool, "wake"), 0, 63)
+        await pipe.execute()
+
+    async def pool_pick(self, pool: str) -> str | None:
+        """A session of the pool that may have queued tasks, at random: every ready session gets an
+        equal share of the pool's claims, whatever its size."""
+        sid = await self.redis.srandmember(self.pool_key(pool, "ready"))
+        return sid.decode() if sid else None
+
+    async def pool_idle(self, pool: str, sid: str) -> None:
+        """A claim found nothing: take the session off the ready set, unless tasks arrived meanwhile
+        (a submitter adds it back after queueing, so either it or this check sees them)."""
+        await self.redis.srem(self.pool_key(pool, "ready"), sid)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.llen(self.key(sid, "q"))
+        pipe.llen(self.key(sid, "q1"))
+        pipe.hmget(self.key(sid, "meta"), ["cancelled", "suspended"])
+        queued, queued_alone, (cancelled, suspended) = await pipe.execute()
+        if queued + queued_alone and cancelled != b"1" and suspended != b"1":
+            await self.redis.sadd(self.pool_key(pool, "ready"), sid)
+
+    async def pool_wait(self, pool: str, timeout: float) -> None:
+        """Idle: wait until work arrives in the pool (or `timeout` passes)."""
+        await self.redis.blpop([self.pool_key(pool, "wake")], timeout=timeout)
+
+    async def pool_sessions(self, pool: str) -> list[str]:
+        return [sid.decode() for sid in await self.redis.zrange(self.pool_key(pool, "sessions"), 0, -1)]
+
+    async def pool_sweep(self, pool: str, holder: str, interval: float, retention: int) -> bool:
+        """Sweep the pool's sessions, by one worker of the pool per `interval`: due retries and lapsed
+        leases back to the queue (and the session back to ready), finished sessions out of the pool,
+        their keys kept `retention` seconds. Returns whether this caller swept."""
+        lock = await self.redis.set(self.pool_key(pool, "sweeper"), holder, nx=True, px=max(1, int(interval * 1000)))
+        if not lock:
+            return False
+        for sid in await self.pool_sessions(pool):
+            moved = await self.sweep(sid)
+            if await self.done(sid):
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.zrem(self.pool_key(pool, "sessions"), sid)
+                pipe.srem(self.pool_key(pool, "ready"), sid)
+                await pipe.execute()
+                await self.expire(sid, retention)
+            elif moved["retried"] or moved["requeued"] or moved["expired"]:
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.sadd(self.pool_key(pool, "ready"), sid)
+                pipe.lpush(self.pool_key(pool, "wake"), 1)
+                pipe.ltrim(self.pool_key(pool, "wake"), 0, 63)
+                await pipe.execute()
+        return True
+
+    async def pool_counts(self, pool: str) -> tuple[int, dict[str, int]]:
+        """(sessions in the pool, their tasks per state summed): what the pool's workers are for."""
+        sessions = await self.pool_sessions(pool)
+        pipe = self.redis.pipeline(transaction=False)
+        for sid in sessions:
+            pipe.hgetall(self.key(sid, "n"))
+        total = {s.value: 0 for s in TaskState}
+        for raw in await pipe.execute() if sessions else []:
+            for state, n in _counts(raw).items():
+                total[state] += n
+        return len(sessions), total
 
     async def delete(self, sid: str) -> int:
         """Remove every key of the batch."""

@@ -6,6 +6,11 @@ timeout (no thread hop per batch), or in a thread watched from the loop when the
 handler that hangs past its timeout is reported (and abandoned) without stopping the worker.
 Heartbeats run in a thread of their own, so a long sync handler never starves its leases.
 
+A worker serves one session (`run`), or a whole pool (`serve_pool`): then it picks a ready
+session of the pool at random, works on it for a time slice, and picks again, so a pool's
+sessions share its workers evenly however many tasks each holds; one worker of the pool sweeps
+all of the pool's sessions each heartbeat.
+
 Claims adapt to the tasks: a worker starts with one task and then claims about `claim_seconds`
 worth of work (by the measured time per task, up to `batch_size`; `claim_seconds=0` claims
 `batch_size` every time), so zero-work tasks travel in
@@ -201,7 +206,10 @@ class Worker:
         self.report_interval = report_interval
         self._per_task: float | None = None  # measured seconds per task (moving average); None: not yet
         self.stats = WorkerStats()
-        self._held: dict[int, str] = {}  # index -> claim token
+        self._held: dict[int, str] = {}  # index -> claim token, for the tasks of `self.sid`
+        self._switch_lock = threading.Lock()  # the heartbeat thread reads (sid, held) as one
+        self.pool: str | None = None
+        self.retention = 86400
         self._lost: set[int] = set()
         self._async_tasks: dict[int, asyncio.Task[Outcome]] = {}
         self._executor = self._new_executor()
@@ -296,6 +304,67 @@ class Worker:
             if self._held.get(o.index) == o.token:
                 self._held.pop(o.index, None)
 
+    async def serve_pool(self, pool: str, stop: asyncio.Event | None = None, *, slice_seconds: float = 1.0,
+                         retention: int = 86400) -> WorkerStats:
+        """Serve every session of `pool` until `stop` is set (then finish the claim in hand)."""
+        stop = stop or asyncio.Event()
+        self.pool, self.retention = pool, retention
+        estimates: dict[str, float | None] = {}  # seconds per task, per session: handlers differ by input
+        loop = asyncio.get_running_loop()
+        beating = threading.Event()
+        heartbeats = threading.Thread(target=self._heartbeat_thread, args=(loop, beating), name="gridop-heartbeat",
+                                      daemon=True)
+        heartbeats.start()
+        try:
+            while not stop.is_set():
+                sid = await self.store.pool_pick(pool)
+                if sid is None:
+                    await self._wait_for_pool(pool, stop)
+                    continue
+                with self._switch_lock:
+                    self.sid = sid
+                if len(estimates) > 10_000:
+                    estimates.clear()
+                self._per_task = estimates.get(sid)
+                claimed = await self.store.claim(sid, self.worker_id, self.claim_size(), self.lease_seconds)
+                if not claimed:
+                    await self.store.pool_idle(pool, sid)
+                    continue
+                turn_ends = time.monotonic() + slice_seconds
+                while claimed:
+                    self.stats.claimed += len(claimed)
+                    self.stats.batches += 1
+                    self._held.update({t.index: t.token for t in claimed})
+                    self._lost.difference_update(t.index for t in claimed)
+                    started = time.monotonic()
+                    outcomes = await self._run_batch(claimed)
+                    self._measure(len(claimed), time.monotonic() - started)
+                    more = not stop.is_set() and time.monotonic() < turn_ends
+                    _, stale, _, following = await self.store.complete_and_next(
+                        sid, outcomes, worker=self.worker_id, next_count=self.claim_size() if more else 0,
+                        lease_seconds=self.lease_seconds,
+                    )
+                    self._count(outcomes, stale)
+                    for t in claimed:
+                        self._held.pop(t.index, None)
+                        self._lost.discard(t.index)
+                    claimed = following
+                estimates[sid] = self._per_task
+        finally:
+            beating.set()
+            await asyncio.to_thread(heartbeats.join, 10)
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        return self.stats
+
+    async def _wait_for_pool(self, pool: str, stop: asyncio.Event) -> None:
+        waiter = asyncio.create_task(self.store.pool_wait(pool, self.idle_wait))
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
+        for task in (waiter, stopper):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     async def _wait_for_work(self, stop: asyncio.Event, entry: str | None) -> list[ClaimedTask]:
         """Idle: offer ourselves for direct handoff and wait for a task, a nudge, or a stop."""
         if entry is None:
@@ -334,15 +403,19 @@ class Worker:
             store = self.store.clone()
             try:
                 while not stop.wait(self.heartbeat_seconds):
+                    with self._switch_lock:
+                        sid, held = self.sid, list(self._held.items())
                     try:
-                        await store.sweep(self.sid)
+                        if self.pool is None:
+                            await store.sweep(sid)
+                        else:
+                            await store.pool_sweep(self.pool, self.worker_id, self.heartbeat_seconds, self.retention)
                     except Exception as exc:  # the next beat sweeps again
                         log.warning("sweep failed: %s", exc)
-                    held = list(self._held.items())
                     if not held:
                         continue
                     try:
-                        lost = await store.heartbeat(self.sid, held, self.lease_seconds)
+                        lost = await store.heartbeat(sid, held, self.lease_seconds)
                     except Exception as exc:  # Redis hiccup: the lease outlives a missed heartbeat
                         log.warning("heartbeat failed: %s", exc)
                         continue

@@ -1,0 +1,64 @@
+"""Worker pools: `gridop worker --pool` serves every session sent to the pool (real workers, real Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from gridop.client.tasks import AsyncGridConnector
+from gridop.tasks.store import TaskStore
+
+from ..waiting import eventually
+from .conftest import worker_process
+
+
+async def _empty(pending: Any) -> bool:
+    return not await pending
+
+
+async def test_a_pool_serves_every_plain_send_and_forgets_finished_sessions(redis_url: str, store: TaskStore) -> None:
+    workers = [worker_process(redis_url, "--pool", "default", "--heartbeat", "0.3", "--lease", "2",
+                              "--retention", "60", handler="echo") for _ in range(2)]
+    try:
+        async with AsyncGridConnector({"redis_url": redis_url}) as c:
+            subs = [await c.send([{"job": j, "i": i} for i in range(50)]) for j in range(6)]
+            results = await asyncio.wait_for(asyncio.gather(*(c.get_results(s) for s in subs)), 60)
+        # Finished sessions leave the pool (a worker's sweep notices); their results stay for the
+        # retention, then lapse.
+        await eventually(lambda: _empty(store.pool_sessions("default")), timeout=10)
+    finally:
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            assert await asyncio.to_thread(w.wait, 30) == 0
+    for j, (sub, res) in enumerate(zip(subs, results)):
+        assert len(sub["session_id"]) == 36 and sub["task_ids"][3] == f"{sub['session_id']}_3"
+        assert res["finished"] == sub["task_ids"]
+        assert '"echo":{"job":%d,"i":7}' % j in res["finished_OUTPUT"][7]
+    sid = subs[0]["session_id"]
+    ttl = await store.redis.ttl(store.key(sid, "out"))
+    assert 0 < ttl <= 60
+
+
+async def test_retries_move_without_the_operator_and_small_sessions_are_not_starved(
+    redis_url: str, store: TaskStore
+) -> None:
+    """A failing task is retried by the pool itself; a 10-task session sent after a 3,000-task one
+    finishes while the big one is still running (sessions share the pool's claims evenly)."""
+    workers = [worker_process(redis_url, "--pool", "default", "--heartbeat", "0.3", "--lease", "2", handler="sleepy_flaky")]
+    try:
+        async with AsyncGridConnector({"redis_url": redis_url, "retry_backoff_sec": 0.1}) as c:
+            big = await c.send([{"n": i, "seconds": 0.005} for i in range(3000)])
+            await asyncio.sleep(0.5)
+            small = await c.send([{"n": i, "flaky": True} for i in range(10)])
+            small_results = await c.get_results(small, timeout_sec=30)
+            big_counts = await store.counts(big["session_id"])
+            big_results = await c.get_results(big, timeout_sec=120)
+    finally:
+        for w in workers:
+            w.terminate()
+            await asyncio.to_thread(w.wait, 30)
+    assert len(small_results["finished"]) == 10
+    assert big_counts["finished"] < 3000, "the small session waited for the big one"
+    assert len(big_results["finished"]) == 3000
+    assert {(await store.record(small["session_id"], i)).attempts for i in range(10)} == {2}
