@@ -22,7 +22,7 @@ import yaml
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCHEMAS = {
     kind: yaml.safe_load((ROOT / "crds" / f"{plural}.gridop.io.yaml").read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-    for kind, plural in (("GridSession", "gridsessions"), ("TaskBatch", "taskbatches"))
+    for kind, plural in (("GridSession", "gridsessions"), ("TaskBatch", "taskbatches"), ("TaskPool", "taskpools"))
 }
 SCHEMA = SCHEMAS["GridSession"]
 CEL = celpy.Environment()
@@ -167,7 +167,22 @@ def test_every_rule_is_evaluable_on_a_minimal_object(kind: str) -> None:
     """Rules may only read fields that are required or defaulted: check each rule's subject paths
     against a minimal object after defaulting (the bug class a real API server reports as
     'no such key')."""
-    minimal = session() if kind == "GridSession" else batch()
+    minimal = {"GridSession": session(), "TaskBatch": batch(), "TaskPool": taskpool()}[kind]
     obj = defaulted(SCHEMAS[kind], minimal)
     assert cel_errors(SCHEMAS[kind], obj, None, "") == []
-    assert obj["spec"] != minimal["spec"] or kind == "GridSession"  # TaskBatch gains its defaults
+    assert obj["spec"] != minimal["spec"] or kind == "GridSession"  # the task kinds gain their defaults
+
+
+def taskpool(**spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "gridop.io/v1alpha1", "kind": "TaskPool", "metadata": {"name": "default"},
+            "spec": {"handler": "tasks:run", **spec}}
+
+
+def test_a_taskpool_with_only_its_handler_is_admitted_and_bad_ones_are_refused() -> None:
+    assert admit(taskpool()) == [] and admit(taskpool(), taskpool()) == []
+    assert admit(yaml.safe_load((ROOT / "examples" / "htcgrid" / "taskpool.yaml").read_text())) == []
+    assert defaulted(SCHEMAS["TaskPool"], taskpool())["spec"]["workers"]["min"] == 1
+    assert any("spec.workers.min must not exceed spec.workers.max" in e
+               for e in admit(taskpool(workers={"min": 5})))  # max defaults to 4
+    assert any("metadata.name must be a DNS-1123 label" in e
+               for e in admit({**taskpool(), "metadata": {"name": "Not_A_Label"}}))

@@ -17,9 +17,9 @@ import yaml
 
 from pydantic import BaseModel
 
-from .v1alpha1 import common, gridsession, taskbatch
+from .v1alpha1 import common, gridsession, taskbatch, taskpool
 
-KINDS: list[ModuleType] = [gridsession, taskbatch]
+KINDS: list[ModuleType] = [gridsession, taskbatch, taskpool]
 
 
 def structural(schema: dict[str, Any], defs: dict[str, Any] | None = None, *, keep_defaults: bool = True) -> dict[str, Any]:

@@ -106,6 +106,21 @@ def redis_url_of(config: Mapping[str, Any]) -> str:
     return f"{scheme}://{auth}{host}:{port}/0"
 
 
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def default_namespace() -> str:
+    """The namespace whose data plane a client uses when its config names none: $GRIDOP_NAMESPACE,
+    else the namespace of the pod it runs in, else `default`."""
+    if os.environ.get("GRIDOP_NAMESPACE"):
+        return os.environ["GRIDOP_NAMESPACE"]
+    try:
+        with open(SERVICE_ACCOUNT_NAMESPACE) as f:
+            return f.read().strip() or "default"
+    except OSError:
+        return "default"
+
+
 class AsyncGridConnector:
     """The HTC-Grid connector for asyncio. Configure it in the constructor or, as HTC-Grid's
     `AWSConnector()` is, with no arguments and then `init(config, username=..., password=...)`."""
@@ -152,7 +167,7 @@ class AsyncGridConnector:
         )
         self.session_prefix = config.get("session_prefix")
         self.pool = str(config.get("pool") or "") if "pool" in config else "default"
-        self.namespace = str(config.get("namespace", "default"))
+        self.namespace = str(config.get("namespace") or default_namespace())
         prefix = str(config.get("key_prefix", f"gridop:{self.namespace}"))
         budget = float(config.get("redis_outage_budget_sec", DEFAULT_OUTAGE_BUDGET))
         if redis_custom_connection is not None and not isinstance(redis_custom_connection, aioredis.Redis):

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 GS = dict(group=GROUP, version=VERSION, plural="gridsessions")
 TB = dict(group=GROUP, version=VERSION, plural="taskbatches")
+TP = dict(group=GROUP, version=VERSION, plural="taskpools")
 FINALIZER = "gridop.io/finalizer"
 MAX_BACKOFF = 60.0
 
@@ -133,5 +134,17 @@ def build_registry() -> kopf.OperatorRegistry:
     async def batch_deleted(body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
         await memo.batches.finalize(body)
         memo.wakeups.forget(namespace, f"tb/{name}")
+
+    @kopf.daemon(**TP, id="pool-loop", cancellation_timeout=5.0, registry=registry)
+    async def pool_loop(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+        try:
+            await reconcile_forever("TaskPool", memo.batches.reconcile_pool, memo.wakeups, namespace, name, f"tp/{name}")
+        finally:
+            memo.batches.forget_pool(namespace, name)
+            memo.wakeups.forget(namespace, f"tp/{name}")
+
+    @kopf.on.event(**TP, id="pool-changed", registry=registry)
+    def pool_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+        memo.wakeups.wake(namespace, f"tp/{name}")
 
     return registry

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..api.v1alpha1 import API_VERSION, set_condition
 from ..api.v1alpha1.taskbatch import KIND, BatchPhase, ErrorCounts, OnError, TaskBatchSpec, TaskBatchStatus, TaskCounts
+from ..api.v1alpha1.taskpool import TaskPoolSpec
 from ..settings import Settings
 
 BATCH_LABEL = "gridop.io/taskbatch"
@@ -31,21 +32,19 @@ def desired_workers(spec: TaskBatchSpec, counts: TaskCounts) -> int:
     return max(spec.workers.min, min(spec.workers.max, max(1, wanted)))
 
 
-def worker_job(meta: dict[str, Any], spec: TaskBatchSpec, settings: Settings, parallelism: int,
-               redis_secret: str) -> dict[str, Any]:
-    """The work-queue Job of a batch. The data-plane URL comes from `redis_secret` in the batch's
-    own namespace (the operator keeps it, with credentials limited to this namespace's keys), so no
-    password appears in the Job."""
-    name = meta["name"]
-    labels = {"app.kubernetes.io/name": "gridop-worker", "app.kubernetes.io/managed-by": "gridop", BATCH_LABEL: name}
+def worker_pod_spec(spec: TaskBatchSpec | TaskPoolSpec, settings: Settings, namespace: str, redis_secret: str,
+                    target: list[dict[str, Any]], on_error: OnError, restart_policy: str) -> dict[str, Any]:
+    """The pod of a batch's or a pool's workers. `target` says what they serve (GRIDOP_SESSION_ID
+    or GRIDOP_POOL). The data-plane URL comes from `redis_secret` in the namespace (the operator
+    keeps it, with credentials limited to this namespace's keys), so no password appears here."""
     env = [
-        {"name": "GRIDOP_SESSION_ID", "value": name},
-        {"name": "GRIDOP_KEY_PREFIX", "value": f"gridop:{meta['namespace']}"},
+        *target,
+        {"name": "GRIDOP_KEY_PREFIX", "value": f"gridop:{namespace}"},
         {"name": "GRIDOP_HANDLER", "value": spec.handler},
         {"name": "GRIDOP_BATCH_SIZE", "value": str(spec.batch_size)},
         {"name": "GRIDOP_HEARTBEAT_SECONDS", "value": str(spec.heartbeat_seconds)},
         {"name": "GRIDOP_LEASE_SECONDS", "value": str(spec.lease_seconds)},
-        {"name": "GRIDOP_RETRY_ON_ERROR", "value": "true" if spec.retry.on_error == OnError.RETRY else "false"},
+        {"name": "GRIDOP_RETRY_ON_ERROR", "value": "true" if on_error == OnError.RETRY else "false"},
         {"name": "GRIDOP_LOG_FORMAT", "value": "json"},
         *({"name": e.name, "value": e.value} for e in spec.workers.env),
     ]
@@ -67,23 +66,33 @@ def worker_job(meta: dict[str, Any], spec: TaskBatchSpec, settings: Settings, pa
     if spec.workers.resources:
         container["resources"] = spec.workers.resources.to_kube()
     pod_spec: dict[str, Any] = {
-        "restartPolicy": "OnFailure",
+        "restartPolicy": restart_policy,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        # Workers drain on SIGTERM: they finish the batch in hand before exiting.
+        # Workers drain on SIGTERM: they finish the claim in hand before exiting.
         "terminationGracePeriodSeconds": max(30, (spec.task_timeout_seconds or 0) + 10),
         "containers": [container],
     }
     if spec.priority_class_name:
         pod_spec["priorityClassName"] = spec.priority_class_name
+    return pod_spec
+
+
+def owner_reference(kind: str, meta: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": kind, "name": meta["name"], "uid": meta["uid"], "controller": True,
+            "blockOwnerDeletion": True}
+
+
+def worker_job(meta: dict[str, Any], spec: TaskBatchSpec, settings: Settings, parallelism: int,
+               redis_secret: str) -> dict[str, Any]:
+    """The work-queue Job of a batch."""
+    name = meta["name"]
+    labels = {"app.kubernetes.io/name": "gridop-worker", "app.kubernetes.io/managed-by": "gridop", BATCH_LABEL: name}
+    pod_spec = worker_pod_spec(spec, settings, meta["namespace"], redis_secret, [{"name": "GRIDOP_SESSION_ID", "value": name}],
+                               spec.retry.on_error, "OnFailure")
     return {
-        "metadata": {
-            "name": job_name(name),
-            "namespace": meta["namespace"],
-            "labels": labels,
-            "ownerReferences": [{"apiVersion": API_VERSION, "kind": KIND, "name": name, "uid": meta["uid"],
-                                 "controller": True, "blockOwnerDeletion": True}],
-        },
+        "metadata": {"name": job_name(name), "namespace": meta["namespace"], "labels": labels,
+                     "ownerReferences": [owner_reference(KIND, meta)]},
         "spec": {
             # Work-queue Job: pods pull until the queue is empty, then exit 0; parallelism scales.
             "parallelism": parallelism,

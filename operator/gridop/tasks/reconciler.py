@@ -1,13 +1,17 @@
-"""The TaskBatch reconciler: counters from Redis, workers as a Job, status at a bounded rate.
+"""The TaskBatch and TaskPool reconciler: counters from Redis, workers as a Job (a batch) or a
+Deployment (a pool), status at a bounded rate.
 
 One pass per batch about every second: sweep the data plane (lost leases, due retries), read
 the counters (one HGETALL), scale the worker Job, and write the status only when it changed and
-no more often than `batch_status_interval_seconds`, whatever the task rate.
+no more often than `batch_status_interval_seconds`, whatever the task rate. A pool's pass reads
+the counters of the pool's sessions (its workers sweep them) and scales its Deployment.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -16,11 +20,13 @@ from typing import Any
 from .. import metrics
 from ..api.v1alpha1 import utcnow
 from ..api.v1alpha1.taskbatch import BatchPhase, ErrorCounts, TaskBatchSpec, TaskBatchStatus, TaskCounts
+from ..api.v1alpha1.taskpool import TaskPoolSpec, TaskPoolStatus
 from ..kube import AlreadyExists, KubeClient, merge_patch, resources
 from ..kube.events import EventRecorder
 from ..settings import Settings
 from .batch import decide, job_name, worker_job
 from .credentials import DataPlaneCredentials
+from .pool import deployment_name, desired_pool_workers, pool_deployment, pool_status
 from .store import RetryPolicy, TaskStore
 
 log = logging.getLogger(__name__)
@@ -149,6 +155,79 @@ class BatchReconciler:
             await self.recorder.record(body, kind, phase, ready.message if ready else phase)
             log.info("taskbatch %s/%s: %s -> %s", meta["namespace"], meta["name"], BatchPhase(old.phase).value,
                      BatchPhase(new.phase).value)
+
+    # -- pools ------------------------------------------------------------------------------
+
+    async def reconcile_pool(self, namespace: str, name: str) -> float:
+        body = await self.client.get(resources.TASKPOOLS, name, namespace)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return self.settings.resync_seconds
+        spec = TaskPoolSpec.model_validate(body["spec"])
+        status = TaskPoolStatus.model_validate(body.get("status") or {})
+        store = self.store(namespace)
+        sessions, counts, error = 0, TaskCounts(), None
+        if store is None:
+            error = "the operator has no data plane: set GRIDOP_REDIS_URL (chart value redis)"
+        else:
+            try:
+                sessions, raw = await store.pool_counts(name)
+                counts = TaskCounts(total=sum(raw.values()), **raw)
+            except Exception as exc:  # Redis down or refusing: report it, keep the workers as they are
+                error = f"data plane unreachable: {type(exc).__name__}: {exc}"
+        replicas, ready = status.workers, status.ready_workers
+        if error is None and self.credentials is not None:
+            replicas = desired_pool_workers(spec, counts)
+            secret = await self.credentials.ensure(namespace)
+            ready = await self._apply_deployment(body, spec, replicas, secret)
+        if error is None:
+            metrics.QUEUE_DEPTH.labels(namespace, f"pool/{name}").set(counts.pending + counts.retrying)
+            metrics.BATCH_WORKERS.labels(namespace, f"pool/{name}").set(replicas)
+        new = pool_status(body["metadata"], status, sessions, counts, replicas, ready, error, self.clock())
+        await self._write_status(resources.TASKPOOLS, body, new.to_kube(),
+                                 urgent=[c.status for c in status.conditions] != [c.status for c in new.conditions])
+        return 2.0 if counts.pending + counts.retrying + counts.processing else 5.0
+
+    async def _apply_deployment(self, body: Mapping[str, Any], spec: TaskPoolSpec, replicas: int, secret: str) -> int:
+        """Create or scale the pool's Deployment (its template is patched when the spec changes it);
+        returns its ready replicas."""
+        meta = body["metadata"]
+        desired = pool_deployment(dict(meta), spec, self.settings, replicas, secret)
+        digest = hashlib.sha256(json.dumps(desired["spec"]["template"], sort_keys=True).encode()).hexdigest()[:16]
+        desired["metadata"]["annotations"] = {"gridop.io/template-hash": digest}
+        current = await self.client.get(resources.DEPLOYMENTS, deployment_name(meta["name"]), meta["namespace"])
+        if current is None:
+            try:
+                await self.client.create(resources.DEPLOYMENTS, desired, meta["namespace"])
+            except AlreadyExists:
+                pass  # another pass made it: the next one scales it
+            return 0
+        patch: dict[str, Any] = {}
+        if current.get("spec", {}).get("replicas") != replicas:
+            patch["spec"] = {"replicas": replicas}
+        if (current["metadata"].get("annotations") or {}).get("gridop.io/template-hash") != digest:
+            patch = {"metadata": {"annotations": {"gridop.io/template-hash": digest}},
+                     "spec": {"replicas": replicas, "template": desired["spec"]["template"]}}
+        if patch:
+            await self.client.patch(resources.DEPLOYMENTS, deployment_name(meta["name"]), patch, meta["namespace"])
+        return int((current.get("status") or {}).get("readyReplicas") or 0)
+
+    async def _write_status(self, resource: Any, body: Mapping[str, Any], after: dict[str, Any], *, urgent: bool) -> None:
+        """Write a status that changed, at most once per `batch_status_interval_seconds` unless urgent."""
+        meta = body["metadata"]
+        key = (meta["namespace"], f"{resource.plural}/{meta['name']}")
+        before = body.get("status") or {}
+        now = time.monotonic()
+        if before == after or (not urgent and now - self._last_write.get(key, 0.0) < self.settings.batch_status_interval_seconds):
+            return
+        await self.client.patch(resource, meta["name"], {"status": merge_patch(before, after)}, meta["namespace"],
+                                subresource="status")
+        self._last_write[key] = now
+
+    def forget_pool(self, namespace: str, name: str) -> None:
+        self._last_write.pop((namespace, f"{resources.TASKPOOLS.plural}/{name}"), None)
+        for gauge in (metrics.QUEUE_DEPTH, metrics.BATCH_WORKERS):
+            with contextlib.suppress(KeyError):
+                gauge.remove(namespace, f"pool/{name}")
 
     async def finalize(self, body: Mapping[str, Any]) -> None:
         """Remove the batch's data-plane keys; the worker Job goes with its owner."""

@@ -1,6 +1,6 @@
 """gridop.io/v1alpha1."""
 
-from . import gridsession, taskbatch
+from . import gridsession, taskbatch, taskpool
 from .common import API_VERSION, GROUP, VERSION, Condition, ConditionStatus, KubeModel, find_condition, set_condition, utcnow
 from .gridsession import GridSession, GridSessionSpec, GridSessionStatus, Phase
 
@@ -18,6 +18,7 @@ __all__ = [
     "find_condition",
     "gridsession",
     "taskbatch",
+    "taskpool",
     "set_condition",
     "utcnow",
 ]
