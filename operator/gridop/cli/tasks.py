@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from typing import Any, TextIO
 
 import click
@@ -232,7 +233,9 @@ def _follow_options(fn: Any) -> Any:
 
 @tasks.command()
 @click.argument("file", metavar="FILE")
-@click.option("--session", metavar="ID", help="session id; re-submitting the same file under it resumes  [default: generated]")
+@click.option("--session", metavar="ID",
+              help="session id (a TaskBatch's name); re-submitting the same file under it resumes  "
+                   "[default: a UUID, run by the namespace's TaskPool 'default']")
 @click.option("--wait", is_flag=True, help="follow with a progress bar until every task is done")
 @_follow_options
 @runs_async
@@ -351,7 +354,8 @@ async def run(file: str, local: bool, handler: str, workers: int, session: str |
     assert plane.redis_url is not None
     local_run = LocalRun(plane.redis_url, handler, workers, heartbeat, lease, timeout_per_task)
     async with await _connector(plane) as connector:
-        sub = await connector.send(task_list, session_id=session)
+        # A session of its own (never a pool's): the local workers are the only ones meant to run it.
+        sub = await connector.send(task_list, session_id=session or f"local-{uuid.uuid4().hex[:12]}")
         sid = sub["session_id"]
         spawned = spawn_workers(local_run, sid, connector.store.prefix)
         stop = asyncio.Event()

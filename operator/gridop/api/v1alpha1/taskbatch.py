@@ -109,22 +109,29 @@ class TaskBatchStatus(KubeModel):
     observed_generation: int | None = Field(default=None, ge=0)
 
 
-SPEC_RULES = [
+# Rules of the worker settings a TaskBatch and a TaskPool share.
+WORKER_RULES = [
     {"rule": "self.workers.min <= self.workers.max", "message": "spec.workers.min must not exceed spec.workers.max",
      "fieldPath": ".workers.min"},
     {"rule": "self.leaseSeconds > self.heartbeatSeconds", "message": "spec.leaseSeconds must exceed spec.heartbeatSeconds",
      "fieldPath": ".leaseSeconds"},
 ]
+SPEC_RULES = WORKER_RULES
 FIELD_RULES = {
     "cancel": [{"rule": "oldSelf == false || self == true", "message": "spec.cancel cannot be undone"}],
     "handler": [{"rule": "self == oldSelf", "message": "spec.handler is immutable"}],
 }
-ROOT_RULES = [
-    {
-        "rule": f"self.metadata.name.size() <= {MAX_NAME_LENGTH} && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
-        "message": f"metadata.name must be a DNS-1123 label of at most {MAX_NAME_LENGTH} characters",
-    },
-]
+
+
+def name_rules(max_length: int) -> list[dict[str, str]]:
+    """The object's name is a DNS-1123 label short enough to prefix its workers' names."""
+    return [{
+        "rule": f"self.metadata.name.size() <= {max_length} && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+        "message": f"metadata.name must be a DNS-1123 label of at most {max_length} characters",
+    }]
+
+
+ROOT_RULES = name_rules(MAX_NAME_LENGTH)
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Total", "type": "integer", "jsonPath": ".status.counts.total"},

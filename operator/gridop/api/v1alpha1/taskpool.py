@@ -11,7 +11,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from .common import Condition, KubeModel
-from .taskbatch import OnError, TaskCounts, Workers
+from .taskbatch import WORKER_RULES, OnError, TaskCounts, Workers, name_rules
 
 KIND = "TaskPool"
 PLURAL = "taskpools"
@@ -55,18 +55,8 @@ class TaskPoolStatus(KubeModel):
     observed_generation: int | None = Field(default=None, ge=0)
 
 
-SPEC_RULES = [
-    {"rule": "self.workers.min <= self.workers.max", "message": "spec.workers.min must not exceed spec.workers.max",
-     "fieldPath": ".workers.min"},
-    {"rule": "self.leaseSeconds > self.heartbeatSeconds", "message": "spec.leaseSeconds must exceed spec.heartbeatSeconds",
-     "fieldPath": ".leaseSeconds"},
-]
-ROOT_RULES = [
-    {
-        "rule": f"self.metadata.name.size() <= {MAX_NAME_LENGTH} && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
-        "message": f"metadata.name must be a DNS-1123 label of at most {MAX_NAME_LENGTH} characters",
-    },
-]
+SPEC_RULES = WORKER_RULES
+ROOT_RULES = name_rules(MAX_NAME_LENGTH)
 PRINTER_COLUMNS = [
     {"name": "Handler", "type": "string", "jsonPath": ".spec.handler"},
     {"name": "Workers", "type": "integer", "jsonPath": ".status.workers"},
