@@ -1,8 +1,8 @@
 """An HTC-Grid-style lambda: `worker_arguments[0]` milliseconds of "work", returning that number.
 
-The same function runs unchanged as a gridop handler:
-
-    kubectl apply -f examples/htcgrid/taskpool.yaml   # handler: examples.htcgrid.mock_compute_engine:lambda_handler
+The same function runs unchanged as a gridop handler (`handler: mock_compute_engine:lambda_handler`
+in an image that has this file on its path; the gridop image ships it as
+`gridop.tasks.examples:mock_compute_engine`, which examples/htcgrid/taskpool.yaml uses).
 """
 
 import time
