@@ -172,3 +172,13 @@ def test_tokens_are_renewed_before_they_expire() -> None:
     soon = NOW + datetime.timedelta(hours=1)  # less than a third of the 24h lifetime left
     assert Do.ISSUE_TOKEN in decide(s, observed(token_expires=soon), now=NOW, settings=SETTINGS).actions
     assert Do.ISSUE_TOKEN not in decide(s, observed(), now=NOW, settings=SETTINGS).actions
+
+
+def test_a_short_lived_session_keeps_its_fresh_token() -> None:
+    """Its token is issued for maxLifetimeSeconds + 5 min (15 min here): renewal is due after two
+    thirds of that, not on every pass (it was: the renewal point used the 24 h default)."""
+    s = session(status={"phase": "Running"}, maxLifetimeSeconds=600)
+    fresh = NOW + datetime.timedelta(seconds=900)  # just issued
+    assert Do.ISSUE_TOKEN not in decide(s, observed(token_expires=fresh), now=NOW, settings=SETTINGS).actions
+    aged = NOW + datetime.timedelta(seconds=299)  # two thirds gone
+    assert Do.ISSUE_TOKEN in decide(s, observed(token_expires=aged), now=NOW, settings=SETTINGS).actions

@@ -22,7 +22,7 @@ from ..kube import AlreadyExists, KubeClient, merge_patch, resources
 from ..kube.events import EventRecorder
 from ..settings import Settings
 from . import plan
-from .rules import Decision, Do, Observed, decide
+from .rules import Decision, Do, Observed, decide, token_lifetime
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class SessionReconciler:
                     user=session.spec.user,
                     session=name,
                     tenant=session.spec.tenant,
-                    lifetime=self._token_lifetime(session),
+                    lifetime=token_lifetime(session, self.settings),
                     now=self.clock(),
                     namespace=ns,
                 )
@@ -158,12 +158,6 @@ class SessionReconciler:
                 await self.client.patch(resources.GRIDSESSIONS, name, {"metadata": {"annotations": annotations}}, ns)
             elif action == Do.DELETE_SESSION:
                 await self.client.delete(resources.GRIDSESSIONS, name, ns)
-
-    def _token_lifetime(self, session: GridSession) -> datetime.timedelta:
-        seconds = self.settings.token_lifetime_seconds
-        if session.spec.max_lifetime_seconds:
-            seconds = min(seconds, session.spec.max_lifetime_seconds + 300)
-        return datetime.timedelta(seconds=seconds)
 
     async def _apply(
         self, res: resources.Resource, body: dict[str, Any], ns: str, *, patch: dict[str, Any] | None = None

@@ -240,7 +240,7 @@ def decide(
         d.actions.append(Do.APPLY_CONFIG_MAP)
     st.config_map_name = plan.config_map_name(session)
     if observed.signing_key_error is None:
-        renew_at = _renew_at(observed.token_expires, settings)
+        renew_at = _renew_at(observed.token_expires, token_lifetime(session, settings))
         if renew_at is None or now >= renew_at:
             d.actions.append(Do.ISSUE_TOKEN)
         elif renew_at is not None:
@@ -346,11 +346,20 @@ def decide(
     return d
 
 
-def _renew_at(expires: datetime.datetime | None, settings: Settings) -> datetime.datetime | None:
-    """Renew a token once two thirds of its lifetime have passed."""
+def token_lifetime(session: GridSession, settings: Settings) -> datetime.timedelta:
+    """How long a session's token is issued for: the configured lifetime, but no longer than the
+    session may live (plus five minutes)."""
+    seconds = settings.token_lifetime_seconds
+    if session.spec.max_lifetime_seconds:
+        seconds = min(seconds, session.spec.max_lifetime_seconds + 300)
+    return datetime.timedelta(seconds=seconds)
+
+
+def _renew_at(expires: datetime.datetime | None, lifetime: datetime.timedelta) -> datetime.datetime | None:
+    """Renew a token once two thirds of the lifetime it was issued with have passed."""
     if expires is None:
         return None
-    return expires - datetime.timedelta(seconds=settings.token_lifetime_seconds / 3)
+    return expires - lifetime / 3
 
 
-__all__ = ["Decision", "Do", "Event", "Observed", "READY", "SCHEDULED", "decide"]
+__all__ = ["Decision", "Do", "Event", "Observed", "READY", "SCHEDULED", "decide", "token_lifetime"]
