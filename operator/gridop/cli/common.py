@@ -48,6 +48,10 @@ def error(message: str, prefix: str = "Error: ") -> None:
     click.echo(f"{prefix}{message}", err=True)
 
 
+#: What a user can get wrong (or the cluster / Redis can refuse): one line, never a traceback.
+USER_ERRORS = (ConsoleError, AccessError, Unfinished, ValueError, KubeError, OSError, RedisError)
+
+
 def exit_code_for(exc: BaseException) -> int:
     """Print the one line that names what went wrong; return the exit code. None of these is a
     bug in gridctl, so none shows a traceback."""
@@ -86,7 +90,7 @@ def runs_async(fn: Callable[..., Coroutine[Any, Any, int]]) -> Callable[..., int
         except KeyboardInterrupt:
             error("interrupted", "")
             return INTERRUPTED
-        except (ConsoleError, AccessError, Unfinished, ValueError, KubeError, OSError, RedisError) as exc:
+        except USER_ERRORS as exc:
             return exit_code_for(exc)
 
     return command

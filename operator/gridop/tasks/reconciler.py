@@ -137,18 +137,10 @@ class BatchReconciler:
 
     async def _report(self, body: Mapping[str, Any], old: TaskBatchStatus, new: TaskBatchStatus) -> None:
         meta = body["metadata"]
-        key = (meta["namespace"], meta["name"])
-        before, after = (body.get("status") or {}), new.to_kube()
-        if before == after:
-            return
         phase_changed = old.phase != new.phase
-        now = time.monotonic()
-        if not phase_changed and now - self._last_write.get(key, 0.0) < self.settings.batch_status_interval_seconds:
-            return  # counters only: at most one write per interval
-        await self.client.patch(resources.TASKBATCHES, meta["name"], {"status": merge_patch(before, after)}, meta["namespace"],
-                                subresource="status")
-        self._last_write[key] = now
-        if phase_changed:
+        # Counters only: at most one write per interval.
+        written = await self._write_status(resources.TASKBATCHES, body, new.to_kube(), urgent=phase_changed)
+        if written and phase_changed:
             ready = next((c for c in new.conditions if c.type == "Ready"), None)
             kind = "Warning" if new.phase == BatchPhase.FAILED.value else "Normal"
             phase = BatchPhase(new.phase).value
@@ -211,17 +203,19 @@ class BatchReconciler:
             await self.client.patch(resources.DEPLOYMENTS, deployment_name(meta["name"]), patch, meta["namespace"])
         return int((current.get("status") or {}).get("readyReplicas") or 0)
 
-    async def _write_status(self, resource: Any, body: Mapping[str, Any], after: dict[str, Any], *, urgent: bool) -> None:
-        """Write a status that changed, at most once per `batch_status_interval_seconds` unless urgent."""
+    async def _write_status(self, resource: Any, body: Mapping[str, Any], after: dict[str, Any], *, urgent: bool) -> bool:
+        """Write a status that changed, at most once per `batch_status_interval_seconds` unless urgent;
+        returns whether it wrote."""
         meta = body["metadata"]
         key = (meta["namespace"], f"{resource.plural}/{meta['name']}")
         before = body.get("status") or {}
         now = time.monotonic()
         if before == after or (not urgent and now - self._last_write.get(key, 0.0) < self.settings.batch_status_interval_seconds):
-            return
+            return False
         await self.client.patch(resource, meta["name"], {"status": merge_patch(before, after)}, meta["namespace"],
                                 subresource="status")
         self._last_write[key] = now
+        return True
 
     def forget_pool(self, namespace: str, name: str) -> None:
         self._last_write.pop((namespace, f"{resources.TASKPOOLS.plural}/{name}"), None)
@@ -236,7 +230,7 @@ class BatchReconciler:
         if store is not None:
             removed = await store.delete(meta["name"])
             log.info("taskbatch %s/%s: removed %d data-plane keys", meta["namespace"], meta["name"], removed)
-        self._last_write.pop((meta["namespace"], meta["name"]), None)
+        self._last_write.pop((meta["namespace"], f"{resources.TASKBATCHES.plural}/{meta['name']}"), None)
         for gauge in (metrics.QUEUE_DEPTH, metrics.BATCH_WORKERS):
             with contextlib.suppress(KeyError):
                 gauge.remove(meta["namespace"], meta["name"])

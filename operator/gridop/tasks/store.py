@@ -347,10 +347,14 @@ class TaskStore:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(self.key(sid, "meta"), "pool", pool)
         pipe.zadd(self.pool_key(pool, "sessions"), {sid: time.time()}, nx=True)
+        self._pool_ready(pipe, pool, sid)
+        await pipe.execute()
+
+    def _pool_ready(self, pipe: Any, pool: str, sid: str) -> None:
+        """Mark a session ready in its pool and wake one idle worker (the wake list stays short)."""
         pipe.sadd(self.pool_key(pool, "ready"), sid)
         pipe.lpush(self.pool_key(pool, "wake"), 1)
         pipe.ltrim(self.pool_key(pool, "wake"), 0, 63)
-        await pipe.execute()
 
     async def pool_pick(self, pool: str) -> str | None:
         """A session of the pool that may have queued tasks, at random: every ready session gets an
@@ -394,9 +398,7 @@ class TaskStore:
                 await self.expire(sid, retention)
             elif moved["retried"] or moved["requeued"] or moved["expired"]:
                 pipe = self.redis.pipeline(transaction=False)
-                pipe.sadd(self.pool_key(pool, "ready"), sid)
-                pipe.lpush(self.pool_key(pool, "wake"), 1)
-                pipe.ltrim(self.pool_key(pool, "wake"), 0, 63)
+                self._pool_ready(pipe, pool, sid)
                 await pipe.execute()
         return True
 

@@ -229,7 +229,7 @@ class Worker:
                 if not claimed:
                     claimed = await self.store.claim(self.sid, self.worker_id, wanted, self.lease_seconds)
                 if not claimed:
-                    if self.exit_when_done and await self._batch_done():
+                    if self.exit_when_done and await self.store.done(self.sid):
                         if idle_entry is not None:
                             claimed = [t for t in [await self.store.unidle(self.sid, idle_entry)] if t]
                             idle_entry = None
@@ -240,13 +240,7 @@ class Worker:
                     continue
                 if len(claimed) >= wanted:
                     await self.store.nudge(self.sid)  # likely more work: wake an idle sibling
-                self.stats.claimed += len(claimed)
-                self.stats.batches += 1
-                self._held.update({t.index: t.token for t in claimed})
-                self._lost.difference_update(t.index for t in claimed)  # a new claim supersedes old news
-                started = time.monotonic()
-                outcomes = await self._run_batch(claimed)
-                self._measure(len(claimed), time.monotonic() - started)
+                outcomes = await self._work_on(claimed)
                 # Report what is left, and take the next batch (or register as idle) in the same round trip.
                 stopping = stop.is_set()
                 _, stale, idle_entry, following = await self.store.complete_and_next(
@@ -254,9 +248,7 @@ class Worker:
                     lease_seconds=self.lease_seconds, idle_ttl=0 if stopping else self.idle_wait + 1,
                 )
                 self._count(outcomes, stale)
-                for t in claimed:
-                    self._held.pop(t.index, None)
-                    self._lost.discard(t.index)
+                self._let_go(claimed)
                 claimed = following
             if idle_entry is not None:
                 # Stopping while offered for handoff: withdraw, and finish a task handed over meanwhile.
@@ -271,6 +263,22 @@ class Worker:
             await asyncio.to_thread(heartbeats.join, 10)
             self._executor.shutdown(wait=False, cancel_futures=True)
         return self.stats
+
+    async def _work_on(self, claimed: list[ClaimedTask]) -> list[Outcome]:
+        """Hold a claim, run it and time it; returns the outcomes not reported on the way."""
+        self.stats.claimed += len(claimed)
+        self.stats.batches += 1
+        self._held.update({t.index: t.token for t in claimed})
+        self._lost.difference_update(t.index for t in claimed)  # a new claim supersedes old news
+        started = time.monotonic()
+        outcomes = await self._run_batch(claimed)
+        self._measure(len(claimed), time.monotonic() - started)
+        return outcomes
+
+    def _let_go(self, claimed: list[ClaimedTask]) -> None:
+        for t in claimed:
+            self._held.pop(t.index, None)
+            self._lost.discard(t.index)
 
     def claim_size(self) -> int:
         """How many tasks to claim next: one until a task has been timed, then about
@@ -332,22 +340,14 @@ class Worker:
                     continue
                 turn_ends = time.monotonic() + slice_seconds
                 while claimed:
-                    self.stats.claimed += len(claimed)
-                    self.stats.batches += 1
-                    self._held.update({t.index: t.token for t in claimed})
-                    self._lost.difference_update(t.index for t in claimed)
-                    started = time.monotonic()
-                    outcomes = await self._run_batch(claimed)
-                    self._measure(len(claimed), time.monotonic() - started)
+                    outcomes = await self._work_on(claimed)
                     more = not stop.is_set() and time.monotonic() < turn_ends
                     _, stale, _, following = await self.store.complete_and_next(
                         sid, outcomes, worker=self.worker_id, next_count=self.claim_size() if more else 0,
                         lease_seconds=self.lease_seconds,
                     )
                     self._count(outcomes, stale)
-                    for t in claimed:
-                        self._held.pop(t.index, None)
-                        self._lost.discard(t.index)
+                    self._let_go(claimed)
                     claimed = following
                 estimates[sid] = self._per_task
         finally:
@@ -385,16 +385,6 @@ class Worker:
         if handed is not None:
             self.stats.handoffs += 1
         return [handed] if handed is not None else []
-
-    async def _batch_done(self) -> bool:
-        meta = await self.store.meta(self.sid)
-        if "total" not in meta:
-            return False  # no tasks declared yet: wait for them
-        if meta.get("cancelled") == "1":
-            return True
-        counts = await self.store.counts(self.sid)
-        submitted_all = meta.get("submitted") == meta.get("total")
-        return submitted_all and counts["pending"] + counts["processing"] + counts["retrying"] == 0
 
     def _heartbeat_thread(self, loop: asyncio.AbstractEventLoop, stop: threading.Event) -> None:
         """Renew our leases every heartbeat from a thread of our own (with its own connections)."""
