@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import datetime
 import itertools
 import pathlib
@@ -33,17 +34,65 @@ class ApiServer(kmock.KubernetesEmulator):
     # so only a recent window is kept.
     request_log_limit = 100
 
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        # (User-Agent, action, resource plural[/subresource]) -> requests: request budgets are
+        # counted here, at the API boundary.
+        self.counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
+
+    def count(self, agent: str, action: str, resource: str | None = None) -> int:
+        return sum(n for (a, act, res), n in self.counts.items()
+                   if a == agent and act == action and (resource is None or res == resource))
+
     async def _handle(self, request: kmock.Request) -> Any:
+        if request.resource is not None and request.action is not None:
+            plural = str(request.resource.plural) + (f"/{request.subresource}" if request.subresource else "")
+            self.counts[(request.headers.get("User-Agent", ""), request.action.value, plural)] += 1
         if len(self._requests) > 2 * self.request_log_limit:
             del self._requests[: -self.request_log_limit]
         if request.resource is not None and request.data is not None:
             self._stamp(request)
         try:
-            return await super()._handle(request)
+            response = await super()._handle(request)
         except jsonpatch.JsonPatchTestFailed as exc:  # a stale resourceVersion in a JSON patch
             raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from exc
         except KubernetesObjectConflictError as exc:
             raise kmock.KubernetesError(status=409, reason="AlreadyExists", message=f"{request.data.get('metadata', {}).get('name')} already exists") from exc
+        if request.action == kmock.action.DELETE and request.resource is not None and request.name:
+            await self._collect_garbage()
+        return response
+
+    async def _collect_garbage(self) -> None:
+        """What kube-controller-manager's garbage collector does (background propagation): delete
+        every object whose owners are all gone, until nothing changes."""
+        while True:
+            live = {obj.get("metadata", {}).get("uid") for obj in self.objects._objects.values() if not obj.deleted}
+            orphans = [
+                (key, obj) for key, obj in self.objects._objects.items()
+                if not obj.deleted and (refs := obj.get("metadata", {}).get("ownerReferences"))
+                and not any(ref.get("uid") in live for ref in refs)
+            ]
+            if not orphans:
+                return
+            async with self._lock:
+                for (resource, _, _), obj in orphans:
+                    raw = obj.raw
+                    obj.delete()
+                    await self._buses[resource].put({"type": "DELETED", "object": raw})
+
+    async def _serve_list(self, request: kmock.Request) -> Any:
+        payload = await super()._serve_list(request)
+        selector = _selector(request)
+        if selector is not None:
+            payload["items"] = [o for o in payload["items"] if selector(o)]
+        return payload
+
+    async def _serve_watch(self, request: kmock.Request) -> Any:
+        # kmock ignores labelSelector; a real API server filters, and gridop relies on it.
+        selector = _selector(request)
+        async for event in super()._serve_watch(request):
+            if selector is None or not isinstance(event, dict) or selector(event.get("object") or {}):
+                yield event
 
     def _get_resources(self) -> list[Any]:
         # kmock rescans every stored object per request to learn their resources; ours are all
@@ -86,6 +135,27 @@ class ApiServer(kmock.KubernetesEmulator):
                     current = self.objects[key]
                     if not current.deleted:
                         meta["generation"] = int(current.get("metadata", {}).get("generation", 1)) + 1
+
+
+def _selector(request: kmock.Request) -> Any:
+    """A predicate for the request's labelSelector (equality and existence terms), or None."""
+    raw = (request.params or {}).get("labelSelector")
+    if not raw:
+        return None
+    terms = []
+    for term in raw.split(","):
+        term = term.strip()
+        if "!=" in term:
+            k, v = term.split("!=", 1)
+            terms.append(lambda labels, k=k, v=v: labels.get(k) != v)
+        elif "=" in term:
+            k, v = term.replace("==", "=").split("=", 1)
+            terms.append(lambda labels, k=k, v=v: labels.get(k) == v)
+        elif term.startswith("!"):
+            terms.append(lambda labels, k=term[1:]: k not in labels)
+        else:
+            terms.append(lambda labels, k=term: k in labels)
+    return lambda obj: all(t((obj.get("metadata") or {}).get("labels") or {}) for t in terms)
 
 
 def register_crds(emulator: kmock.KubernetesEmulator) -> None:

@@ -13,6 +13,8 @@ SESSION_START_SECONDS = Histogram(
     "Time from GridSession creation to its first Running phase",
     buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
 )
+KUBE_REQUESTS = Counter("gridop_kube_requests_total", "Requests to the Kubernetes API, by verb and resource",
+                        ["verb", "resource"])
 RECONCILE_SECONDS = Histogram("gridop_reconcile_seconds", "Duration of one reconcile pass", ["kind"])
 RECONCILE_ERRORS = Counter("gridop_reconcile_errors_total", "Reconcile passes that raised", ["kind", "error"])
 POD_RECOVERIES = Counter("gridop_session_pod_recoveries_total", "Session pods recreated after a loss", ["reason"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -16,6 +17,8 @@ from .handlers.wakeups import Wakeups
 from .kube import ClusterAccess, KubeClient, load_cluster_access
 from .kube.events import EventRecorder
 from .kube.lease import LeaderElector
+from .sessions.cache import SessionCache
+from .sessions.controller import SessionController
 from .sessions.reconciler import SessionReconciler
 from .tasks.connection import connect
 from .tasks.reconciler import BatchReconciler
@@ -38,7 +41,7 @@ async def run_operator(
     clock: Any = None,
 ) -> None:
     access = access or load_cluster_access()
-    client = await KubeClient.connect(access)
+    client = await KubeClient.connect(access, user_agent="gridop-operator")
     keys = KeyringSource(client, settings.namespace, settings.signing_secret)
     try:
         keyring = await keys.get()
@@ -48,7 +51,9 @@ async def run_operator(
         log.error("signing keys unusable: %s", exc)
     kwargs = {"clock": clock} if clock is not None else {}
     recorder = EventRecorder(client)
-    reconciler = SessionReconciler(client, settings, keys, recorder, **kwargs)
+    cache = SessionCache(client, settings.watch_namespaces or None)
+    reconciler = SessionReconciler(client, settings, keys, recorder, cache, **kwargs)
+    sessions = SessionController(reconciler, cache)
     # A pass waits a few seconds for Redis, then reports the batch's data plane unavailable and
     # tries again on the next one: the operator never exits over an outage.
     redis = connect(settings.redis_url, outage_budget=5.0) if settings.redis_url else None
@@ -58,6 +63,7 @@ async def run_operator(
     runner = await metrics.serve_health(settings.metrics_port, ready.is_set) if serve_metrics else None
     elector: LeaderElector | None = None
     holding: asyncio.Task[None] | None = None
+    controlling: asyncio.Task[None] | None = None
     lost = asyncio.Event()
     try:
         if settings.leader_election:
@@ -70,9 +76,12 @@ async def run_operator(
                 stop.set()
 
             holding = asyncio.create_task(elector.hold(on_lost))
+        controlling = asyncio.create_task(sessions.run(), name="session-controller")
+        # A controller that dies of a bug stops the operator (and the pod restarts), never limps on.
+        controlling.add_done_callback(lambda t: stop.set() if not t.cancelled() and t.exception() else None)
         await kopf.operator(
             registry=build_registry(),
-            memo=kopf.Memo(reconciler=reconciler, batches=batches, wakeups=Wakeups()),
+            memo=kopf.Memo(client=client, sessions=sessions, batches=batches, wakeups=Wakeups()),
             clusterwide=not settings.watch_namespaces,
             namespaces=settings.watch_namespaces,
             standalone=True,  # no kopf peering: leadership is the Lease above
@@ -80,6 +89,10 @@ async def run_operator(
             ready_flag=ready,
         )
     finally:
+        if controlling is not None:
+            controlling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await controlling  # re-raises the controller's own failure, if it had one
         if holding is not None:
             holding.cancel()
         if elector is not None and not lost.is_set():

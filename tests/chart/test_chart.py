@@ -108,6 +108,9 @@ def test_cluster_rbac_grants_what_the_operator_does_and_no_wildcards() -> None:
         ("gridop.io", "gridsessions", "watch"), ("gridop.io", "gridsessions", "patch"),
         ("gridop.io", "gridsessions/status", "patch"), ("", "pods", "create"), ("", "pods", "delete"),
         ("", "pods", "watch"), ("", "services", "create"), ("", "configmaps", "patch"), ("", "secrets", "create"),
+        # the session controller's caches
+        ("", "pods", "list"), ("", "services", "list"), ("", "services", "watch"), ("", "configmaps", "list"),
+        ("", "configmaps", "watch"), ("", "secrets", "list"), ("", "secrets", "watch"), ("", "nodes", "list"),
         ("", "nodes", "get"), ("", "nodes", "watch"), ("", "events", "create"),
         ("coordination.k8s.io", "leases", "update"),
         ("gridop.io", "taskbatches", "watch"), ("gridop.io", "taskbatches/status", "patch"),

@@ -14,6 +14,7 @@ from typing import Any
 
 import kmock
 import pytest
+from kmock._internal.k8s_views import _parse_resource
 
 from gridop.kube import ClusterAccess, KubeClient
 from gridop.operator_main import run_operator
@@ -61,12 +62,17 @@ async def operator(emulator: kmock.KubernetesEmulator, settings: Settings) -> As
 
 
 def seed(emulator: kmock.KubernetesEmulator, resource: str, obj: dict[str, Any]) -> dict[str, Any]:
-    """Put an object into the emulator as if it had always existed."""
+    """Put an object into the emulator as if it had always existed (while the test runs: as if it
+    had just been created, so watchers hear of it as they would from an API server)."""
     meta = obj.setdefault("metadata", {})
     meta.setdefault("uid", str(uuid.uuid4()))
     meta.setdefault("resourceVersion", rv())
     meta.setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
     emulator.objects[resource, meta.get("namespace"), meta["name"]] = obj
+    with contextlib.suppress(RuntimeError):  # no running loop: nobody is watching yet
+        loop = asyncio.get_running_loop()
+        bus = emulator._buses[_parse_resource(resource)]
+        loop.create_task(bus.put({"type": "ADDED", "object": emulator.objects[resource, meta.get("namespace"), meta["name"]].raw}))
     return obj
 
 

@@ -13,7 +13,7 @@ FRESH_TOKEN = NOW + datetime.timedelta(hours=23)
 
 
 def observed(**kw) -> Observed:
-    defaults = dict(pinned_node=NODE, token_expires=FRESH_TOKEN, config_map={"data": {}})
+    defaults = dict(pinned_node=NODE, token_expires=FRESH_TOKEN, config_map=None)
     defaults.update(kw)
     return Observed(**defaults)
 
@@ -39,7 +39,7 @@ def test_a_ready_pod_makes_the_session_running_with_node_and_ip() -> None:
     s = session(status={"phase": "Starting", "podName": "s1"})
     from gridop.sessions import plan
 
-    cm = {"data": {plan.CONFIG_FILE_NAME: plan.session_config_text(s)}}
+    cm = plan.config_map(s)
     d = decide(s, observed(pod=running_pod(), pod_node=NODE, config_map=cm), now=NOW, settings=SETTINGS)
     assert d.actions == []
     assert d.status.phase == "Running"

@@ -46,9 +46,11 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, create, delete, patch]
+# Sessions' children. list/watch feed the operator's caches; they are label-selected
+# (gridop.io/session), and ConfigMaps and Secrets are watched as metadata only.
 - apiGroups: [""]
   resources: [services, configmaps, secrets]
-  verbs: [get, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: ["", events.k8s.io]
   resources: [events]
   verbs: [create, patch]

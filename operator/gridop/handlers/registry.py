@@ -1,8 +1,9 @@
 """The operator's kopf registrations, built into a fresh registry (one per operator run).
 
-Each handler is a line or two into the session service; the reconcile loop is a per-session
-daemon that wakes on any change to the session, its pod, or its node, and otherwise on the
-deadline the phase rules ask for.
+TaskBatches and TaskPools: a per-object daemon runs a level-based loop that wakes on any change
+to the object and otherwise on the deadline its rules ask for. GridSessions are not here: they are
+reconciled by `sessions.controller` from watch caches (no per-event kopf machinery, no finalizer,
+no bookkeeping annotations), which is what lets hundreds of sessions start in seconds.
 """
 
 from __future__ import annotations
@@ -12,21 +13,15 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import kopf
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import metrics
 from ..api.v1alpha1 import GROUP, VERSION
-from ..kube import KubeError
-from ..sessions.plan import SESSION_LABEL
-from ..sessions.reconciler import SessionReconciler
+from ..sessions.controller import transient
 from .wakeups import Wakeups
 
 log = logging.getLogger(__name__)
 
-GS = dict(group=GROUP, version=VERSION, plural="gridsessions")
 TB = dict(group=GROUP, version=VERSION, plural="taskbatches")
 TP = dict(group=GROUP, version=VERSION, plural="taskpools")
 FINALIZER = "gridop.io/finalizer"
@@ -49,19 +44,12 @@ async def reconcile_forever(
             failures += 1
             delay = min(MAX_BACKOFF, 2.0**failures)
             metrics.RECONCILE_ERRORS.labels(kind, type(exc).__name__).inc()
-            if _transient(exc):  # an outage, not a bug: one line, no traceback
+            if transient(exc):  # an outage, not a bug: one line, no traceback
                 log.warning("%s %s/%s: reconcile failed (%s: %s); retry in %.0fs", kind, namespace, name,
                             type(exc).__name__, exc, delay)
             else:
                 log.exception("%s %s/%s: reconcile failed (retry in %.0fs)", kind, namespace, name, delay)
         await wakeups.wait(namespace, wake_key, delay)
-
-
-def _transient(exc: Exception) -> bool:
-    """Failures that an outage of Redis or the API server explains."""
-    if isinstance(exc, KubeError):
-        return exc.status >= 500 or exc.status in (409, 429)
-    return isinstance(exc, RedisConnectionError | RedisTimeoutError | aiohttp.ClientError | OSError)
 
 
 def build_registry() -> kopf.OperatorRegistry:
@@ -80,7 +68,7 @@ def build_registry() -> kopf.OperatorRegistry:
 
     @kopf.on.login(id="login", registry=registry)
     async def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
-        access = memo.reconciler.client.access
+        access = memo.client.access
         token = await access.bearer_token()
         return kopf.ConnectionInfo(
             server=access.server,
@@ -93,34 +81,6 @@ def build_registry() -> kopf.OperatorRegistry:
             default_namespace=access.namespace,
             expiration=access.token_expires,
         )
-
-    @kopf.index(**GS, id="sessions_by_node", registry=registry)
-    def sessions_by_node(namespace: str, name: str, status: kopf.Status, **_: Any) -> dict[str, tuple[str, str]] | None:
-        node = status.get("nodeName")
-        return {node: (namespace, name)} if node else None
-
-    @kopf.daemon(**GS, id="session-loop", cancellation_timeout=5.0, registry=registry)
-    async def session_loop(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-        reconciler: SessionReconciler = memo.reconciler
-        await reconcile_forever("GridSession", reconciler.reconcile, memo.wakeups, namespace, name, name)
-
-    @kopf.on.event(**GS, id="session-changed", registry=registry)
-    def session_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-        memo.wakeups.wake(namespace, name)
-
-    @kopf.on.event("v1", "pods", labels={SESSION_LABEL: kopf.PRESENT}, id="pod-changed", registry=registry)
-    def pod_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
-        memo.wakeups.wake(namespace, labels.get(SESSION_LABEL))
-
-    @kopf.on.event("v1", "nodes", id="node-changed", registry=registry)
-    def node_changed(name: str, memo: kopf.Memo, sessions_by_node: kopf.Index, **_: Any) -> None:
-        for namespace, session in sessions_by_node.get(name, []):
-            memo.wakeups.wake(namespace, session)
-
-    @kopf.on.delete(**GS, id="cleanup", retries=10, backoff=3.0, registry=registry)
-    async def session_deleted(body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-        await memo.reconciler.finalize(body)
-        memo.wakeups.forget(namespace, name)
 
     @kopf.daemon(**TB, id="batch-loop", cancellation_timeout=5.0, registry=registry)
     async def batch_loop(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:

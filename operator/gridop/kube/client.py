@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 
+from .. import metrics
 from .access import ClusterAccess
 
 
@@ -88,6 +89,26 @@ def merge_patch(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str
     return patch
 
 
+_VERBS = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
+
+
+def _count(method: str, path: str, *, watch: bool = False) -> None:
+    """Count one API request by verb and resource (gridop_kube_requests_total): the request
+    budget of a session start is read from here."""
+    parts = path.strip("/").split("/")
+    rest = parts[2:] if parts[:1] == ["api"] else parts[3:]
+    if len(rest) >= 3 and rest[0] == "namespaces":
+        rest = rest[2:]
+    if not rest:
+        return
+    resource = rest[0] + (f"/{rest[2]}" if len(rest) >= 3 else "")
+    if method == "GET":
+        verb = "watch" if watch else ("get" if len(rest) >= 2 else "list")
+    else:
+        verb = _VERBS.get(method, method.lower())
+    metrics.KUBE_REQUESTS.labels(verb, resource).inc()
+
+
 PATCH_TYPES = {
     "merge": "application/merge-patch+json",
     "json": "application/json-patch+json",
@@ -103,16 +124,19 @@ class KubeClient:
         self._session = session
         self._ssl = ssl_ctx
         self._streams: aiohttp.ClientSession | None = None
+        self._user_agent = "gridop"
 
     @classmethod
-    async def connect(cls, access: ClusterAccess, *, timeout: float = 30.0) -> KubeClient:
+    async def connect(cls, access: ClusterAccess, *, timeout: float = 30.0, user_agent: str = "gridop") -> KubeClient:
         ssl_ctx = await asyncio.to_thread(access.ssl_context)
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=ssl_ctx, limit=50),
             timeout=aiohttp.ClientTimeout(total=timeout),
-            headers={"User-Agent": "gridop", "Accept": "application/json"},
+            headers={"User-Agent": user_agent, "Accept": "application/json"},
         )
-        return cls(access, session, ssl_ctx)
+        client = cls(access, session, ssl_ctx)
+        client._user_agent = user_agent
+        return client
 
     @property
     def namespace(self) -> str:
@@ -133,15 +157,19 @@ class KubeClient:
             self._streams = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self._ssl, limit=0),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-                headers={"User-Agent": "gridop"},
+                headers={"User-Agent": self._user_agent},
             )
         return self._streams
 
-    async def open_stream(self, path: str, params: Mapping[str, str] | None = None) -> aiohttp.ClientResponse:
+    async def open_stream(
+        self, path: str, params: Mapping[str, str] | None = None, *, accept: str | None = None
+    ) -> aiohttp.ClientResponse:
         """A streaming GET (pod logs, watches); the caller reads and releases the response."""
-        resp = await self._stream_session().get(
-            self.access.server + path, params=params, headers=await self._auth_headers()
-        )
+        headers = await self._auth_headers()
+        if accept:
+            headers["Accept"] = accept
+        _count("GET", path, watch=bool(params and params.get("watch")))
+        resp = await self._stream_session().get(self.access.server + path, params=params, headers=headers)
         if resp.status >= 400:
             text = await resp.text()
             resp.release()
@@ -179,8 +207,12 @@ class KubeClient:
         params: Mapping[str, str] | None = None,
         body: Any = None,
         content_type: str = "application/json",
+        accept: str | None = None,
     ) -> Any:
         headers = await self._auth_headers()
+        if accept:
+            headers["Accept"] = accept
+        _count(method, path)
         data = None
         if body is not None:
             headers["Content-Type"] = content_type
@@ -255,6 +287,22 @@ class KubeClient:
     ) -> bool:
         """Delete; False when it was already gone (the normal case for idempotent cleanup). With
         `uid`, only that incarnation of the object (409 Conflict if it was replaced meanwhile)."""
+        answer = await self.delete_object(res, name, namespace, grace_period_seconds=grace_period_seconds,
+                                          propagation=propagation, uid=uid)
+        return answer is not None
+
+    async def delete_object(
+        self,
+        res: Resource,
+        name: str,
+        namespace: str | None = None,
+        *,
+        grace_period_seconds: int | None = None,
+        propagation: str | None = "Background",
+        uid: str | None = None,
+    ) -> dict[str, Any] | None:
+        """Delete and return the API's answer (the object, with a deletionTimestamp while it is
+        still terminating), or None when it was already gone."""
         options: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1"}
         if uid is not None:
             options["preconditions"] = {"uid": uid}
@@ -263,7 +311,7 @@ class KubeClient:
         if propagation:
             options["propagationPolicy"] = propagation
         try:
-            await self.request("DELETE", res.path(namespace, name), body=options)
+            answer = await self.request("DELETE", res.path(namespace, name), body=options)
         except NotFound:
-            return False
-        return True
+            return None
+        return answer if isinstance(answer, dict) else {}

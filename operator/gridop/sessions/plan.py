@@ -7,6 +7,7 @@ reconciler finds its children by name and never needs a list or a selector.
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import json
 from typing import Any
@@ -19,6 +20,10 @@ from .config import CONFIG_FILE_NAME, build_session_config, render_session_confi
 SESSION_LABEL = "gridop.io/session"
 TEMPLATE_HASH = "gridop.io/template-hash"
 LAST_ACTIVE_ANNOTATION = "gridop.io/last-active"
+# The operator watches ConfigMaps and Secrets as metadata only (it never holds token contents in
+# memory), so what it must compare is carried in annotations.
+CONFIG_HASH = "gridop.io/config-hash"
+TOKEN_EXPIRES = "gridop.io/token-expires"
 CONFIG_MOUNT = "/etc/gridop/session"
 TOKEN_MOUNT = "/var/run/secrets/gridop.io/session"
 TOKEN_KEY = "token"
@@ -78,16 +83,36 @@ def session_config_text(session: GridSession) -> str:
     return render_session_config(build_session_config(session.spec.config.to_kube(), session.metadata["name"]))
 
 
+def config_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def config_map(session: GridSession) -> dict[str, Any]:
+    text = session_config_text(session)
     return {
-        "metadata": _metadata(session, config_map_name(session)),
-        "data": {CONFIG_FILE_NAME: session_config_text(session)},
+        "metadata": _metadata(session, config_map_name(session), annotations={CONFIG_HASH: config_hash(text)}),
+        "data": {CONFIG_FILE_NAME: text},
     }
 
 
-def token_secret(session: GridSession, token: str) -> dict[str, Any]:
+def config_map_current(session: GridSession, cm: dict[str, Any] | None) -> bool:
+    """Whether the observed ConfigMap (metadata is enough) holds this session's configuration."""
+    annotations = ((cm or {}).get("metadata") or {}).get("annotations") or {}
+    return cm is not None and annotations.get(CONFIG_HASH) == config_hash(session_config_text(session))
+
+
+def token_expires(secret: dict[str, Any] | None) -> datetime.datetime | None:
+    """When the token in the observed Secret expires (from its annotation), None when unknown."""
+    raw = (((secret or {}).get("metadata") or {}).get("annotations") or {}).get(TOKEN_EXPIRES)
+    try:
+        return datetime.datetime.fromisoformat(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def token_secret(session: GridSession, token: str, expires: datetime.datetime) -> dict[str, Any]:
     return {
-        "metadata": _metadata(session, token_secret_name(session)),
+        "metadata": _metadata(session, token_secret_name(session), annotations={TOKEN_EXPIRES: expires.isoformat()}),
         "type": "Opaque",
         "data": {TOKEN_KEY: base64.b64encode(token.encode()).decode()},
     }

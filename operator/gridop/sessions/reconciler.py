@@ -1,13 +1,15 @@
 """The GridSession reconciler: observe the children, decide, act, report.
 
 Level-based: every pass starts from what exists, so a missed event, an operator restart or a
-half-finished previous pass is simply the next pass's starting point.
+half-finished previous pass is simply the next pass's starting point. What exists is read from
+watch caches (`SessionCache`), never from the API server: a pass costs no API reads, and writes
+only what must change. Each write's answer goes back into the cache, so the next pass never acts
+twice on a view that predates its own write.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime
 import logging
 import time
@@ -17,19 +19,33 @@ from typing import Any
 from .. import metrics
 from ..api.v1alpha1 import GridSession, Phase, utcnow
 from ..auth.keystore import KeyringSource
-from ..auth.tokens import SigningKeyError, issue_session_token, token_expiry
-from ..kube import AlreadyExists, KubeClient, merge_patch, resources
+from ..auth.tokens import SigningKeyError, issue_session_token
+from ..kube import AlreadyExists, Conflict, KubeClient, NotFound, merge_patch, resources
 from ..kube.events import EventRecorder
+from ..kube.informer import Informer
 from ..settings import Settings
 from . import plan
+from .cache import SessionCache
 from .rules import Decision, Do, Observed, decide, token_lifetime
 
 log = logging.getLogger(__name__)
+
+# Sessions made by gridop before 0.9 carry kopf's finalizer; children are now removed by the
+# garbage collector (ownerReferences), so a deleted session only needs it taken off.
+LEGACY_FINALIZER = "gridop.io/finalizer"
+# Status changes that neither change the phase nor flip a condition are written at most this often.
+STATUS_INTERVAL = 1.0
+
+Key = tuple[str, str]
 
 
 def _label_match(node: Mapping[str, Any], selector: Mapping[str, str]) -> bool:
     labels = node.get("metadata", {}).get("labels") or {}
     return all(labels.get(k) == v for k, v in selector.items())
+
+
+def _rv(obj: Mapping[str, Any] | None) -> str | None:
+    return None if obj is None else (obj.get("metadata") or {}).get("resourceVersion")
 
 
 class SessionReconciler:
@@ -39,6 +55,7 @@ class SessionReconciler:
         settings: Settings,
         keys: KeyringSource,
         recorder: EventRecorder,
+        cache: SessionCache,
         *,
         clock: Any = utcnow,
     ):
@@ -46,134 +63,211 @@ class SessionReconciler:
         self.settings = settings
         self.keys = keys
         self.recorder = recorder
+        self.cache = cache
         self.clock = clock
-        self._phases: dict[tuple[str, str], str] = {}
+        self._phases: dict[Key, str] = {}
+        self._seen: dict[Key, tuple[Any, ...]] = {}  # what the last pass saw (and wrote), by version
+        self._written: dict[Key, float] = {}  # when the last status write happened (loop time)
+        self.passes = 0
+        self.skipped = 0
 
-    async def observe(self, session: GridSession) -> Observed:
+    async def _signing_key_error(self) -> str | None:
+        try:
+            await self.keys.get()
+        except SigningKeyError as exc:
+            return str(exc)
+        return None
+
+    def observe(self, session: GridSession, key_error: str | None) -> Observed:
         ns = session.metadata["namespace"]
         spec = session.spec
-
-        async def token_expires() -> datetime.datetime | None:
-            secret = await self.client.get(resources.SECRETS, plan.token_secret_name(session), ns)
-            raw = ((secret or {}).get("data") or {}).get(plan.TOKEN_KEY)
-            return token_expiry(base64.b64decode(raw).decode()) if raw else None
-
-        async def matching_nodes() -> int:
-            if not spec.node_selector:
-                return 0
-            selector = ",".join(f"{k}={v}" for k, v in spec.node_selector.items())
-            nodes = await self.client.list(resources.NODES, label_selector=selector)
-            return sum(1 for n in nodes if _label_match(n, spec.node_selector))
-
-        async def signing_key_error() -> str | None:
-            try:
-                await self.keys.get()
-            except SigningKeyError as exc:
-                return str(exc)
-            return None
-
-        async def none() -> None:
-            return None
-
-        pod, svc, cm, expires, pinned, matching, key_error = await asyncio.gather(
-            self.client.get(resources.PODS, plan.pod_name(session), ns),
-            self.client.get(resources.SERVICES, plan.service_name(session), ns) if plan.service(session) else none(),
-            self.client.get(resources.CONFIGMAPS, plan.config_map_name(session), ns),
-            token_expires(),
-            self.client.get(resources.NODES, spec.node) if spec.node else none(),
-            matching_nodes(),
-            signing_key_error(),
-        )
+        c = self.cache
+        pod = c.pods.get(ns, plan.pod_name(session))
+        pinned = c.nodes.get(None, spec.node) if spec.node else None
         pod_node_name = (pod or {}).get("spec", {}).get("nodeName")
-        if pod_node_name and pinned is not None and pod_node_name == spec.node:
-            pod_node = pinned
-        elif pod_node_name:
-            pod_node = await self.client.get(resources.NODES, pod_node_name)
-        else:
-            pod_node = None
+        matching = 0
+        if spec.node_selector and pod is None:
+            matching = sum(1 for n in c.nodes.items() if _label_match(n, spec.node_selector))
         return Observed(
             pod=pod,
-            service=svc,
-            config_map=cm,
-            token_expires=expires,
-            pod_node=pod_node,
+            service=c.services.get(ns, plan.service_name(session)) if plan.service_ports(session) else None,
+            config_map=c.config_maps.get(ns, plan.config_map_name(session)),
+            token_expires=plan.token_expires(c.secrets.get(ns, plan.token_secret_name(session))),
+            pod_node=c.nodes.get(None, pod_node_name) if pod_node_name else None,
             pinned_node=pinned,
             matching_nodes=matching,
             signing_key_error=key_error,
         )
 
-    async def reconcile(self, namespace: str, name: str) -> float:
-        """One pass; returns the seconds until the next pass is due.
+    def _fingerprint(self, session: GridSession, body: Mapping[str, Any], key_error: str | None) -> tuple[Any, ...]:
+        """The versions of everything a pass reads: equal fingerprints make equal decisions."""
+        ns = session.metadata["namespace"]
+        c = self.cache
+        pod = c.pods.get(ns, plan.pod_name(session))
+        node_name = (pod or {}).get("spec", {}).get("nodeName")
+        return (
+            _rv(body), _rv(pod),
+            _rv(c.services.get(ns, plan.service_name(session))),
+            _rv(c.config_maps.get(ns, plan.config_map_name(session))),
+            _rv(c.secrets.get(ns, plan.token_secret_name(session))),
+            _rv(c.nodes.get(None, session.spec.node)) if session.spec.node else None,
+            _rv(c.nodes.get(None, node_name)) if node_name else None,
+            len(c.nodes) if session.spec.node_selector else None,
+            key_error,
+        )
 
-        The pass reads the session fresh rather than trusting a cached body: its own status
-        write from the previous pass may not have come back through the watch yet.
+    async def reconcile(self, namespace: str, name: str, *, due: bool = True) -> float | None:
+        """One pass from the caches; the seconds until the next pass is due, or None to keep the
+        current deadline (nothing changed since the last pass, or the session is gone).
+
+        `due` is False when an event (not a deadline) woke the pass: if no version the pass reads
+        moved since the last pass, the decision would be the same, so the pass is skipped; this is
+        also what keeps the echo of the operator's own writes from triggering passes.
         """
-        started = time.perf_counter()
-        body = await self.client.get(resources.GRIDSESSIONS, name, namespace)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            return self.settings.resync_seconds
+        key = (namespace, name)
+        body = self.cache.sessions.get(namespace, name)
+        if body is None:
+            self.forget(namespace, name)
+            return None
+        if body["metadata"].get("deletionTimestamp"):
+            await self._release_legacy_finalizer(body)
+            return None
         session = GridSession.model_validate(body)
-        observed = await self.observe(session)
+        key_error = await self._signing_key_error()
+        if not due and self._seen.get(key) == self._fingerprint(session, body, key_error):
+            self.skipped += 1
+            return None
+        started = time.perf_counter()
+        self.passes += 1
+        observed = self.observe(session, key_error)
         decision = decide(session, observed, now=self.clock(), settings=self.settings)
-        await self.act(session, decision)
-        await self.report(session, body, decision)
+        await self.act(session, decision, observed)
+        delay = decision.requeue_after if decision.requeue_after is not None else self.settings.resync_seconds
+        wait = await self.report(session, body, decision)
+        if wait is not None:
+            delay = min(delay, wait)
+        # What this pass saw, with its own writes folded in (the caches hold their answers).
+        body = self.cache.sessions.get(namespace, name) or body
+        self._seen[key] = self._fingerprint(session, body, key_error)
         metrics.RECONCILE_SECONDS.labels("GridSession").observe(time.perf_counter() - started)
-        return decision.requeue_after if decision.requeue_after is not None else self.settings.resync_seconds
+        return delay
 
-    async def act(self, session: GridSession, decision: Decision) -> None:
+    async def _release_legacy_finalizer(self, body: Mapping[str, Any]) -> None:
+        meta = body["metadata"]
+        finalizers = list(meta.get("finalizers") or [])
+        if LEGACY_FINALIZER not in finalizers:
+            return
+        keep = [f for f in finalizers if f != LEGACY_FINALIZER]
+        try:
+            await self.client.patch(resources.GRIDSESSIONS, meta["name"],
+                                    {"metadata": {"finalizers": keep or None, "resourceVersion": meta["resourceVersion"]}},
+                                    meta["namespace"])
+        except (Conflict, NotFound):
+            pass  # changed or gone meanwhile: the next event brings the new version
+
+    async def act(self, session: GridSession, decision: Decision, observed: Observed) -> None:
+        """Carry out the actions; the children of a new session are created concurrently."""
+        steps = [self._step(session, decision, observed, a) for a in decision.actions if a != Do.DELETE_SESSION]
+        if steps:
+            await asyncio.gather(*steps)
+        if Do.DELETE_SESSION in decision.actions:
+            await self.client.delete(resources.GRIDSESSIONS, session.metadata["name"], session.metadata["namespace"])
+
+    async def _step(self, session: GridSession, decision: Decision, observed: Observed, action: Do) -> None:
         ns = session.metadata["namespace"]
         name = session.metadata["name"]
-        for action in decision.actions:
-            log.debug("session %s/%s: %s", ns, name, action.value)
-            if action == Do.APPLY_CONFIG_MAP:
-                await self._apply(resources.CONFIGMAPS, plan.config_map(session), ns)
-            elif action == Do.ISSUE_TOKEN:
-                keyring = await self.keys.get()
-                token = issue_session_token(
-                    keyring,
-                    issuer=self.settings.token_issuer,
-                    audience=self.settings.token_audience,
-                    user=session.spec.user,
-                    session=name,
-                    tenant=session.spec.tenant,
-                    lifetime=token_lifetime(session, self.settings),
-                    now=self.clock(),
-                    namespace=ns,
-                )
-                await self._apply(resources.SECRETS, plan.token_secret(session, token), ns)
-            elif action == Do.APPLY_SERVICE:
-                svc = plan.service(session)
-                assert svc is not None
-                await self._apply(resources.SERVICES, svc, ns, patch={"spec": {"ports": svc["spec"]["ports"]}})
-            elif action == Do.CREATE_POD:
-                try:
-                    await self.client.create(resources.PODS, plan.pod(session, self.settings), ns)
-                except AlreadyExists:
-                    pass  # the next pass adopts or waits for it
-            elif action in (Do.DELETE_POD, Do.FORCE_DELETE_POD):
-                grace = 0 if action == Do.FORCE_DELETE_POD else None
-                await self.client.delete(resources.PODS, plan.pod_name(session), ns, grace_period_seconds=grace)
-            elif action == Do.PRUNE_ATTACHMENTS:
-                annotations = {key: None for key in decision.expired_attachments}
-                await self.client.patch(resources.GRIDSESSIONS, name, {"metadata": {"annotations": annotations}}, ns)
-            elif action == Do.DELETE_SESSION:
-                await self.client.delete(resources.GRIDSESSIONS, name, ns)
+        c = self.cache
+        log.debug("session %s/%s: %s", ns, name, action.value)
+        if action == Do.APPLY_CONFIG_MAP:
+            await self._apply(c.config_maps, plan.config_map(session), observed.config_map is not None)
+        elif action == Do.ISSUE_TOKEN:
+            keyring = await self.keys.get()
+            now = self.clock()
+            lifetime = token_lifetime(session, self.settings)
+            token = issue_session_token(
+                keyring,
+                issuer=self.settings.token_issuer,
+                audience=self.settings.token_audience,
+                user=session.spec.user,
+                session=name,
+                tenant=session.spec.tenant,
+                lifetime=lifetime,
+                now=now,
+                namespace=ns,
+            )
+            exists = c.secrets.get(ns, plan.token_secret_name(session)) is not None
+            await self._apply(c.secrets, plan.token_secret(session, token, now + lifetime), exists)
+        elif action == Do.APPLY_SERVICE:
+            svc = plan.service(session)
+            assert svc is not None
+            await self._apply(c.services, svc, observed.service is not None,
+                              patch={"metadata": {"labels": svc["metadata"]["labels"]}, "spec": {"ports": svc["spec"]["ports"]}})
+        elif action == Do.CREATE_POD:
+            await self._create(c.pods, plan.pod(session, self.settings))
+        elif action in (Do.DELETE_POD, Do.FORCE_DELETE_POD):
+            grace = 0 if action == Do.FORCE_DELETE_POD else None
+            answer = await self.client.delete_object(resources.PODS, plan.pod_name(session), ns,
+                                                     grace_period_seconds=grace)
+            if answer and (answer.get("metadata") or {}).get("deletionTimestamp"):
+                c.pods.remember(answer)  # terminating: the next pass waits for it to go
+            else:
+                c.pods.remember_deleted(ns, plan.pod_name(session))
+        elif action == Do.PRUNE_ATTACHMENTS:
+            annotations = {key: None for key in decision.expired_attachments}
+            c.sessions.remember(await self.client.patch(
+                resources.GRIDSESSIONS, name, {"metadata": {"annotations": annotations}}, ns))
+
+    async def _create(self, informer: Informer, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        res = informer.resource
+        try:
+            informer.remember(await self.client.create(res, body, meta["namespace"]))
+        except AlreadyExists:
+            # The cache has not seen it (another writer, or a lagging watch): read it once, so
+            # the next pass decides on it instead of creating again.
+            found = await self.client.get(res, meta["name"], meta["namespace"])
+            if found is not None:
+                informer.remember(found)
 
     async def _apply(
-        self, res: resources.Resource, body: dict[str, Any], ns: str, *, patch: dict[str, Any] | None = None
+        self, informer: Informer, body: dict[str, Any], exists: bool, *, patch: dict[str, Any] | None = None
     ) -> None:
-        try:
-            await self.client.create(res, body, ns)
-        except AlreadyExists:
-            update = patch if patch is not None else {k: v for k, v in body.items() if k != "metadata"}
-            await self.client.patch(res, body["metadata"]["name"], update, ns)
+        meta = body["metadata"]
+        update = patch if patch is not None else {
+            "metadata": {"labels": meta.get("labels"), "annotations": meta.get("annotations")},
+            **{k: v for k, v in body.items() if k != "metadata"},
+        }
+        if not exists:
+            try:
+                informer.remember(await self.client.create(informer.resource, body, meta["namespace"]))
+                return
+            except AlreadyExists:
+                pass
+        informer.remember(await self.client.patch(informer.resource, meta["name"], update, meta["namespace"]))
 
-    async def report(self, session: GridSession, body: Mapping[str, Any], decision: Decision) -> None:
+    async def report(self, session: GridSession, body: Mapping[str, Any], decision: Decision) -> float | None:
+        """Write the status if it changed; returns when to come back for a deferred write.
+
+        A change of phase or of any condition's status is written at once; finer progress within
+        a phase (a reason, a node name) at most every STATUS_INTERVAL, so a session start costs
+        two status writes, not one per pod event.
+        """
         ns, name = session.metadata["namespace"], session.metadata["name"]
+        key = (ns, name)
         old, new = session.status, decision.status
         patch = merge_patch(body.get("status") or {}, new.to_kube())
+        deferred: float | None = None
         if patch and Do.DELETE_SESSION not in decision.actions:
-            await self.client.patch(resources.GRIDSESSIONS, name, {"status": patch}, ns, subresource="status")
+            urgent = (old.phase != new.phase or decision.events
+                      or {c.type: c.status for c in old.conditions} != {c.type: c.status for c in new.conditions})
+            now = asyncio.get_running_loop().time()
+            since = now - self._written.get(key, float("-inf"))
+            if urgent or since >= STATUS_INTERVAL:
+                self.cache.sessions.remember(await self.client.patch(
+                    resources.GRIDSESSIONS, name, {"status": patch}, ns, subresource="status"))
+                self._written[key] = now
+            else:
+                deferred = STATUS_INTERVAL - since
         if old.phase != new.phase:
             log.info("session %s/%s: %s -> %s", ns, name, Phase(old.phase).value, Phase(new.phase).value)
             if new.phase == Phase.RUNNING and old.start_time is None:
@@ -184,34 +278,23 @@ class SessionReconciler:
         for event in decision.events:
             if event.type == "Warning" and event.reason in ("PodLost", "PodEvicted", "NodeLost", "WorkloadFailed"):
                 metrics.POD_RECOVERIES.labels(event.reason).inc()
-            await self.recorder.record(body, event.type, event.reason, event.message)
-        self._phases[(ns, name)] = str(new.phase)
-        self._publish_phases()
+        if decision.events:
+            await asyncio.gather(*(self.recorder.record(body, e.type, e.reason, e.message) for e in decision.events))
+        if self._phases.get(key) != str(new.phase):
+            self._phases[key] = str(new.phase)
+            self._publish_phases()
+        return deferred
 
     def forget(self, namespace: str, name: str) -> None:
-        self._phases.pop((namespace, name), None)
-        self._publish_phases()
+        key = (namespace, name)
+        self._seen.pop(key, None)
+        self._written.pop(key, None)
+        if self._phases.pop(key, None) is not None:
+            self._publish_phases()
 
     def _publish_phases(self) -> None:
+        counts: dict[str, int] = {}
+        for p in self._phases.values():
+            counts[p] = counts.get(p, 0) + 1
         for phase in Phase:
-            metrics.SESSIONS.labels(phase.value).set(sum(1 for p in self._phases.values() if p == phase.value))
-
-    async def finalize(self, body: Mapping[str, Any]) -> None:
-        """Delete everything the session created. Absent children are fine: deletion never waits on them."""
-        meta = body["metadata"]
-        ns, name = meta["namespace"], meta["name"]
-        stub = GridSession.model_construct(metadata=dict(meta))
-
-        async def delete_owned(res: resources.Resource, child: str) -> None:
-            obj = await self.client.get(res, child, ns)
-            if obj is not None and plan.is_owned_by(obj, stub):  # never someone else's object of that name
-                await self.client.delete(res, child, ns)
-
-        await asyncio.gather(
-            delete_owned(resources.PODS, plan.pod_name(stub)),
-            delete_owned(resources.SERVICES, plan.service_name(stub)),
-            delete_owned(resources.CONFIGMAPS, plan.config_map_name(stub)),
-            delete_owned(resources.SECRETS, plan.token_secret_name(stub)),
-        )
-        self.forget(ns, name)
-        log.info("session %s/%s: children deleted", ns, name)
+            metrics.SESSIONS.labels(phase.value).set(counts.get(phase.value, 0))

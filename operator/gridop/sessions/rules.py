@@ -235,8 +235,7 @@ def decide(
             return d
 
     # Children that must exist before the pod can start.
-    desired_config = plan.session_config_text(session)
-    if observed.config_map is None or (observed.config_map.get("data") or {}).get(plan.CONFIG_FILE_NAME) != desired_config:
+    if not plan.config_map_current(session, observed.config_map):
         d.actions.append(Do.APPLY_CONFIG_MAP)
     st.config_map_name = plan.config_map_name(session)
     if observed.signing_key_error is None:
