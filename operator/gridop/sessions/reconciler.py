@@ -36,7 +36,13 @@ LEGACY_FINALIZER = "gridop.io/finalizer"
 # Status changes that neither change the phase nor flip a condition are written at most this often.
 STATUS_INTERVAL = 1.0
 
+URGENT_CONDITIONS = ("Ready", "Stalled")
+
 Key = tuple[str, str]
+
+
+def _condition_status(conditions: list[Any], type_: str) -> str | None:
+    return next((c.status for c in conditions if c.type == type_), None)
 
 
 def _label_match(node: Mapping[str, Any], selector: Mapping[str, str]) -> bool:
@@ -66,7 +72,10 @@ class SessionReconciler:
         self.cache = cache
         self.clock = clock
         self._phases: dict[Key, str] = {}
-        self._seen: dict[Key, tuple[Any, ...]] = {}  # what the last pass saw (and wrote), by version
+        self._seen: dict[Key, dict[str, Any]] = {}  # what the last pass saw (and wrote), by version
+        self._writes: dict[Key, dict[str, Any]] = {}  # versions the running pass wrote
+        self._component = {id(cache.sessions): "session", id(cache.pods): "pod", id(cache.services): "service",
+                           id(cache.config_maps): "config_map", id(cache.secrets): "secret"}
         self._written: dict[Key, float] = {}  # when the last status write happened (loop time)
         self.passes = 0
         self.skipped = 0
@@ -99,22 +108,44 @@ class SessionReconciler:
             signing_key_error=key_error,
         )
 
-    def _fingerprint(self, session: GridSession, body: Mapping[str, Any], key_error: str | None) -> tuple[Any, ...]:
+    def _fingerprint(self, session: GridSession, body: Mapping[str, Any], key_error: str | None) -> dict[str, Any]:
         """The versions of everything a pass reads: equal fingerprints make equal decisions."""
         ns = session.metadata["namespace"]
         c = self.cache
         pod = c.pods.get(ns, plan.pod_name(session))
         node_name = (pod or {}).get("spec", {}).get("nodeName")
-        return (
-            _rv(body), _rv(pod),
-            _rv(c.services.get(ns, plan.service_name(session))),
-            _rv(c.config_maps.get(ns, plan.config_map_name(session))),
-            _rv(c.secrets.get(ns, plan.token_secret_name(session))),
-            _rv(c.nodes.get(None, session.spec.node)) if session.spec.node else None,
-            _rv(c.nodes.get(None, node_name)) if node_name else None,
-            len(c.nodes) if session.spec.node_selector else None,
-            key_error,
-        )
+        return {
+            "session": _rv(body),
+            "pod": _rv(pod),
+            "service": _rv(c.services.get(ns, plan.service_name(session))),
+            "config_map": _rv(c.config_maps.get(ns, plan.config_map_name(session))),
+            "secret": _rv(c.secrets.get(ns, plan.token_secret_name(session))),
+            "pinned": _rv(c.nodes.get(None, session.spec.node)) if session.spec.node else None,
+            "pod_node": _rv(c.nodes.get(None, node_name)) if node_name else None,
+            "nodes": len(c.nodes) if session.spec.node_selector else None,
+            "key_error": key_error,
+        }
+
+    def _keep(self, session: GridSession, informer: Informer, answer: dict[str, Any] | None, *,
+              deleted: bool = False) -> None:
+        """Fold the answer to our own write into the cache, and into what this pass has seen."""
+        meta = session.metadata
+        if deleted:
+            name = self._child_name(session, informer)
+            informer.remember_deleted(meta["namespace"], name)
+            version = None
+        elif answer is None:
+            return
+        else:
+            informer.remember(answer)
+            version = _rv(answer)
+        writes = self._writes.setdefault((meta["namespace"], meta["name"]), {})
+        writes[self._component[id(informer)]] = version
+
+    def _child_name(self, session: GridSession, informer: Informer) -> str:
+        names = {id(self.cache.pods): plan.pod_name, id(self.cache.services): plan.service_name,
+                 id(self.cache.config_maps): plan.config_map_name, id(self.cache.secrets): plan.token_secret_name}
+        return names[id(informer)](session)
 
     async def reconcile(self, namespace: str, name: str, *, due: bool = True) -> float | None:
         """One pass from the caches; the seconds until the next pass is due, or None to keep the
@@ -134,21 +165,26 @@ class SessionReconciler:
             return None
         session = GridSession.model_validate(body)
         key_error = await self._signing_key_error()
-        if not due and self._seen.get(key) == self._fingerprint(session, body, key_error):
+        seen = self._fingerprint(session, body, key_error)
+        if not due and self._seen.get(key) == seen:
             self.skipped += 1
             return None
         started = time.perf_counter()
         self.passes += 1
-        observed = self.observe(session, key_error)
-        decision = decide(session, observed, now=self.clock(), settings=self.settings)
-        await self.act(session, decision, observed)
-        delay = decision.requeue_after if decision.requeue_after is not None else self.settings.resync_seconds
-        wait = await self.report(session, body, decision)
-        if wait is not None:
-            delay = min(delay, wait)
-        # What this pass saw, with its own writes folded in (the caches hold their answers).
-        body = self.cache.sessions.get(namespace, name) or body
-        self._seen[key] = self._fingerprint(session, body, key_error)
+        self._writes[key] = {}
+        try:
+            observed = self.observe(session, key_error)
+            decision = decide(session, observed, now=self.clock(), settings=self.settings)
+            await self.act(session, decision, observed)
+            delay = decision.requeue_after if decision.requeue_after is not None else self.settings.resync_seconds
+            wait = await self.report(session, body, decision)
+            if wait is not None:
+                delay = min(delay, wait)
+            # What this pass saw, with the answers to its own writes folded in: anything else that
+            # moved meanwhile differs from this, so the event that brought it still gets its pass.
+            self._seen[key] = {**seen, **self._writes[key]}
+        finally:
+            self._writes.pop(key, None)
         metrics.RECONCILE_SECONDS.labels("GridSession").observe(time.perf_counter() - started)
         return delay
 
@@ -179,7 +215,7 @@ class SessionReconciler:
         c = self.cache
         log.debug("session %s/%s: %s", ns, name, action.value)
         if action == Do.APPLY_CONFIG_MAP:
-            await self._apply(c.config_maps, plan.config_map(session), observed.config_map is not None)
+            await self._apply(session, c.config_maps, plan.config_map(session), observed.config_map is not None)
         elif action == Do.ISSUE_TOKEN:
             keyring = await self.keys.get()
             now = self.clock()
@@ -196,41 +232,41 @@ class SessionReconciler:
                 namespace=ns,
             )
             exists = c.secrets.get(ns, plan.token_secret_name(session)) is not None
-            await self._apply(c.secrets, plan.token_secret(session, token, now + lifetime), exists)
+            await self._apply(session, c.secrets, plan.token_secret(session, token, now + lifetime), exists)
         elif action == Do.APPLY_SERVICE:
             svc = plan.service(session)
             assert svc is not None
-            await self._apply(c.services, svc, observed.service is not None,
+            await self._apply(session, c.services, svc, observed.service is not None,
                               patch={"metadata": {"labels": svc["metadata"]["labels"]}, "spec": {"ports": svc["spec"]["ports"]}})
         elif action == Do.CREATE_POD:
-            await self._create(c.pods, plan.pod(session, self.settings))
+            await self._create(session, c.pods, plan.pod(session, self.settings))
         elif action in (Do.DELETE_POD, Do.FORCE_DELETE_POD):
             grace = 0 if action == Do.FORCE_DELETE_POD else None
             answer = await self.client.delete_object(resources.PODS, plan.pod_name(session), ns,
                                                      grace_period_seconds=grace)
-            if answer and (answer.get("metadata") or {}).get("deletionTimestamp"):
-                c.pods.remember(answer)  # terminating: the next pass waits for it to go
-            else:
-                c.pods.remember_deleted(ns, plan.pod_name(session))
+            terminating = bool(answer and (answer.get("metadata") or {}).get("deletionTimestamp"))
+            # Terminating: the next pass waits for it to go. Gone: the next pass may replace it.
+            self._keep(session, c.pods, answer, deleted=not terminating)
         elif action == Do.PRUNE_ATTACHMENTS:
             annotations = {key: None for key in decision.expired_attachments}
-            c.sessions.remember(await self.client.patch(
+            self._keep(session, c.sessions, await self.client.patch(
                 resources.GRIDSESSIONS, name, {"metadata": {"annotations": annotations}}, ns))
 
-    async def _create(self, informer: Informer, body: dict[str, Any]) -> None:
+    async def _create(self, session: GridSession, informer: Informer, body: dict[str, Any]) -> None:
         meta = body["metadata"]
         res = informer.resource
         try:
-            informer.remember(await self.client.create(res, body, meta["namespace"]))
+            self._keep(session, informer, await self.client.create(res, body, meta["namespace"]))
         except AlreadyExists:
             # The cache has not seen it (another writer, or a lagging watch): read it once, so
             # the next pass decides on it instead of creating again.
             found = await self.client.get(res, meta["name"], meta["namespace"])
             if found is not None:
-                informer.remember(found)
+                informer.remember(found)  # not our write: the pass's view stays what it saw
 
     async def _apply(
-        self, informer: Informer, body: dict[str, Any], exists: bool, *, patch: dict[str, Any] | None = None
+        self, session: GridSession, informer: Informer, body: dict[str, Any], exists: bool, *,
+        patch: dict[str, Any] | None = None,
     ) -> None:
         meta = body["metadata"]
         update = patch if patch is not None else {
@@ -239,11 +275,11 @@ class SessionReconciler:
         }
         if not exists:
             try:
-                informer.remember(await self.client.create(informer.resource, body, meta["namespace"]))
+                self._keep(session, informer, await self.client.create(informer.resource, body, meta["namespace"]))
                 return
             except AlreadyExists:
                 pass
-        informer.remember(await self.client.patch(informer.resource, meta["name"], update, meta["namespace"]))
+        self._keep(session, informer, await self.client.patch(informer.resource, meta["name"], update, meta["namespace"]))
 
     async def report(self, session: GridSession, body: Mapping[str, Any], decision: Decision) -> float | None:
         """Write the status if it changed; returns when to come back for a deferred write.
@@ -258,12 +294,13 @@ class SessionReconciler:
         patch = merge_patch(body.get("status") or {}, new.to_kube())
         deferred: float | None = None
         if patch and Do.DELETE_SESSION not in decision.actions:
-            urgent = (old.phase != new.phase or decision.events
-                      or {c.type: c.status for c in old.conditions} != {c.type: c.status for c in new.conditions})
+            urgent = old.phase != new.phase or bool(decision.events) or any(
+                _condition_status(old.conditions, t) != _condition_status(new.conditions, t) for t in URGENT_CONDITIONS)
             now = asyncio.get_running_loop().time()
             since = now - self._written.get(key, float("-inf"))
             if urgent or since >= STATUS_INTERVAL:
-                self.cache.sessions.remember(await self.client.patch(
+                log.debug("session %s/%s: status %s", ns, name, patch)
+                self._keep(session, self.cache.sessions, await self.client.patch(
                     resources.GRIDSESSIONS, name, {"status": patch}, ns, subresource="status"))
                 self._written[key] = now
             else:
