@@ -12,7 +12,7 @@ import datetime
 import enum
 from typing import Any
 
-from ..api.v1alpha1 import GridSession, GridSessionStatus, Phase, find_condition, set_condition
+from ..api.v1alpha1 import GridSession, GridSessionStatus, Phase, find_condition, set_condition, set_progress
 from ..api.v1alpha1.gridsession import ConsoleURLs, PodLossPolicy
 from ..settings import Settings
 from . import attachments, plan
@@ -139,7 +139,31 @@ def _lose_pod(
     d.requeue(FAST_REQUEUE)
 
 
+# Ready reasons that mean the operator cannot make progress until someone fixes something.
+STALLED_REASONS = frozenset({
+    "NodeNotFound", "NoMatchingNode", "SigningKeyUnavailable", "NameConflict",
+    "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError",
+})
+
+
 def decide(
+    session: GridSession, observed: Observed, *, now: datetime.datetime, settings: Settings
+) -> Decision:
+    d = _decide(session, observed, now=now, settings=settings)
+    st = d.status
+    ready = find_condition(st.conditions, READY)
+    why = (ready.reason, ready.message) if ready is not None else ("Pending", "waiting for the operator")
+    reconciling = stalled = None
+    if st.phase == Phase.FAILED or (why[0] in STALLED_REASONS and st.phase not in (Phase.STOPPED, Phase.STOPPING)):
+        stalled = why
+    elif st.phase != Phase.STOPPED and not (ready is not None and ready.status == "True"):
+        reconciling = why
+    st.conditions = set_progress(st.conditions, reconciling=reconciling, stalled=stalled, now=now,
+                                 generation=session.metadata.get("generation"))
+    return d
+
+
+def _decide(
     session: GridSession, observed: Observed, *, now: datetime.datetime, settings: Settings
 ) -> Decision:
     prev = session.status

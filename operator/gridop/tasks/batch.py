@@ -11,7 +11,7 @@ import datetime
 import math
 from typing import Any
 
-from ..api.v1alpha1 import API_VERSION, set_condition
+from ..api.v1alpha1 import API_VERSION, find_condition, set_condition, set_progress
 from ..api.v1alpha1.taskbatch import KIND, BatchPhase, ErrorCounts, OnError, TaskBatchSpec, TaskBatchStatus, TaskCounts
 from ..api.v1alpha1.taskpool import TaskPoolSpec
 from ..settings import Settings
@@ -113,7 +113,23 @@ class BatchDecision:
     requeue_after: float = 1.0
 
 
-def decide(
+def decide(meta: dict[str, Any], *args: Any, now: datetime.datetime, **kwargs: Any) -> BatchDecision:
+    """The batch's decision, with the kstatus conditions derived from its phase and Ready."""
+    d = _decide(meta, *args, now=now, **kwargs)
+    st = d.status
+    ready = find_condition(st.conditions, "Ready")
+    why = (ready.reason, ready.message) if ready is not None else ("Pending", "waiting for the operator")
+    reconciling = stalled = None
+    if why[0] == "DataPlaneUnavailable" or st.phase == BatchPhase.FAILED:
+        stalled = why
+    elif st.phase in (BatchPhase.PENDING, BatchPhase.RUNNING):
+        reconciling = why
+    st.conditions = set_progress(st.conditions, reconciling=reconciling, stalled=stalled, now=now,
+                                 generation=meta.get("generation"))
+    return d
+
+
+def _decide(
     meta: dict[str, Any],
     spec: TaskBatchSpec,
     status: TaskBatchStatus,

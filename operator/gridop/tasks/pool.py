@@ -10,7 +10,7 @@ import datetime
 import math
 from typing import Any
 
-from ..api.v1alpha1 import set_condition
+from ..api.v1alpha1 import set_condition, set_progress
 from ..api.v1alpha1.taskbatch import TaskCounts
 from ..api.v1alpha1.taskpool import KIND, TaskPoolSpec, TaskPoolStatus
 from ..settings import Settings
@@ -65,4 +65,7 @@ def pool_status(meta: dict[str, Any], old: TaskPoolStatus, sessions: int, counts
             message = f"{ready_workers} workers, {sessions} sessions, {counts.pending + counts.retrying} tasks queued"
     st.conditions = set_condition(st.conditions, type="Ready", status=ok, reason=reason, message=message, now=now,
                                   generation=generation)
+    st.conditions = set_progress(st.conditions, now=now, generation=generation,
+                                 reconciling=(reason, message) if reason == "WorkersStarting" else None,
+                                 stalled=(reason, message) if reason == "DataPlaneUnavailable" else None)
     return st

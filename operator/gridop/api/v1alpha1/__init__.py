@@ -1,7 +1,7 @@
 """gridop.io/v1alpha1."""
 
 from . import gridsession, taskbatch, taskpool
-from .common import API_VERSION, GROUP, VERSION, Condition, ConditionStatus, KubeModel, find_condition, set_condition, utcnow
+from .common import API_VERSION, GROUP, VERSION, Condition, ConditionStatus, KubeModel, find_condition, set_condition, set_progress, utcnow
 from .gridsession import GridSession, GridSessionSpec, GridSessionStatus, Phase
 
 __all__ = [
@@ -20,5 +20,6 @@ __all__ = [
     "taskbatch",
     "taskpool",
     "set_condition",
+    "set_progress",
     "utcnow",
 ]

@@ -101,3 +101,22 @@ def set_condition(
 
 def find_condition(conditions: list[Condition], type: str) -> Condition | None:
     return next((c for c in conditions if c.type == type), None)
+
+
+def set_progress(
+    conditions: list[Condition],
+    *,
+    reconciling: tuple[str, str] | None,
+    stalled: tuple[str, str] | None,
+    now: datetime.datetime,
+    generation: int | None,
+) -> list[Condition]:
+    """The kstatus pair: `Reconciling` while the operator works toward the spec, `Stalled` when it
+    cannot make progress without help; (reason, message) when True, None when False. Flux, Argo CD
+    and `kubectl wait` read these (with Ready and observedGeneration) to tell Current from
+    InProgress from Failed. Ready stays first, as kubectl and humans read it."""
+    for type_, value in (("Reconciling", reconciling), ("Stalled", stalled)):
+        ok, (reason, message) = value is not None, value or ("AsExpected", "")
+        conditions = set_condition(conditions, type=type_, status=ok, reason=reason, message=message, now=now,
+                                   generation=generation)
+    return sorted(conditions, key=lambda c: c.type != "Ready")
