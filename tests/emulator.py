@@ -39,6 +39,8 @@ class ApiServer(kmock.KubernetesEmulator):
         # (User-Agent, action, resource plural[/subresource]) -> requests: request budgets are
         # counted here, at the API boundary.
         self.counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        # (User-Agent, resource plural) -> the label selectors its lists and watches asked for.
+        self.selectors: dict[tuple[str, str], set[str | None]] = collections.defaultdict(set)
 
     def count(self, agent: str, action: str, resource: str | None = None) -> int:
         return sum(n for (a, act, res), n in self.counts.items()
@@ -47,7 +49,10 @@ class ApiServer(kmock.KubernetesEmulator):
     async def _handle(self, request: kmock.Request) -> Any:
         if request.resource is not None and request.action is not None:
             plural = str(request.resource.plural) + (f"/{request.subresource}" if request.subresource else "")
-            self.counts[(request.headers.get("User-Agent", ""), request.action.value, plural)] += 1
+            agent = request.headers.get("User-Agent", "")
+            self.counts[(agent, request.action.value, plural)] += 1
+            if request.action in (kmock.action.LIST, kmock.action.WATCH):
+                self.selectors[(agent, plural)].add((request.params or {}).get("labelSelector"))
         if len(self._requests) > 2 * self.request_log_limit:
             del self._requests[: -self.request_log_limit]
         if request.resource is not None and request.data is not None:

@@ -35,6 +35,10 @@ async def test_example_session_becomes_ready_and_cleans_up(
     assert st["phase"] == "Running"
     assert st["nodeName"] and st["nodeIP"] and st["podName"] == name and st["serviceName"] == name
     assert st["observedGeneration"] == gs["metadata"]["generation"]
+    # kstatus: a running session is Current (neither Reconciling nor Stalled).
+    kstatus = {c["type"]: c["status"] for c in st["conditions"]}
+    assert (kstatus["Reconciling"], kstatus["Stalled"]) == ("False", "False")
+    assert not gs["metadata"].get("finalizers")  # children go with the garbage collector
     node = await kube.get(resources.NODES, st["nodeName"])
     assert node["metadata"]["labels"]["gridop.io/resource-node"] == "true"
 
@@ -50,6 +54,10 @@ async def test_example_session_becomes_ready_and_cleans_up(
     assert (claims["sub"], claims["sid"], claims["tenant"]) == ("alice", name, "acme")
     assert svc["spec"]["ports"][0]["port"] == 8080
     assert pod["status"]["hostIP"] == st["nodeIP"]
+
+    # What the operator compares lives in annotations (it watches these as metadata only).
+    assert secret["metadata"]["annotations"]["gridop.io/token-expires"]
+    assert cm["metadata"]["annotations"]["gridop.io/config-hash"]
 
     await kube.delete(resources.GRIDSESSIONS, name, namespace)
 

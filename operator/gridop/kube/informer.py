@@ -240,15 +240,20 @@ class Informer:
             version = str(meta.get("resourceVersion") or version)
             if kind == "BOOKMARK":
                 continue
-            key = (meta.get("namespace"), meta.get("name"))
-            if kind == "DELETED":
-                self._overlay.pop(key, None)  # type: ignore[arg-type]
-                self._recent.pop(key, None)  # type: ignore[arg-type]
-                self._objects.pop(key, None)  # type: ignore[arg-type]
-                self._notify("DELETED", obj)
-            else:
-                self._store(str(kind), key, obj)  # type: ignore[arg-type]
+            self.deliver(str(kind), obj)
         return version
+
+    def deliver(self, kind: str, obj: dict[str, Any]) -> None:
+        """Apply one watch event (ADDED, MODIFIED or DELETED) to the cache."""
+        meta = obj.get("metadata") or {}
+        key = (meta.get("namespace"), meta.get("name"))
+        if kind == "DELETED":
+            self._overlay.pop(key, None)  # type: ignore[arg-type]
+            self._recent.pop(key, None)  # type: ignore[arg-type]
+            self._objects.pop(key, None)  # type: ignore[arg-type]
+            self._notify("DELETED", obj)
+        else:
+            self._store(kind, key, obj)  # type: ignore[arg-type]
 
     def _store(self, kind: str, key: Key, obj: dict[str, Any]) -> None:
         version = _rv(obj)
