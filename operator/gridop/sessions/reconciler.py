@@ -30,12 +30,11 @@ from .rules import Decision, Do, Observed, decide, token_lifetime
 
 log = logging.getLogger(__name__)
 
-# Sessions made by gridop before 0.9 carry kopf's finalizer; children are now removed by the
-# garbage collector (ownerReferences), so a deleted session only needs it taken off.
+# Sessions made by earlier gridop versions carry kopf's finalizer; children are now removed by
+# the garbage collector (ownerReferences), so a deleted session only needs it taken off.
 LEGACY_FINALIZER = "gridop.io/finalizer"
-# Status changes that neither change the phase nor flip a condition are written at most this often.
+# Status changes that move neither the phase nor an urgent condition are written at most this often.
 STATUS_INTERVAL = 1.0
-
 URGENT_CONDITIONS = ("Ready", "Stalled")
 
 Key = tuple[str, str]
