@@ -15,9 +15,8 @@ from typing import Any
 
 import kopf
 
-from .. import metrics
 from ..api.v1alpha1 import GROUP, VERSION
-from ..sessions.controller import transient
+from ..sessions.controller import failed_pass
 from .wakeups import Wakeups
 
 log = logging.getLogger(__name__)
@@ -25,7 +24,6 @@ log = logging.getLogger(__name__)
 TB = dict(group=GROUP, version=VERSION, plural="taskbatches")
 TP = dict(group=GROUP, version=VERSION, plural="taskpools")
 FINALIZER = "gridop.io/finalizer"
-MAX_BACKOFF = 60.0
 
 
 async def reconcile_forever(
@@ -42,13 +40,7 @@ async def reconcile_forever(
             raise
         except Exception as exc:  # a bad pass must not kill the loop; back off and retry
             failures += 1
-            delay = min(MAX_BACKOFF, 2.0**failures)
-            metrics.RECONCILE_ERRORS.labels(kind, type(exc).__name__).inc()
-            if transient(exc):  # an outage, not a bug: one line, no traceback
-                log.warning("%s %s/%s: reconcile failed (%s: %s); retry in %.0fs", kind, namespace, name,
-                            type(exc).__name__, exc, delay)
-            else:
-                log.exception("%s %s/%s: reconcile failed (retry in %.0fs)", kind, namespace, name, delay)
+            delay = failed_pass(kind, namespace, name, exc, failures)
         await wakeups.wait(namespace, wake_key, delay)
 
 

@@ -35,6 +35,19 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, RedisConnectionError | RedisTimeoutError | aiohttp.ClientError | OSError | TimeoutError)
 
 
+def failed_pass(kind: str, namespace: str, name: str, exc: Exception, failures: int) -> float:
+    """Account for a pass that raised (its `failures`-th in a row): count it, log it (an outage in
+    one line, a bug with its traceback) and return the backoff before the next try."""
+    delay = min(MAX_BACKOFF, 2.0**failures)
+    metrics.RECONCILE_ERRORS.labels(kind, type(exc).__name__).inc()
+    if transient(exc):
+        log.warning("%s %s/%s: reconcile failed (%s: %s); retry in %.0fs", kind, namespace, name,
+                    type(exc).__name__, exc, delay)
+    else:
+        log.error("%s %s/%s: reconcile failed (retry in %.0fs)", kind, namespace, name, delay, exc_info=exc)
+    return delay
+
+
 class SessionController:
     def __init__(self, reconciler: SessionReconciler, cache: SessionCache, *, workers: int = 8):
         self.reconciler = reconciler
@@ -133,13 +146,6 @@ class SessionController:
             raise
         except Exception as exc:  # a bad pass must not kill the worker; back off and retry
             failures = self._failures[key] = self._failures.get(key, 0) + 1
-            delay = min(MAX_BACKOFF, 2.0**failures)
-            metrics.RECONCILE_ERRORS.labels("GridSession", type(exc).__name__).inc()
-            if transient(exc):
-                log.warning("GridSession %s/%s: reconcile failed (%s: %s); retry in %.0fs", namespace, name,
-                            type(exc).__name__, exc, delay)
-            else:
-                log.exception("GridSession %s/%s: reconcile failed (retry in %.0fs)", namespace, name, delay)
-            return delay
+            return failed_pass("GridSession", namespace, name, exc, failures)
         self._failures.pop(key, None)
         return delay

@@ -73,8 +73,8 @@ class SessionReconciler:
         self._phases: dict[Key, str] = {}
         self._seen: dict[Key, dict[str, Any]] = {}  # what the last pass saw (and wrote), by version
         self._writes: dict[Key, dict[str, Any]] = {}  # versions the running pass wrote
-        self._component = {id(cache.sessions): "session", id(cache.pods): "pod", id(cache.services): "service",
-                           id(cache.config_maps): "config_map", id(cache.secrets): "secret"}
+        self._component = {cache.sessions: "session", cache.pods: "pod", cache.services: "service",
+                           cache.config_maps: "config_map", cache.secrets: "secret"}
         self._written: dict[Key, float] = {}  # when the last status write happened (loop time)
         self.passes = 0
         self.skipped = 0
@@ -86,65 +86,57 @@ class SessionReconciler:
             return str(exc)
         return None
 
-    def observe(self, session: GridSession, key_error: str | None) -> Observed:
-        ns = session.metadata["namespace"]
-        spec = session.spec
-        c = self.cache
-        pod = c.pods.get(ns, plan.pod_name(session))
-        pinned = c.nodes.get(None, spec.node) if spec.node else None
-        pod_node_name = (pod or {}).get("spec", {}).get("nodeName")
+    def _cached(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """The cached objects a pass reads, by component (one lookup each, from the raw body)."""
+        stub = GridSession.model_construct(metadata=body["metadata"])  # enough for the children's names
+        ns, spec, c = body["metadata"]["namespace"], body.get("spec") or {}, self.cache
+        pod = c.pods.get(ns, plan.pod_name(stub))
+        pod_node = (pod or {}).get("spec", {}).get("nodeName")
+        return {
+            "pod": pod,
+            "service": c.services.get(ns, plan.service_name(stub)),
+            "config_map": c.config_maps.get(ns, plan.config_map_name(stub)),
+            "secret": c.secrets.get(ns, plan.token_secret_name(stub)),
+            "pinned": c.nodes.get(None, spec["node"]) if spec.get("node") else None,
+            "pod_node": c.nodes.get(None, pod_node) if pod_node else None,
+        }
+
+    def _fingerprint(self, body: Mapping[str, Any], cached: Mapping[str, Any], key_error: str | None) -> dict[str, Any]:
+        """The versions of everything a pass reads: equal fingerprints make equal decisions."""
+        selecting = bool((body.get("spec") or {}).get("nodeSelector"))
+        return {
+            "session": _rv(body),
+            **{component: _rv(obj) for component, obj in cached.items()},
+            "nodes": len(self.cache.nodes) if selecting else None,
+            "key_error": key_error,
+        }
+
+    def observe(self, session: GridSession, cached: Mapping[str, Any], key_error: str | None) -> Observed:
+        selector = session.spec.node_selector
         matching = 0
-        if spec.node_selector and pod is None:
-            matching = sum(1 for n in c.nodes.items() if _label_match(n, spec.node_selector))
+        if selector and cached["pod"] is None:
+            matching = sum(1 for n in self.cache.nodes.items() if _label_match(n, selector))
         return Observed(
-            pod=pod,
-            service=c.services.get(ns, plan.service_name(session)) if plan.service_ports(session) else None,
-            config_map=c.config_maps.get(ns, plan.config_map_name(session)),
-            token_expires=plan.token_expires(c.secrets.get(ns, plan.token_secret_name(session))),
-            pod_node=c.nodes.get(None, pod_node_name) if pod_node_name else None,
-            pinned_node=pinned,
+            pod=cached["pod"],
+            service=cached["service"] if plan.service_ports(session) else None,
+            config_map=cached["config_map"],
+            token_expires=plan.token_expires(cached["secret"]),
+            pod_node=cached["pod_node"],
+            pinned_node=cached["pinned"],
             matching_nodes=matching,
             signing_key_error=key_error,
         )
 
-    def _fingerprint(self, session: GridSession, body: Mapping[str, Any], key_error: str | None) -> dict[str, Any]:
-        """The versions of everything a pass reads: equal fingerprints make equal decisions."""
-        ns = session.metadata["namespace"]
-        c = self.cache
-        pod = c.pods.get(ns, plan.pod_name(session))
-        node_name = (pod or {}).get("spec", {}).get("nodeName")
-        return {
-            "session": _rv(body),
-            "pod": _rv(pod),
-            "service": _rv(c.services.get(ns, plan.service_name(session))),
-            "config_map": _rv(c.config_maps.get(ns, plan.config_map_name(session))),
-            "secret": _rv(c.secrets.get(ns, plan.token_secret_name(session))),
-            "pinned": _rv(c.nodes.get(None, session.spec.node)) if session.spec.node else None,
-            "pod_node": _rv(c.nodes.get(None, node_name)) if node_name else None,
-            "nodes": len(c.nodes) if session.spec.node_selector else None,
-            "key_error": key_error,
-        }
-
-    def _keep(self, session: GridSession, informer: Informer, answer: dict[str, Any] | None, *,
-              deleted: bool = False) -> None:
+    def _keep(self, session: GridSession, informer: Informer, answer: dict[str, Any] | None) -> None:
         """Fold the answer to our own write into the cache, and into what this pass has seen."""
-        meta = session.metadata
-        if deleted:
-            name = self._child_name(session, informer)
-            informer.remember_deleted(meta["namespace"], name)
-            version = None
-        elif answer is None:
+        if answer is None:
             return
-        else:
-            informer.remember(answer)
-            version = _rv(answer)
-        writes = self._writes.setdefault((meta["namespace"], meta["name"]), {})
-        writes[self._component[id(informer)]] = version
+        informer.remember(answer)
+        self._wrote(session, self._component[informer], _rv(answer))
 
-    def _child_name(self, session: GridSession, informer: Informer) -> str:
-        names = {id(self.cache.pods): plan.pod_name, id(self.cache.services): plan.service_name,
-                 id(self.cache.config_maps): plan.config_map_name, id(self.cache.secrets): plan.token_secret_name}
-        return names[id(informer)](session)
+    def _wrote(self, session: GridSession, component: str, version: str | None) -> None:
+        meta = session.metadata
+        self._writes.setdefault((meta["namespace"], meta["name"]), {})[component] = version
 
     async def reconcile(self, namespace: str, name: str, *, due: bool = True) -> float | None:
         """One pass from the caches; the seconds until the next pass is due, or None to keep the
@@ -162,9 +154,9 @@ class SessionReconciler:
         if body["metadata"].get("deletionTimestamp"):
             await self._release_legacy_finalizer(body)
             return None
-        session = GridSession.model_validate(body)
         key_error = await self._signing_key_error()
-        seen = self._fingerprint(session, body, key_error)
+        cached = self._cached(body)
+        seen = self._fingerprint(body, cached, key_error)
         if not due and self._seen.get(key) == seen:
             self.skipped += 1
             return None
@@ -172,7 +164,8 @@ class SessionReconciler:
         self.passes += 1
         self._writes[key] = {}
         try:
-            observed = self.observe(session, key_error)
+            session = GridSession.model_validate(body)
+            observed = self.observe(session, cached, key_error)
             decision = decide(session, observed, now=self.clock(), settings=self.settings)
             await self.act(session, decision, observed)
             delay = decision.requeue_after if decision.requeue_after is not None else self.settings.resync_seconds
@@ -243,9 +236,11 @@ class SessionReconciler:
             grace = 0 if action == Do.FORCE_DELETE_POD else None
             answer = await self.client.delete_object(resources.PODS, plan.pod_name(session), ns,
                                                      grace_period_seconds=grace)
-            terminating = bool(answer and (answer.get("metadata") or {}).get("deletionTimestamp"))
-            # Terminating: the next pass waits for it to go. Gone: the next pass may replace it.
-            self._keep(session, c.pods, answer, deleted=not terminating)
+            if answer and (answer.get("metadata") or {}).get("deletionTimestamp"):
+                self._keep(session, c.pods, answer)  # terminating: the next pass waits for it to go
+            else:
+                c.pods.remember_deleted(ns, plan.pod_name(session))  # gone: the next pass may replace it
+                self._wrote(session, "pod", None)
         elif action == Do.PRUNE_ATTACHMENTS:
             annotations = {key: None for key in decision.expired_attachments}
             self._keep(session, c.sessions, await self.client.patch(
