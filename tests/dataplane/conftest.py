@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import pathlib
 import subprocess
@@ -33,3 +34,16 @@ def worker_process(redis_url: str, *args: str, handler: str = "slow", output: bo
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE if output else None, stderr=subprocess.STDOUT if output else None,
     )
+
+
+async def finished_tally(store: TaskStore, sid: str) -> collections.Counter[int]:
+    """How many times each task reached `finished` in the batch's terminal-event stream (exactly
+    once is the guarantee)."""
+    tally: collections.Counter[int] = collections.Counter()
+    position = "0-0"
+    while True:
+        position, events = await store.events(sid, position)
+        if not events:
+            return tally
+        for event in events:
+            tally.update(event.finished)

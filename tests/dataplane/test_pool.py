@@ -36,7 +36,7 @@ async def test_a_pool_serves_every_plain_send_and_forgets_finished_sessions(redi
         assert res["finished"] == sub["task_ids"]
         assert '"echo":{"job":%d,"i":7}' % j in res["finished_OUTPUT"][7]
     sid = subs[0]["session_id"]
-    ttl = await store.redis.ttl(store.key(sid, "out"))
+    ttl = await store.redis.ttl(store.key(sid, "t"))
     assert 0 < ttl <= 60
 
 

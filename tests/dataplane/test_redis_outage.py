@@ -6,7 +6,6 @@ acknowledged survives the SIGKILL."""
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import os
 import pathlib
@@ -20,6 +19,8 @@ import redis.asyncio as aioredis
 
 from gridop.client.tasks import AsyncGridConnector
 from gridop.tasks.store import TaskStore
+
+from .conftest import finished_tally
 
 from ..conftest import RedisProcess
 
@@ -97,8 +98,7 @@ async def test_workers_and_clients_ride_out_redis_restarts(restartable_redis: Re
 
         check = TaskStore(aioredis.Redis(port=server.port), prefix=c.store.prefix)
         try:
-            events = await check.redis.xrange(check.key("outage", "done"))
-            done = collections.Counter(int(f[b"i"]) for _, f in events if f[b"s"] == b"finished")
+            done = await finished_tally(check, "outage")
             assert len(done) == TASKS and set(done.values()) == {1}  # exactly once
             assert (await check.counts("outage"))["finished"] == TASKS
         finally:

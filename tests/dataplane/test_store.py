@@ -110,7 +110,7 @@ async def test_send_is_idempotent_with_a_client_supplied_id(redis_url: str, stor
             await c.send([{"a": 1}], session_id="s6")
         with pytest.raises(ValueError, match="already holds 2 different tasks"):
             await c.send([{"a": 1}, {"a": 3}], session_id="s6")  # same count, other content
-        assert [decode(p) for p in await store.redis.hmget(store.key("s6", "in"), [0, 1])] == [{"a": 1}, {"a": 2}]
+        assert [decode(p) for p in await store.redis.lrange(store.key("s6", "in"), 0, -1)] == [{"a": 1}, {"a": 2}]
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,8 @@ the data plane, exactly as there. `AsyncGridConnector` is the same API for async
 from __future__ import annotations
 
 import asyncio
+import getpass
+import itertools
 import logging
 import math
 import os
@@ -20,7 +22,7 @@ import re
 import time
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -28,7 +30,8 @@ import redis.asyncio as aioredis
 from ..tasks.codec import decode_text
 from ..tasks.connection import address_of, connect
 from ..tasks.states import TaskState
-from ..tasks.store import Report, RetryPolicy, TaskStore, encode_tasks, parse_task_id, task_id
+from ..tasks.store import (SUBMIT_CHUNK, BatchClosed, Report, RetryPolicy, TaskStore, TerminalEvent, encode_task,
+                           encode_tasks, parse_task_id, task_id)
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,7 @@ HTC_GRID_KEYS = frozenset({
 KNOWN_KEYS = frozenset({
     "redis_url", "grid_storage_service", "dynamodb_results_pull_interval_sec", "results_poll_interval_sec",
     "max_payload_bytes", "max_retries", "retry_backoff_sec", "session_prefix", "key_prefix", "namespace",
-    "redis_outage_budget_sec", "pool",
+    "redis_outage_budget_sec", "pool", "owner", "priority",
 })
 # HTC-Grid's data-plane storage choices. gridop's data plane is Redis; S3 copies are not made.
 STORAGE_SERVICES = ("REDIS", "S3+REDIS", "S3")
@@ -71,6 +74,13 @@ def _log_once(level: int, message: str, *args: Any) -> None:
     if text not in _logged:
         _logged.add(text)
         log.log(level, text)
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container's arbitrary user)
+        return "anonymous"
 
 
 def _validate_session_id(sid: Any, field: str = "session_id") -> str:
@@ -167,6 +177,15 @@ class AsyncGridConnector:
         )
         self.session_prefix = config.get("session_prefix")
         self.pool = str(config.get("pool") or "") if "pool" in config else "default"
+        # Who the pool's fair share counts these sessions against, and their priority there.
+        self.owner = str(config.get("owner") or urllib.parse.urlsplit(self.redis_url).username or _login())
+        if "/" in self.owner:
+            raise ValueError(f"client_config_data['owner'] {self.owner!r} must not contain '/'")
+        try:
+            self.priority = int(config.get("priority", 0))
+        except (TypeError, ValueError):
+            raise ValueError(f"client_config_data['priority'] {config.get('priority')!r} must be an integer "
+                             "(higher runs first)") from None
         self.namespace = str(config.get("namespace") or default_namespace())
         prefix = str(config.get("key_prefix", f"gridop:{self.namespace}"))
         budget = float(config.get("redis_outage_budget_sec", DEFAULT_OUTAGE_BUDGET))
@@ -203,28 +222,43 @@ class AsyncGridConnector:
         await self._store.redis.ping()
 
     async def send(
-        self, tasks_list: list[dict[str, Any]], session_id: str | None = None, *, append: bool = False
+        self, tasks_list: Iterable[dict[str, Any]], session_id: str | None = None, *, append: bool = False,
+        priority: int | None = None,
     ) -> dict[str, Any]:
         """Submit tasks; returns {'session_id', 'task_ids'} with ids in submission order.
 
-        Everything is validated and encoded before anything is written. With a client-supplied
-        `session_id`, sending the same list again is idempotent: it returns the same task ids and
-        resumes an interrupted send, even when several clients send it at once. Sending different
-        tasks under an id already in use raises ValueError; with `append=True`, the tasks are added
-        to that session instead (a long-lived batch; a cancelled one refuses them).
+        A list (or tuple) is validated and encoded whole before anything is written. With a
+        client-supplied `session_id`, sending the same list again is idempotent: it returns the same
+        task ids and resumes an interrupted send, even when several clients send it at once.
+        Sending different tasks under an id already in use raises ValueError; with `append=True`,
+        the tasks are added to that session instead (a long-lived batch; a cancelled one refuses them).
+
+        Any other iterable (a generator of a million tasks, say) is streamed: encoded and written
+        5,000 at a time, so the client's memory stays flat, and workers start on the first chunk
+        while the rest is still being sent. Its `task_ids` is a lazy sequence (`TaskIds`). A task
+        that cannot be encoded stops the send with ValueError and cancels what was sent of it.
 
         Without a `session_id`, the session gets a UUID and goes to the namespace's worker pool
         (the TaskPool named by the `pool` setting, `default` unless configured): on a cluster a
         plain `send()` runs without a TaskBatch. A named session waits for its own TaskBatch.
+        `priority` (default: the `priority` setting, 0) orders sessions in a pool: higher first.
         """
         store = self._store  # not configured yet: says so
-        payloads = encode_tasks(tasks_list, self.max_payload_bytes)
+        streamed = not isinstance(tasks_list, list | tuple)
+        if streamed and (isinstance(tasks_list, str | bytes | Mapping) or not isinstance(tasks_list, Iterable)):
+            raise ValueError(f"tasks_list must be a list of dicts (or an iterable of them), got "
+                             f"{type(tasks_list).__name__}")
+        payloads = [] if streamed else encode_tasks(tasks_list, self.max_payload_bytes)
         if session_id is not None:
             sid = _validate_session_id(session_id)
         elif self.session_prefix:
             sid = _validate_session_id(f"{self.session_prefix}-{uuid.uuid4().hex[:12]}", "session_prefix")
         else:
             sid = str(uuid.uuid4())  # a UUID, as HTC-Grid's session ids are
+        pool = self.pool if session_id is None else ""
+        priority = self.priority if priority is None else int(priority)
+        if streamed:
+            return await self._send_stream(sid, iter(tasks_list), append=append, pool=pool, priority=priority)
         log.info("sending %d tasks to session %s", len(payloads), sid)
         if append:
             appended = await store.append(sid, payloads)
@@ -235,19 +269,78 @@ class AsyncGridConnector:
         start = await store.create(sid, payloads, self.retry_policy)
         if start < len(payloads):
             await store.submit(sid, payloads, start)
-        if session_id is None and self.pool:
+        if pool:
             # No session named: the namespace's worker pool (TaskPool `pool`) runs it, as one
             # deployment of HTC-Grid agents serves every session.
-            await store.pool_join(self.pool, sid)
+            await store.pool_join(pool, sid, owner=self.owner, priority=priority)
         return {"session_id": sid, "task_ids": [task_id(sid, i) for i in range(len(payloads))]}
 
+    async def _send_stream(self, sid: str, tasks: Iterator[Any], *, append: bool, pool: str,
+                           priority: int) -> dict[str, Any]:
+        """Stream tasks in chunks: each chunk is encoded while the previous one is being written."""
+        store = self._store
+        appending = append and await store.exists(sid)
+        ranges: list[range] = []
+        sent = 0  # tasks taken from the iterable so far
+        cursor = 0  # where the stream's next chunk goes
+        writing: asyncio.Future[Any] | None = None
+        try:
+            while True:
+                chunk = [encode_task(task, sent + k, self.max_payload_bytes)
+                         for k, task in enumerate(itertools.islice(tasks, SUBMIT_CHUNK))]
+                if writing is not None:
+                    await writing
+                if not chunk:
+                    break
+                if sent == 0 and not appending:
+                    await store.create_stream(sid, self.retry_policy, uuid.uuid4().hex)
+                    if pool:
+                        await store.pool_join(pool, sid, owner=self.owner, priority=priority)
+                if appending:
+                    writing = asyncio.ensure_future(self._append_chunk(sid, chunk, ranges))
+                else:
+                    ranges.append(range(cursor, cursor + len(chunk)))
+                    writing = asyncio.ensure_future(store.submit_chunk(sid, cursor, chunk))
+                    cursor += len(chunk)
+                sent += len(chunk)
+                await asyncio.sleep(0)  # let the write go out before encoding the next chunk
+                if pool and sent > len(chunk):
+                    await store.pool_ready(pool, sid, owner=self.owner, priority=priority)
+        except ValueError as exc:
+            if writing is not None and not writing.done():
+                await asyncio.gather(writing, return_exceptions=True)
+            if sent and not appending:
+                await store.cancel(sid)
+                raise ValueError(f"{exc} (session {sid}: the {sent} tasks sent before it were cancelled)") from exc
+            raise
+        if not sent:
+            raise ValueError("tasks_list is empty")
+        if not appending:
+            await store.close_stream(sid)
+            self._positions[sid] = "0-0"
+        log.info("streamed %d tasks to session %s", sent, sid)
+        return {"session_id": sid, "task_ids": TaskIds(sid, _merge(ranges))}
+
+    async def _append_chunk(self, sid: str, chunk: list[bytes], ranges: list[range]) -> None:
+        appended = await self._store.append(sid, chunk)
+        if appended is None:
+            raise BatchClosed(f"session {sid!r} disappeared while tasks were being appended to it")
+        indices, position = appended
+        self._positions.setdefault(sid, position)
+        ranges.append(range(indices[0], indices[-1] + 1))
+
     @staticmethod
-    def _submission(submission_response: Mapping[str, Any]) -> tuple[str, list[int]]:
+    def _submission(submission_response: Mapping[str, Any]) -> tuple[str, Sequence[int]]:
+        """(session id, task indices): a range when they are contiguous, as a send's usually are."""
         if not isinstance(submission_response, Mapping) or "session_id" not in submission_response:
             raise ValueError("submission_response must be the dict send() returned (with 'session_id' and 'task_ids')")
         sid = _validate_session_id(submission_response["session_id"], "submission_response['session_id']")
         ids = submission_response.get("task_ids")
-        if not isinstance(ids, list):
+        if isinstance(ids, TaskIds):
+            if ids.session_id != sid:
+                raise ValueError(f"task ids of session {ids.session_id!r} do not belong to session {sid!r}")
+            return sid, ids.indices()
+        if not isinstance(ids, list | tuple):
             raise ValueError("submission_response['task_ids'] must be a list")
         indices = []
         for tid in ids:
@@ -255,6 +348,8 @@ class AsyncGridConnector:
             if owner != sid:
                 raise ValueError(f"task id {tid!r} does not belong to session {sid!r}")
             indices.append(index)
+        if indices and indices == list(range(indices[0], indices[0] + len(indices))):
+            return sid, range(indices[0], indices[0] + len(indices))
         return sid, indices
 
     async def get_results(self, submission_response: Mapping[str, Any], timeout_sec: float = 0, *,
@@ -262,64 +357,28 @@ class AsyncGridConnector:
         """Wait until every task of the submission is terminal, or `timeout_sec` passes; report them.
 
         As in HTC-Grid, `timeout_sec=0` (the default) waits as long as it takes. `wait=False`
-        reports the tasks that are terminal now, without waiting."""
+        reports the tasks that are terminal now, without waiting.
+
+        The wait follows the batch's terminal-event stream (one entry per worker report, not per
+        task), so it costs the data plane nothing per poll; each result is then read once (small
+        outputs travel in the events and need no read at all)."""
         sid, indices = self._submission(submission_response)
         timeout = float(timeout_sec)
         deadline = time.monotonic() + (0.0 if not wait else timeout if timeout > 0 else math.inf)
-        position = self._positions.pop(sid, None)
-        if position is not None and len(indices) <= 1000:
-            # Fast path: wait for these tasks' own terminal events. When they all finished with
-            # outputs small enough to travel in the events, that is the whole answer.
-            waiting = set(indices)
-            carried: dict[int, bytes] = {}
-            clean = True
-            while waiting and (remaining := deadline - time.monotonic()) > 0:
-                block = int(max(1, min(remaining, self.poll_interval) * 1000))
-                position, events = await self._store.terminal_events_with_output(sid, position, block_ms=block)
-                for i, state, output in events:
-                    if i in waiting:
-                        waiting.discard(i)
-                        if state == TaskState.FINISHED and output is not None:
-                            carried[i] = output
-                        else:
-                            clean = False
-            if not waiting and clean:
-                return self._shape(sid, indices, [(TaskState.FINISHED, carried[i], None) for i in indices])
-        while True:
-            position, terminal, report = await self._store.collect(sid, indices)
-            if report is not None:
-                return self._shape(sid, indices, report)
+        position = self._positions.pop(sid, "0-0")
+        tracker = _Tracker(indices, keep_outputs=True)
+        while tracker.remaining:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            block = int(max(1, min(remaining, self.poll_interval) * 1000)) if remaining > 0 else None
+            position, events = await self._store.events(sid, position, block_ms=block)
+            for event in events:
+                tracker.apply(event)
+            if not events and remaining <= 0:
                 break
-            # Sleep until a task of this batch reaches a terminal state (or the poll interval passes).
-            # On a busy batch, look again only after a pause that grows with the submission: each
-            # look costs the data plane time proportional to its size.
-            block = int(max(1, min(remaining, self.poll_interval) * 1000))
-            _, events = await self._store.terminal_events(sid, position, block_ms=block, count=1)
-            if events and len(indices) > 1:
-                pause = min(self.poll_interval, 0.005 + len(indices) * 1e-6)
-                await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-        states = await self._store.states(sid, indices)
-        terminal = [i for i, s in zip(indices, states) if s is not None and s.is_terminal]
-        partial = dict(zip(terminal, await self._payloads(sid, terminal, states, indices)))
-        return self._shape(sid, terminal, [partial[i] for i in terminal])
-
-    async def _payloads(self, sid: str, terminal: list[int], states: list[TaskState | None], indices: list[int]
-                        ) -> list[Report]:
-        state_of = dict(zip(indices, states))
-        finished = [i for i in terminal if state_of[i] == TaskState.FINISHED]
-        failed = [i for i in terminal if state_of[i] == TaskState.FAILED]
-        outputs = dict(zip(finished, await self._store.outputs(sid, finished)))
-        errors = dict(zip(failed, await self._store.errors(sid, failed)))
-        report: list[Report] = []
-        for i in terminal:
-            message, kind = errors.get(i, (None, None))
-            report.append((state_of[i], outputs.get(i) or (message or "").encode() or None, kind))
-        return report
+        return self._shape(sid, *await tracker.report(self._store, sid))
 
     @staticmethod
-    def _shape(sid: str, indices: list[int], report: list[Report]) -> dict[str, Any]:
+    def _shape(sid: str, indices: Sequence[int], report: list[Report]) -> dict[str, Any]:
         """HTC-Grid's get_results dict from (state, output-or-error, error kind) per task.
 
         As in HTC-Grid, failed and cancelled tasks carry the placeholder `read_from_dataplane`;
@@ -332,18 +391,19 @@ class AsyncGridConnector:
         }
         kinds: dict[str, str] = {}
         errors: dict[str, str] = {}
+        finished, finished_output = shaped["finished"], shaped["finished_OUTPUT"]
         for index, (state, payload, kind) in zip(indices, report):
-            tid = task_id(sid, index)
             if state == TaskState.FINISHED:
-                shaped["finished"].append(tid)
-                shaped["finished_OUTPUT"].append(decode_text(payload) if payload else "")
+                finished.append(f"{sid}_{index}")
+                finished_output.append(decode_text(payload) if payload else "")
             elif state == TaskState.FAILED:
+                tid = task_id(sid, index)
                 shaped["failed"].append(tid)
                 shaped["failed_OUTPUT"].append(READ_FROM_DATAPLANE)
                 errors[tid] = payload.decode() if payload else ""
                 kinds[tid] = kind or "application"
             elif state == TaskState.CANCELLED:
-                shaped["cancelled"].append(tid)
+                shaped["cancelled"].append(task_id(sid, index))
                 shaped["cancelled_OUTPUT"].append(READ_FROM_DATAPLANE)
         shaped["metadata"] = {
             "tasks_in_response": len(shaped["finished"]) + len(shaped["failed"]) + len(shaped["cancelled"]),
@@ -356,27 +416,31 @@ class AsyncGridConnector:
     async def iter_results(
         self, submission_response: Mapping[str, Any], timeout_sec: float | None = None
     ) -> AsyncIterator[dict[str, Any]]:
-        """Yield {'task_id', 'state', 'output' | 'error'} for each task as it reaches a terminal state."""
+        """Yield {'task_id', 'state', 'output' | 'error'} for each task as it reaches a terminal state.
+
+        Memory stays flat whatever the submission's size (a byte per task to know which ones are
+        done): results are yielded as each worker report arrives, and each is read once."""
         sid, indices = self._submission(submission_response)
-        wanted = set(indices)
+        tracker = _Tracker(indices, keep_outputs=False)
         deadline = None if timeout_sec is None else time.monotonic() + timeout_sec
-        position = "0-0"
-        while wanted:
+        position = self._positions.get(sid, "0-0")
+        while tracker.remaining:
             block = 1000 if deadline is None else int(max(1, min(1.0, deadline - time.monotonic()) * 1000))
-            position, events = await self._store.terminal_events(sid, position, block_ms=block)
-            batch = [(i, s) for i, s in events if i in wanted]
-            finished = [i for i, s in batch if s == TaskState.FINISHED]
-            failed = [i for i, s in batch if s == TaskState.FAILED]
-            outputs = dict(zip(finished, await self._store.outputs(sid, finished)))
-            errors = dict(zip(failed, await self._store.errors(sid, failed)))
-            for index, state in batch:
-                wanted.discard(index)
-                item: dict[str, Any] = {"task_id": task_id(sid, index), "state": state.value}
-                if state == TaskState.FINISHED:
-                    item["output"] = decode_text(outputs[index]) if outputs.get(index) else None
-                elif state == TaskState.FAILED:
-                    item["error"], item["error_kind"] = errors.get(index, (None, None))
-                yield item
+            position, events = await self._store.events(sid, position, block_ms=block)
+            for event in events:
+                ended = tracker.apply(event, collect=True)
+                finished = [i for i, state, output in ended if state == TaskState.FINISHED and output is None]
+                failed = [i for i, state, _ in ended if state == TaskState.FAILED]
+                outputs = dict(zip(finished, await self._store.outputs(sid, finished))) if finished else {}
+                errors = dict(zip(failed, await self._store.errors(sid, failed))) if failed else {}
+                for index, state, output in ended:
+                    item: dict[str, Any] = {"task_id": f"{sid}_{index}", "state": state.value}
+                    if state == TaskState.FINISHED:
+                        payload = output if output is not None else outputs.get(index)
+                        item["output"] = decode_text(payload) if payload else None
+                    elif state == TaskState.FAILED:
+                        item["error"], item["error_kind"] = errors.get(index, (None, None))
+                    yield item
             if deadline is not None and time.monotonic() >= deadline:
                 return
 
@@ -397,6 +461,150 @@ class AsyncGridConnector:
             }
             log.info("cancelled %d tasks of session %s", result[sid]["total_cancelled_tasks"], sid)
         return result
+
+
+class TaskIds(Sequence[str]):
+    """The task ids of a streamed submission, made on demand (a million ids need not be held).
+
+    A read-only sequence of `<session_id>_<index>` strings: index it, slice it, iterate it, compare
+    it to a list, or `list()` it."""
+
+    def __init__(self, session_id: str, ranges: list[range]):
+        self.session_id = session_id
+        self._ranges = ranges
+        self._len = sum(len(r) for r in ranges)
+
+    def indices(self) -> Sequence[int]:
+        if len(self._ranges) == 1:
+            return self._ranges[0]
+        return [i for r in self._ranges for i in r]
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, k: Any) -> Any:
+        if isinstance(k, slice):
+            return [self[j] for j in range(*k.indices(self._len))]
+        if k < 0:
+            k += self._len
+        if not 0 <= k < self._len:
+            raise IndexError("task id index out of range")
+        for r in self._ranges:
+            if k < len(r):
+                return f"{self.session_id}_{r[k]}"
+            k -= len(r)
+        raise IndexError("task id index out of range")
+
+    def __iter__(self) -> Iterator[str]:
+        for r in self._ranges:
+            for i in r:
+                yield f"{self.session_id}_{i}"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, TaskIds):
+            return (self.session_id, self._ranges) == (other.session_id, other._ranges)
+        if isinstance(other, list | tuple):
+            return len(other) == self._len and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"TaskIds({self.session_id!r}, {self._len} tasks)"
+
+
+def _merge(ranges: list[range]) -> list[range]:
+    merged: list[range] = []
+    for r in ranges:
+        if merged and merged[-1].stop == r.start:
+            merged[-1] = range(merged[-1].start, r.stop)
+        else:
+            merged.append(r)
+    return merged
+
+
+_OPEN, _FINISHED, _FAILED, _CANCELLED = 0, 1, 2, 3
+_STATES = {_FINISHED: TaskState.FINISHED, _FAILED: TaskState.FAILED, _CANCELLED: TaskState.CANCELLED}
+
+
+class _Tracker:
+    """Which tasks of a submission have ended, from the batch's terminal events: a byte per task."""
+
+    def __init__(self, indices: Sequence[int], *, keep_outputs: bool):
+        self.indices = indices
+        self.size = len(indices)
+        self.base = indices.start if isinstance(indices, range) and indices.step == 1 else None
+        self.slot = None if self.base is not None else {i: k for k, i in enumerate(indices)}
+        self.state = bytearray(self.size)
+        self.outputs: list[bytes | None] | None = [None] * self.size if keep_outputs else None
+        self.remaining = self.size
+
+    def _slots(self, indices: list[int]) -> Iterator[tuple[int, int]]:
+        if self.base is not None:
+            base, size = self.base, self.size
+            for j, i in enumerate(indices):
+                k = i - base
+                if 0 <= k < size:
+                    yield j, k
+        else:
+            slot = self.slot
+            for j, i in enumerate(indices):
+                k = slot.get(i)
+                if k is not None:
+                    yield j, k
+
+    def apply(self, event: TerminalEvent, *, collect: bool = False) -> list[tuple[int, TaskState, bytes | None]]:
+        """Mark what `event` ended; returns (index, state, carried output) of each newly ended task
+        when `collect` is set."""
+        ended: list[tuple[int, TaskState, bytes | None]] = []
+        state, outputs, carried = self.state, self.outputs, event.outputs
+        for j, k in self._slots(event.finished):
+            if not state[k]:
+                state[k] = _FINISHED
+                self.remaining -= 1
+                output = carried[j] if carried is not None else None
+                if outputs is not None:
+                    outputs[k] = output
+                if collect:
+                    ended.append((event.finished[j], TaskState.FINISHED, output))
+        for j, k in self._slots(event.failed):
+            if not state[k]:
+                state[k] = _FAILED
+                self.remaining -= 1
+                if collect:
+                    ended.append((event.failed[j], TaskState.FAILED, None))
+        if event.cancelled:
+            for k in range(self.size):
+                if not state[k]:
+                    state[k] = _CANCELLED
+                    if collect:
+                        ended.append((self.indices[k], TaskState.CANCELLED, None))
+            self.remaining = 0
+        return ended
+
+    async def report(self, store: TaskStore, sid: str) -> tuple[list[int], list[Report]]:
+        """The ended tasks, in submission order, with outputs and errors (each read once, in chunks;
+        outputs that travelled in the events need no read)."""
+        outputs = self.outputs or [None] * self.size
+        ended = [k for k in range(self.size) if self.state[k]]
+        unread = [self.indices[k] for k in ended if self.state[k] == _FINISHED and outputs[k] is None]
+        failed = [self.indices[k] for k in ended if self.state[k] == _FAILED]
+        read = dict(zip(unread, await store.outputs(sid, unread))) if unread else {}
+        errors = dict(zip(failed, await store.errors(sid, failed))) if failed else {}
+        indices: list[int] = []
+        report: list[Report] = []
+        for k in ended:
+            index, code = self.indices[k], self.state[k]
+            indices.append(index)
+            if code == _FINISHED:
+                output = outputs[k]
+                report.append((TaskState.FINISHED, output if output is not None else read.get(index), None))
+            elif code == _FAILED:
+                message, kind = errors.get(index, (None, None))
+                report.append((TaskState.FAILED, (message or "").encode() or None, kind))
+            else:
+                report.append((TaskState.CANCELLED, None, None))
+        return indices, report
 
 
 class GridConnector:
@@ -425,8 +633,19 @@ class GridConnector:
     def authenticate(self) -> None:
         self._run(self._async.authenticate())
 
-    def send(self, tasks_list: list[dict[str, Any]], session_id: str | None = None) -> dict[str, Any]:
-        return self._run(self._async.send(tasks_list, session_id))
+    def send(self, tasks_list: Iterable[dict[str, Any]], session_id: str | None = None, *, append: bool = False,
+             priority: int | None = None) -> dict[str, Any]:
+        return self._run(self._async.send(tasks_list, session_id, append=append, priority=priority))
+
+    def iter_results(self, submission_response: Mapping[str, Any], timeout_sec: float | None = None
+                     ) -> Iterator[dict[str, Any]]:
+        """Each task's result as it ends (see AsyncGridConnector.iter_results)."""
+        agen = self._async.iter_results(submission_response, timeout_sec).__aiter__()
+        while True:
+            try:
+                yield self._run(agen.__anext__())
+            except StopAsyncIteration:
+                return
 
     def get_results(self, submission_response: Mapping[str, Any], timeout_sec: float = 0, *,
                     wait: bool = True) -> dict[str, Any]:

@@ -13,6 +13,11 @@ finds its work done and changes nothing.
 
 One line is logged when an outage has lasted a second and one when it ends, per Redis address,
 however many connections and commands wait through it.
+
+A Redis Cluster is named by its scheme, `redis+cluster://host:port` (`rediss+cluster://` with
+TLS): any node will do, the client discovers the others and routes each batch's commands to the
+shard that holds its slot. Commands are packed by hiredis, in C, where redis-py's asyncio client
+would pack them in Python (most of a large submission's client time).
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio import connection as aioconnection
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import AuthenticationError, BusyLoadingError, ConnectionError, ReadOnlyError, TimeoutError
@@ -123,6 +131,43 @@ class RideOut(Retry):
                 return result
 
 
+class ClusterRideOut(Retry):
+    """The cluster client's retry policy: it counts attempts (and re-discovers the cluster's
+    topology between them), so the outage budget becomes a number of backed-off attempts."""
+
+    def __init__(self, budget_seconds: float | None, cap: float = 2.0, base: float = 0.05):
+        attempts = 100_000 if budget_seconds is None else max(3, int(budget_seconds / cap) + 6)
+        super().__init__(ExponentialWithJitterBackoff(cap=cap, base=base), retries=attempts,
+                         supported_errors=RETRIABLE)
+
+
+_PACKERS: dict[type, type] = {}
+
+
+def _hiredis_packing(cls: type) -> type:
+    """`cls` (a redis.asyncio Connection class) with commands packed by hiredis."""
+    if cls not in _PACKERS:
+
+        def pack_command(self: Any, *args: Any) -> list[bytes]:
+            if isinstance(args[0], str) and " " in args[0]:
+                args = (*args[0].split(), *args[1:])
+            try:
+                return [hiredis.pack_command(args)]
+            except TypeError:  # a type hiredis does not pack (e.g. a memoryview): redis-py's own way
+                return cls.pack_command(self, *args)
+
+        def pack_commands(self: Any, commands: Any) -> list[bytes]:
+            return [b"".join(pack_command(self, *command)[0] for command in commands)]
+
+        _PACKERS[cls] = type(f"Hiredis{cls.__name__}", (cls,), {"pack_command": pack_command,
+                                                                 "pack_commands": pack_commands})
+    return _PACKERS[cls]
+
+
+def is_cluster_url(url: str) -> bool:
+    return urlsplit(url).scheme in ("redis+cluster", "rediss+cluster")
+
+
 def address_of(url: str) -> str:
     """host:port of a Redis URL, never its credentials (for messages and logs)."""
     parts = urlsplit(url)
@@ -141,4 +186,29 @@ def connect(url: str, *, outage_budget: float | None, retry_auth: bool = False, 
         "socket_keepalive": True,
     }
     options.update(kwargs)
-    return aioredis.Redis.from_url(url, **options)
+    if is_cluster_url(url):
+        options["retry"] = ClusterRideOut(outage_budget)
+        client = RedisCluster.from_url(url.replace("+cluster://", "://", 1), **options)
+        client.nodes_manager.connection_kwargs["connection_class"] = _hiredis_packing(
+            client.nodes_manager.connection_kwargs.get("connection_class", aioconnection.Connection))
+        client.gridop_url = url  # what clone_client() reconnects to
+        return client
+    client = aioredis.Redis.from_url(url, **options)
+    client.connection_pool.connection_class = _hiredis_packing(client.connection_pool.connection_class)
+    return client
+
+
+def clone_client(client: Any) -> Any:
+    """A client with its own connections to the same Redis or Redis Cluster (for another thread's loop)."""
+    if isinstance(client, RedisCluster):
+        kwargs = dict(client.nodes_manager.connection_kwargs)
+        nodes = [ClusterNode(n.host, n.port) for n in client.get_nodes()] or None
+        clone = RedisCluster(startup_nodes=nodes, retry=client.retry, **{
+            k: v for k, v in kwargs.items()
+            if k in ("username", "password", "socket_timeout", "socket_connect_timeout", "socket_keepalive",
+                     "health_check_interval")})
+        clone.nodes_manager.connection_kwargs["connection_class"] = kwargs["connection_class"]
+        return clone
+    kwargs = dict(client.connection_pool.connection_kwargs)
+    pool = aioredis.ConnectionPool(connection_class=client.connection_pool.connection_class, **kwargs)
+    return aioredis.Redis(connection_pool=pool)

@@ -1,32 +1,31 @@
 """Lua scripts: every state transition is one atomic script over a whole batch of tasks.
 
-Each script gets one key, the batch's `meta` hash, and derives the others from it by role
-(all share the `{sid}` hash tag, so a batch lives on one Redis Cluster slot). Passing one key
-instead of eighteen keeps the per-call cost down on the hot path. Counters in `n` move with
-every transition, so the totals per state are always one HGETALL away.
+Every key a script touches is declared in KEYS (the batch's keys, all under one `{sid}` hash
+tag, so a batch lives on one Redis Cluster slot and its scripts run on one shard). The layout is
+chosen so that the hot path writes as little per task as possible:
+
+- the queue holds *runs* of pending tasks (`lo:hi:attempt:submitted:queued`), not one entry per
+  task: a submission chunk of 5,000 tasks is one list entry, and a claim splits a run;
+- a claim is one lease entry, one claim record (its runs) and one count, whatever its size: the
+  tasks of a live claim need no per-task bookkeeping at all;
+- a task gets one record field when it leaves a claim (`t`: finished with its output, failed, or
+  retrying), written once;
+- one terminal event per script call (indices as a comma list, small outputs alongside), not
+  one per task; cancelling a batch is one event and O(1) in its size.
 """
 
 from __future__ import annotations
 
 # Key roles, in KEYS[] order for every script.
-KEYS = ("meta", "q", "st", "att", "lease", "own", "in", "out", "err", "n", "retry", "done",
-        "ts:submitted", "ts:queued", "ts:claimed", "ts:started", "ts:finished", "wake")
+KEYS = ("meta", "q", "q1", "t", "in", "err", "fa", "ia", "lease", "cn", "ch", "retry", "n", "done", "wake",
+        "idle", "hand", "apx")
 
 _PRELUDE = """
-local meta = KEYS[1]
-local base = string.sub(meta, 1, #meta - 4)
-local q, st, att, lease, own, inp, out, err, n, retry, done = base .. 'q', base .. 'st', base .. 'att', base .. 'lease', base .. 'own', base .. 'in', base .. 'out', base .. 'err', base .. 'n', base .. 'retry', base .. 'done'
-local ts_sub, ts_q, ts_claim, ts_start, ts_fin, wake = base .. 'ts:submitted', base .. 'ts:queued', base .. 'ts:claimed', base .. 'ts:started', base .. 'ts:finished', base .. 'wake'
-local idle, q1, ek, iatt, apx = base .. 'idle', base .. 'q1', base .. 'ek', base .. 'iatt', base .. 'apx'
--- The next tasks to claim. A task whose last attempt ended with a lost lease (its worker died)
--- is claimed alone: if it is what killed the worker, it takes no neighbour down with it again.
-local function pop_work(count)
-  local solo = redis.call('LPOP', q1)
-  if solo then return {solo} end
-  return redis.call('LPOP', q, count)
-end
+local meta, q, q1, t, inl, err, fa, ia = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local lease, cn, ch, retry, n, done, wake = KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
+local idle, hand, apx = KEYS[16], KEYS[17], KEYS[18]
 -- Bulk writes: one command per key per script instead of one per task (Redis time per task is
--- dominated by command dispatch, so this is most of the data plane's throughput).
+-- dominated by command dispatch).
 local function chunks(list, fn, step)
   step = step or 4000
   for lo = 1, #list, step do fn(unpack(list, lo, math.min(lo + step - 1, #list))) end
@@ -40,48 +39,37 @@ local function hmget_all(key, fields)
   end)
   return values
 end
--- Claim the pending ones among `ids` for `worker`; returns flat {i, token, attempt, input, ...}
--- and how many were claimed (counters are the caller's).
-local function claim_all(ids, worker, now, deadline)
-  local states, attempts = hmget_all(st, ids), hmget_all(att, ids)
-  local taken, set_st, set_own, set_att, set_ts, leases = {}, {}, {}, {}, {}, {}
-  local tokens, tries = {}, {}
-  for j, i in ipairs(ids) do
-    if states[j] == 'pending' then
-      local a = tonumber(attempts[j] or '0') + 1
-      local token = worker .. ':' .. a
-      taken[#taken + 1] = i
-      tokens[#tokens + 1] = token
-      tries[#tries + 1] = a
-      set_st[#set_st + 1] = i; set_st[#set_st + 1] = 'processing'
-      set_own[#set_own + 1] = i; set_own[#set_own + 1] = token
-      set_att[#set_att + 1] = i; set_att[#set_att + 1] = a
-      set_ts[#set_ts + 1] = i; set_ts[#set_ts + 1] = now
-      leases[#leases + 1] = deadline; leases[#leases + 1] = i
-    end
-  end
-  local result = {}
-  if #taken == 0 then return result, 0 end
-  hset_all(st, set_st); hset_all(own, set_own); hset_all(att, set_att); hset_all(ts_claim, set_ts)
-  chunks(leases, function(...) redis.call('ZADD', lease, ...) end)
-  local inputs = hmget_all(inp, taken)
-  for j, i in ipairs(taken) do
-    result[#result + 1] = i
-    result[#result + 1] = tokens[j]
-    result[#result + 1] = tries[j]
-    result[#result + 1] = inputs[j]
-  end
-  return result, #taken
+-- ARGV[from..#ARGV] pushed onto a list, 4,000 at a time (Lua's stack limit).
+local function push_args(key, from)
+  for lo = from, #ARGV, 4000 do redis.call('RPUSH', key, unpack(ARGV, lo, math.min(lo + 3999, #ARGV))) end
 end
--- Claim task i for `worker` (the caller checked it is pending and accounted the counters).
-local function take(i, worker, now, deadline)
-  local a = redis.call('HINCRBY', att, i, 1)
-  local token = worker .. ':' .. a
-  redis.call('HSET', st, i, 'processing')
-  redis.call('HSET', own, i, token)
-  redis.call('ZADD', lease, deadline, i)
-  redis.call('HSET', ts_claim, i, now)
-  return token, a
+local function nudge()
+  redis.call('RPUSH', wake, 1)
+  redis.call('LTRIM', wake, -64, -1)
+end
+-- A run of pending tasks: "lo:hi:attempt:submitted:queued".
+local function parse_run(e)
+  local lo, hi, a, sub, qd = string.match(e, '^(%d+):(%d+):(%d+):([^:]*):([^:]*)$')
+  return tonumber(lo), tonumber(hi), tonumber(a), sub, qd
+end
+-- A claim record: "worker|claimed|run;run;..." -> list of {lo, hi, attempt, submitted}.
+local function runs_of(claim)
+  local rec = redis.call('HGET', ch, claim)
+  local runs = {}
+  if not rec then return runs end
+  local body = string.match(rec, '^[^|]*|[^|]*|(.*)$')
+  for e in string.gmatch(body, '[^;]+') do
+    local lo, hi, a, sub = parse_run(e)
+    runs[#runs + 1] = {lo, hi, a, sub}
+  end
+  return runs
+end
+local function run_of(runs, i)
+  i = tonumber(i)
+  for _, r in ipairs(runs) do
+    if i and i >= r[1] and i <= r[2] then return r end
+  end
+  return nil
 end
 local function backoff(a)
   local base = tonumber(redis.call('HGET', meta, 'backoff') or '1')
@@ -91,122 +79,173 @@ local function backoff(a)
   if d > cap then d = cap end
   return d
 end
--- A failed attempt of kind application | timeout | infrastructure: recorded on the task and in
--- the batch's counters. Infrastructure failures (lost lease: the worker died or was cut off)
--- have a budget of their own, so they never spend the application's retries.
-local function record_failure(i, kind, message)
-  redis.call('HSET', ek, i, kind)
+local function is_open()
+  local flags = redis.call('HMGET', meta, 'cancelled', 'suspended')
+  return flags[1] ~= '1' and flags[2] ~= '1'
+end
+-- Claim up to `count` pending tasks for `worker`: a lone task whose last worker died under it
+-- (q1) is claimed alone, so if it is what kills workers it takes no neighbour down with it.
+-- Returns {claim, claimed, #runs, runs..., inputs...} or nil.
+local function claim_work(worker, count, now, deadline)
+  if count <= 0 then return nil end
+  local runs, taken = {}, 0
+  local solo = redis.call('LPOP', q1)
+  if solo then
+    runs[1] = solo
+    taken = 1
+  else
+    while taken < count do
+      local e = redis.call('LPOP', q)
+      if not e then break end
+      local lo, hi, a, sub, qd = parse_run(e)
+      local k = math.min(count - taken, hi - lo + 1)
+      if lo + k <= hi then
+        redis.call('LPUSH', q, (lo + k) .. ':' .. hi .. ':' .. a .. ':' .. sub .. ':' .. qd)
+        e = lo .. ':' .. (lo + k - 1) .. ':' .. a .. ':' .. sub .. ':' .. qd
+      end
+      runs[#runs + 1] = e
+      taken = taken + k
+    end
+  end
+  if taken == 0 then return nil end
+  local claim = worker .. ':' .. redis.call('HINCRBY', meta, 'claims', 1)
+  redis.call('HSET', ch, claim, worker .. '|' .. now .. '|' .. table.concat(runs, ';'))
+  redis.call('HSET', cn, claim, taken)
+  redis.call('ZADD', lease, deadline, claim)
+  redis.call('HINCRBY', n, 'pending', -taken)
+  redis.call('HINCRBY', n, 'processing', taken)
+  local reply = {claim, now, #runs}
+  for _, e in ipairs(runs) do reply[#reply + 1] = e end
+  for _, e in ipairs(runs) do
+    local lo, hi = parse_run(e)
+    for _, v in ipairs(redis.call('LRANGE', inl, lo, hi)) do reply[#reply + 1] = v end
+  end
+  return reply
+end
+-- Terminal events of this call, written as one stream entry at the end.
+local ev_f, ev_o, ev_x, ev_bytes = {}, {}, {}, 0
+local function emit()
+  if #ev_f == 0 and #ev_x == 0 then return end
+  local args = {done, '*'}
+  if #ev_f > 0 then
+    args[#args + 1] = 'f'; args[#args + 1] = table.concat(ev_f, ',')
+    -- Small outputs ride along, so a waiting client needs no second read.
+    if ev_bytes <= 16384 and #ev_o == #ev_f then args[#args + 1] = 'o'; args[#args + 1] = table.concat(ev_o, ',') end
+  end
+  if #ev_x > 0 then args[#args + 1] = 'x'; args[#args + 1] = table.concat(ev_x, ',') end
+  redis.call('XADD', unpack(args))
+end
+-- A failed attempt of kind application | timeout | infrastructure, leaving state `from`: retried
+-- with backoff while the budget for its kind lasts (infrastructure failures -- a lost lease: the
+-- worker died or was cut off -- have a budget of their own, so they never spend the
+-- application's retries), else failed.
+local function retry_or_fail(i, r, claim, started, now, kind, message, from)
+  redis.call('HSET', err, i, kind .. '\\0' .. (message or ''))
   redis.call('HINCRBY', n, 'e:' .. kind, 1)
-  if message then redis.call('HSET', err, i, message) end
-end
-local function fail(i, from, now)
   redis.call('HINCRBY', n, from, -1)
-  redis.call('HSET', st, i, 'failed')
-  redis.call('HSET', ts_fin, i, now)
-  redis.call('HINCRBY', n, 'failed', 1)
-  redis.call('XADD', done, '*', 'i', i, 's', 'failed')
-end
--- Retry (with backoff) while the budget for this kind of failure lasts, else fail; `from` is the
--- state being left.
-local function retry_or_fail(i, from, now, message, kind)
-  local a = tonumber(redis.call('HGET', att, i) or '0')
-  record_failure(i, kind, message)
   local allowed
   if kind == 'infrastructure' then
-    allowed = redis.call('HINCRBY', iatt, i, 1) <= tonumber(redis.call('HGET', meta, 'max_infra') or '3')
+    allowed = redis.call('HINCRBY', ia, i, 1) <= tonumber(redis.call('HGET', meta, 'max_infra') or '3')
   else
-    local lost = tonumber(redis.call('HGET', iatt, i) or '0')
-    allowed = a - lost < tonumber(redis.call('HGET', meta, 'max_attempts') or '1')
+    allowed = redis.call('HINCRBY', fa, i, 1) < tonumber(redis.call('HGET', meta, 'max_attempts') or '1')
   end
   if allowed and redis.call('HGET', meta, 'cancelled') ~= '1' then
-    redis.call('HINCRBY', n, from, -1)
-    redis.call('HSET', st, i, 'retrying')
-    redis.call('ZADD', retry, now + backoff(a), i)
+    redis.call('HSET', t, i, 'r|' .. claim .. '|' .. started .. '|' .. now)
+    redis.call('ZADD', retry, tonumber(now) + backoff(r[3]), i .. ':' .. r[3] .. ':' .. r[4])
     redis.call('HINCRBY', n, 'retrying', 1)
     return 'retrying'
   end
-  fail(i, from, now)
+  redis.call('HSET', t, i, 'x|' .. claim .. '|' .. started .. '|' .. now)
+  redis.call('HINCRBY', n, 'failed', 1)
+  ev_x[#ev_x + 1] = i
   return 'failed'
 end
-"""
-
-# ARGV: count, now, lease_deadline, worker
-CLAIM = _PRELUDE + """
-local count, now, deadline, worker = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
-if redis.call('HGET', meta, 'cancelled') == '1' or redis.call('HGET', meta, 'suspended') == '1' then return {} end
-local ids = pop_work(count)
-if not ids then return {} end
-local result, claimed = claim_all(ids, worker, now, deadline)
-if claimed > 0 then
-  redis.call('HINCRBY', n, 'pending', -claimed)
-  redis.call('HINCRBY', n, 'processing', claimed)
-end
-return result
-"""
-
-# ARGV: now, next_count, worker, lease_seconds, idle_ttl, then (i, token, outcome, payload, started)
-# per task; outcome is ok, or a failure: error | timeout (retried within the budget) or
-# fatal | fatal-timeout (failed at once), of kind timeout for the *timeout ones, else application. After recording the outcomes, the worker's next step
-# happens in the same call: claim up to next_count more tasks, or, when there are none and
-# idle_ttl > 0, register it for direct handoff. Returns {applied, stale, idle entry or false,
-# then i, token, attempt, input per newly claimed task}.
-COMPLETE = _PRELUDE + """
-local now, next_count, worker, lease_s, idle_ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
-local ids = {}
-for k = 6, #ARGV, 5 do ids[#ids + 1] = ARGV[k] end
-local owners, states = hmget_all(own, ids), hmget_all(st, ids)
-local applied, stale, finished = 0, 0, 0
-local released, set_out, set_st, set_fin, set_start = {}, {}, {}, {}, {}
-for j, i in ipairs(ids) do
-  local k = 6 + (j - 1) * 5
-  local token, outcome, payload, started = ARGV[k + 1], ARGV[k + 2], ARGV[k + 3], ARGV[k + 4]
-  if owners[j] == token and states[j] == 'processing' then
-    released[#released + 1] = i
-    if started ~= '' then set_start[#set_start + 1] = i; set_start[#set_start + 1] = started end
-    if outcome == 'ok' then
-      set_out[#set_out + 1] = i; set_out[#set_out + 1] = payload
-      set_st[#set_st + 1] = i; set_st[#set_st + 1] = 'finished'
-      set_fin[#set_fin + 1] = i; set_fin[#set_fin + 1] = now
-      -- Small outputs ride along in the event, so a waiting client needs no second read.
-      if #payload <= 512 then
-        redis.call('XADD', done, '*', 'i', i, 's', 'finished', 'o', payload)
-      else
-        redis.call('XADD', done, '*', 'i', i, 's', 'finished')
-      end
-      finished = finished + 1
-    else
-      local kind = 'application'
-      if outcome == 'timeout' or outcome == 'fatal-timeout' then kind = 'timeout' end
-      if outcome == 'error' or outcome == 'timeout' then
-        retry_or_fail(i, 'processing', tonumber(now), payload, kind)
-      else
-        record_failure(i, kind, payload)
-        fail(i, 'processing', now)
-      end
-    end
-    applied = applied + 1
-  else
-    stale = stale + 1  -- reclaimed after a lost lease, or cancelled: this result does not count
+-- A claim is over when its last task has been reported: its lease goes.
+local function release(claim, reported)
+  if reported > 0 and redis.call('HINCRBY', cn, claim, -reported) <= 0 then
+    redis.call('HDEL', cn, claim)
+    redis.call('ZREM', lease, claim)
   end
 end
-if #released > 0 then
-  chunks(released, function(...) redis.call('HDEL', own, ...) end)
-  chunks(released, function(...) redis.call('ZREM', lease, ...) end)
+"""
+
+# ARGV: count, now, lease_deadline, worker. Returns a claim (see claim_work) or {}.
+CLAIM = _PRELUDE + """
+if not is_open() then return {} end
+return claim_work(ARGV[4], tonumber(ARGV[1]), ARGV[2], ARGV[3]) or {}
+"""
+
+# ARGV: now, next_count, worker, lease_seconds, idle_ttl, claim, n_ok, then (i, started, output)
+# per finished task, then (i, outcome, message, started) per failed one: outcome error | timeout
+# (retried within the budget) or fatal | fatal-timeout (failed at once), of kind timeout for the
+# *timeout ones, else application. Results of a claim that is no longer live (its lease lapsed
+# and was swept, or the batch was cancelled) or of tasks already reported are stale and dropped.
+# After recording, the worker's next step happens in the same call: claim up to next_count more,
+# or, when there are none and idle_ttl > 0, register it for direct handoff.
+# Returns {applied, stale, idle entry or false, then a claim or nothing}.
+COMPLETE = _PRELUDE + """
+local now, next_count, worker, lease_s, idle_ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local claim, n_ok = ARGV[6], tonumber(ARGV[7])
+local first_failure = 8 + n_ok * 3
+local applied, stale, finished, failed_now, retried = 0, 0, 0, 0, 0
+local live = redis.call('HEXISTS', cn, claim) == 1
+local runs = live and runs_of(claim) or {}
+if live and n_ok > 0 then
+  local ids = {}
+  for k = 8, first_failure - 1, 3 do ids[#ids + 1] = ARGV[k] end
+  local seen = hmget_all(t, ids)
+  local set_t = {}
+  for j, i in ipairs(ids) do
+    local k = 8 + (j - 1) * 3
+    if not seen[j] and run_of(runs, i) then
+      local output = ARGV[k + 2]
+      set_t[#set_t + 1] = i
+      set_t[#set_t + 1] = 'f|' .. claim .. '|' .. ARGV[k + 1] .. '|' .. now .. '|' .. output
+      ev_f[#ev_f + 1] = i
+      ev_o[#ev_o + 1] = output
+      ev_bytes = ev_bytes + #output + 1
+      finished = finished + 1
+    else
+      stale = stale + 1
+    end
+  end
+  hset_all(t, set_t)
+else
+  stale = stale + n_ok
 end
-hset_all(out, set_out); hset_all(st, set_st); hset_all(ts_fin, set_fin); hset_all(ts_start, set_start)
+for k = first_failure, #ARGV, 4 do
+  local i, outcome, message, started = ARGV[k], ARGV[k + 1], ARGV[k + 2], ARGV[k + 3]
+  local r = live and run_of(runs, i)
+  if r and not redis.call('HGET', t, i) then
+    local kind = 'application'
+    if outcome == 'timeout' or outcome == 'fatal-timeout' then kind = 'timeout' end
+    if outcome == 'error' or outcome == 'timeout' then
+      if retry_or_fail(i, r, claim, started, now, kind, message, 'processing') == 'retrying' then retried = retried + 1 end
+    else
+      redis.call('HSET', err, i, kind .. '\\0' .. message)
+      redis.call('HINCRBY', n, 'e:' .. kind, 1)
+      redis.call('HINCRBY', n, 'processing', -1)
+      redis.call('HSET', t, i, 'x|' .. claim .. '|' .. started .. '|' .. now)
+      redis.call('HINCRBY', n, 'failed', 1)
+      ev_x[#ev_x + 1] = i
+    end
+    failed_now = failed_now + 1
+  else
+    stale = stale + 1
+  end
+end
+applied = finished + failed_now
 if finished > 0 then
   redis.call('HINCRBY', n, 'processing', -finished)
   redis.call('HINCRBY', n, 'finished', finished)
 end
+if live then release(claim, applied) end
+emit()
 local result = {applied, stale, false}
-if next_count > 0 and redis.call('HGET', meta, 'cancelled') ~= '1' and redis.call('HGET', meta, 'suspended') ~= '1' then
-  local next_ids = pop_work(next_count)
-  local claimed_list, claimed = {}, 0
-  if next_ids then claimed_list, claimed = claim_all(next_ids, worker, now, tonumber(now) + lease_s) end
-  if claimed > 0 then
-    redis.call('HINCRBY', n, 'pending', -claimed)
-    redis.call('HINCRBY', n, 'processing', claimed)
-    for _, v in ipairs(claimed_list) do result[#result + 1] = v end
+if next_count > 0 and is_open() then
+  local got = claim_work(worker, next_count, now, tonumber(now) + lease_s)
+  if got then
+    for _, v in ipairs(got) do result[#result + 1] = v end
   elseif idle_ttl > 0 then
     local entry = worker .. '|' .. lease_s .. '|' .. (tonumber(now) + idle_ttl)
     redis.call('RPUSH', idle, entry)
@@ -216,210 +255,155 @@ end
 return result
 """
 
-# ARGV: deadline, then (i, token) per in-flight task. Returns the ids this worker no longer owns.
+# ARGV: deadline, then the claims this worker holds. Extends the live ones; returns the others
+# (cancelled, or reclaimed after a lapsed lease).
 HEARTBEAT = _PRELUDE + """
-local deadline = ARGV[1]
 local lost = {}
-for k = 2, #ARGV, 2 do
-  local i, token = ARGV[k], ARGV[k + 1]
-  if redis.call('HGET', own, i) == token and redis.call('HGET', st, i) == 'processing' then
-    redis.call('ZADD', lease, 'XX', deadline, i)
+for k = 2, #ARGV do
+  if redis.call('ZSCORE', lease, ARGV[k]) then
+    redis.call('ZADD', lease, 'XX', ARGV[1], ARGV[k])
   else
-    lost[#lost + 1] = i
+    lost[#lost + 1] = ARGV[k]
   end
 end
 return lost
 """
 
-# ARGV: now, limit. Expired leases -> retrying/failed; due retries -> pending.
+# ARGV: now, limit. Lapsed claims: their unreported tasks -> retrying/failed; due retries -> pending.
 SWEEP = _PRELUDE + """
-local now, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+local now, limit = ARGV[1], tonumber(ARGV[2])
 local expired = redis.call('ZRANGEBYSCORE', lease, '-inf', now, 'LIMIT', 0, limit)
 local retried, failed = 0, 0
-for _, i in ipairs(expired) do
-  redis.call('ZREM', lease, i)
-  redis.call('HDEL', own, i)
-  if redis.call('HGET', st, i) == 'processing' then
-    if retry_or_fail(i, 'processing', now, 'lease expired: the worker stopped heartbeating (lost or killed)',
-                     'infrastructure') == 'failed' then
-      failed = failed + 1
-    else
-      retried = retried + 1
+for _, claim in ipairs(expired) do
+  redis.call('ZREM', lease, claim)
+  redis.call('HDEL', cn, claim)
+  for _, r in ipairs(runs_of(claim)) do
+    for i = r[1], r[2] do
+      if not redis.call('HGET', t, i) then
+        if retry_or_fail(i, r, claim, '', now, 'infrastructure',
+                         'lease expired: the worker stopped heartbeating (lost or killed)', 'processing') == 'failed' then
+          failed = failed + 1
+        else
+          retried = retried + 1
+        end
+      end
     end
   end
 end
 local due = redis.call('ZRANGEBYSCORE', retry, '-inf', now, 'LIMIT', 0, limit)
 local requeued = 0
-for _, i in ipairs(due) do
-  redis.call('ZREM', retry, i)
-  if redis.call('HGET', st, i) == 'retrying' then
-    redis.call('HSET', st, i, 'pending')
-    redis.call('HSET', ts_q, i, now)
-    if redis.call('HGET', ek, i) == 'infrastructure' then redis.call('RPUSH', q1, i) else redis.call('RPUSH', q, i) end
+for _, member in ipairs(due) do
+  redis.call('ZREM', retry, member)
+  local i, a, sub = string.match(member, '^(%d+):(%d+):(.*)$')
+  local rec = redis.call('HGET', t, i)
+  if rec and string.sub(rec, 1, 1) == 'r' then
+    redis.call('HDEL', t, i)
+    local e = i .. ':' .. i .. ':' .. (tonumber(a) + 1) .. ':' .. sub .. ':' .. now
+    local last = redis.call('HGET', err, i) or ''
+    if string.sub(last, 1, 15) == 'infrastructure\\0' then redis.call('RPUSH', q1, e) else redis.call('RPUSH', q, e) end
     requeued = requeued + 1
   end
 end
 if requeued > 0 then
   redis.call('HINCRBY', n, 'retrying', -requeued)
   redis.call('HINCRBY', n, 'pending', requeued)
-  redis.call('RPUSH', wake, 1)
-  redis.call('LTRIM', wake, -64, -1)
+  nudge()
 end
+emit()
 return {#expired, retried, failed, requeued}
 """
 
-# ARGV: now. Cancels everything not yet terminal; returns {pending, retrying, processing}.
+# ARGV: now. Cancels everything not yet terminal, in O(1) of the batch's size: the queue, the
+# retries and the live claims go; a task with no terminal record in a cancelled batch is
+# cancelled. One event says so. Returns {pending, retrying, processing}.
 CANCEL = _PRELUDE + """
-local now = ARGV[1]
-redis.call('HSET', meta, 'cancelled', '1')
-local counts = {pending = 0, retrying = 0, processing = 0}
-local function cancel(i, from)
-  if redis.call('HGET', st, i) == from then
-    redis.call('HSET', st, i, 'cancelled')
-    redis.call('HSET', ts_fin, i, now)
-    redis.call('XADD', done, '*', 'i', i, 's', 'cancelled')
-    counts[from] = counts[from] + 1
-  end
+redis.call('HSET', meta, 'cancelled', '1', 'cancelled_at', ARGV[1])
+local c = redis.call('HMGET', n, 'pending', 'retrying', 'processing')
+local p, r, x = tonumber(c[1] or '0'), tonumber(c[2] or '0'), tonumber(c[3] or '0')
+redis.call('DEL', q, q1, retry, lease, cn, idle, hand)
+if p > 0 then redis.call('HINCRBY', n, 'pending', -p) end
+if r > 0 then redis.call('HINCRBY', n, 'retrying', -r) end
+if x > 0 then redis.call('HINCRBY', n, 'processing', -x) end
+if p + r + x > 0 then
+  redis.call('HINCRBY', n, 'cancelled', p + r + x)
+  redis.call('XADD', done, '*', 'c', '1')
 end
-for _, i in ipairs(redis.call('LRANGE', q1, 0, -1)) do cancel(i, 'pending') end
-for _, i in ipairs(redis.call('LRANGE', q, 0, -1)) do cancel(i, 'pending') end
-redis.call('DEL', q, q1)
-for _, i in ipairs(redis.call('ZRANGE', retry, 0, -1)) do cancel(i, 'retrying') end
-redis.call('DEL', retry)
-for _, i in ipairs(redis.call('ZRANGE', lease, 0, -1)) do cancel(i, 'processing') end
-redis.call('DEL', lease, own)
-local total = counts.pending + counts.retrying + counts.processing
-for from, c in pairs(counts) do
-  if c > 0 then redis.call('HINCRBY', n, from, -c) end
-end
-if total > 0 then redis.call('HINCRBY', n, 'cancelled', total) end
-return {counts.pending, counts.retrying, counts.processing}
+return {p, r, x}
 """
 
 # ARGV: now, append id, payloads... Appends to an existing batch; returns {first new index, last
 # terminal-event id} (the id lets the caller wait for these tasks without missing an event), {-1}
-# if there is no batch, {-2} if it was cancelled. Replaying an append id (a retry after a lost
-# reply) returns the first reply's index and appends nothing.
+# if there is no batch, {-2} if it was cancelled, {-3} while its initial submission is still
+# being written. Replaying an append id (a retry after a lost reply) returns the first reply's
+# index and appends nothing. An idle worker waiting on the batch gets a task handed over, already
+# claimed for it: no queue round trip.
 APPEND = _PRELUDE + """
-if not redis.call('HGET', meta, 'total') then return {-1} end
+local total = redis.call('HGET', meta, 'total')
+if not total then return {-1} end
 if redis.call('HGET', meta, 'cancelled') == '1' then return {-2} end
-local now = ARGV[1]
 local seen = redis.call('HGET', apx, ARGV[2])
 if seen then return {tonumber(seen), '0-0'} end
-local count = #ARGV - 2
-local total = redis.call('HINCRBY', meta, 'total', count)
-local first = total - count
-redis.call('HSET', apx, ARGV[2], first)
-local open = redis.call('HGET', meta, 'cancelled') ~= '1' and redis.call('HGET', meta, 'suspended') ~= '1'
--- A worker waiting idle gets the task handed straight to its inbox, already claimed: no queue
--- round trip. Entries are "worker|lease seconds|registration expiry".
-local function idle_worker()
-  while open do
-    local entry = redis.call('LPOP', idle)
-    if not entry then return nil end
-    local worker, lease_s, expires = string.match(entry, '^(.*)|([^|]*)|([^|]*)$')
-    if worker and tonumber(expires) > tonumber(now) then return worker, tonumber(lease_s) end
-  end
-  return nil
-end
-local queued, handed = 0, 0
-local set_in, set_ts, set_st, queue = {}, {}, {}, {}
-for k = 3, #ARGV do
-  local i = first + k - 3
-  set_in[#set_in + 1] = i; set_in[#set_in + 1] = ARGV[k]
-  set_ts[#set_ts + 1] = i; set_ts[#set_ts + 1] = now
-  local worker, lease_s = nil, nil
-  if queued == 0 then worker, lease_s = idle_worker() end  -- once one is queued, the rest queue too
-  if worker then
-    local token, a = take(i, worker, now, tonumber(now) + lease_s)
-    redis.call('RPUSH', base .. 'inbox:' .. worker, i .. '\\n' .. token .. '\\n' .. a .. '\\n' .. ARGV[k])
-    handed = handed + 1
-  else
-    set_st[#set_st + 1] = i; set_st[#set_st + 1] = 'pending'
-    queue[#queue + 1] = i
-    queued = queued + 1
-  end
-end
-hset_all(inp, set_in); hset_all(ts_sub, set_ts); hset_all(ts_q, set_ts); hset_all(st, set_st)
-chunks(queue, function(...) redis.call('RPUSH', q, ...) end)
+local first = tonumber(total)
+if redis.call('LLEN', inl) ~= first then return {-3} end
+local now, count = ARGV[1], #ARGV - 2
+push_args(inl, 3)
+redis.call('HINCRBY', meta, 'total', count)
 redis.call('HINCRBY', meta, 'submitted', count)
-if handed > 0 then redis.call('HINCRBY', n, 'processing', handed) end
-if queued > 0 then
-  redis.call('HINCRBY', n, 'pending', queued)
-  redis.call('RPUSH', wake, 1)
-  redis.call('LTRIM', wake, -64, -1)
+redis.call('HSET', apx, ARGV[2], first)
+local i, last, handed = first, first + count - 1, 0
+local open = is_open()
+while open and i <= last do
+  -- Idle registrations are "worker|lease seconds|registration expiry".
+  local entry = redis.call('LPOP', idle)
+  if not entry then break end
+  local worker, lease_s, expires = string.match(entry, '^(.*)|([^|]*)|([^|]*)$')
+  if worker and tonumber(expires) > tonumber(now) then
+    local run = i .. ':' .. i .. ':1:' .. now .. ':' .. now
+    local claim = worker .. ':' .. redis.call('HINCRBY', meta, 'claims', 1)
+    redis.call('HSET', ch, claim, worker .. '|' .. now .. '|' .. run)
+    redis.call('HSET', cn, claim, 1)
+    redis.call('ZADD', lease, tonumber(now) + tonumber(lease_s), claim)
+    redis.call('RPUSH', hand, claim .. '\\n' .. now .. '\\n' .. run .. '\\n' .. ARGV[3 + i - first])
+    i = i + 1
+    handed = handed + 1
+  end
 end
-local last = redis.call('XREVRANGE', done, '+', '-', 'COUNT', 1)
-if #last > 0 then return {first, last[1][1]} end
+if handed > 0 then redis.call('HINCRBY', n, 'processing', handed) end
+if i <= last then
+  redis.call('RPUSH', q, i .. ':' .. last .. ':1:' .. now .. ':' .. now)
+  redis.call('HINCRBY', n, 'pending', last - i + 1)
+  nudge()
+end
+local newest = redis.call('XREVRANGE', done, '+', '-', 'COUNT', 1)
+if #newest > 0 then return {first, newest[1][1]} end
 return {first, '0-0'}
 """
 
-# ARGV: indices... Returns {last_done_id, terminal_count} while some are not terminal, and
-# {last_done_id, terminal_count, state1, payload1, ...} (output or error) once all are.
-COLLECT = _PRELUDE + """
-local last = redis.call('XREVRANGE', done, '+', '-', 'COUNT', 1)
-local last_id = '0-0'
-if #last > 0 then last_id = last[1][1] end
-local k = #ARGV
-local total = tonumber(redis.call('HGET', meta, 'total') or '-1')
-local function hmget(key)
-  local values = {}
-  for lo = 1, k, 4000 do
-    local hi = math.min(lo + 3999, k)
-    local part = redis.call('HMGET', key, unpack(ARGV, lo, hi))
-    for j = 1, #part do values[#values + 1] = part[j] end
-  end
-  return values
-end
-local terminal = 0
-local states = nil
-if k == total then
-  for _, s in ipairs({'finished', 'failed', 'cancelled'}) do
-    terminal = terminal + tonumber(redis.call('HGET', n, s) or '0')
-  end
-else
-  states = hmget(st)
-  for _, s in ipairs(states) do
-    if s == 'finished' or s == 'failed' or s == 'cancelled' then terminal = terminal + 1 end
-  end
-end
-if terminal < k then return {last_id, terminal} end
-states = states or hmget(st)
-local result = {last_id, terminal}
-for j = 1, k do
-  local s = states[j]
-  local payload = false
-  if s == 'finished' then payload = redis.call('HGET', out, ARGV[j])
-  elseif s == 'failed' then
-    payload = (redis.call('HGET', ek, ARGV[j]) or 'application') .. '\\0' .. (redis.call('HGET', err, ARGV[j]) or '')
-  end
-  result[#result + 1] = s
-  result[#result + 1] = payload
-end
-return result
-"""
-
-# ARGV: entry. A worker stops waiting: withdraw its idle registration. If a sender already took
-# it, a task is (atomically) in the worker's inbox: return that inbox item so it is not missed.
+# ARGV: entry, holding ('1' when the worker already took a handed-over task). A worker stops
+# waiting: withdraw its idle registration. If a sender consumed it, a task was handed over for
+# it: return one (unless the worker already holds one), so none is left waiting for its lease.
 UNIDLE = _PRELUDE + """
-local entry = ARGV[1]
-if redis.call('LREM', idle, 1, entry) == 1 then return false end
-local worker = string.match(entry, '^(.*)|[^|]*|[^|]*$')
-return redis.call('LPOP', base .. 'inbox:' .. worker)
+if redis.call('LREM', idle, 1, ARGV[1]) == 1 or ARGV[2] == '1' then return false end
+return redis.call('LPOP', hand)
 """
 
-# ARGV: total, content digest, now, max_attempts, backoff, backoff_mult, backoff_max, max_infra.
-# Declares a batch, atomically: returns {initial-submission cursor, total} — 0 for a new batch, the
-# resume point when the same content was declared before — or {-1, total} when the id already
-# holds other content. A retry policy the operator wrote from the TaskBatch (policy_source) wins
-# over the submitter's.
+# ARGV: total, content digest, now, max_attempts, backoff, backoff_mult, backoff_max, max_infra,
+# open. Declares a batch, atomically: returns {initial-submission cursor, total} -- 0 for a new
+# batch, the resume point when the same content was declared before -- or {-1, total} when the
+# id already holds other content. A streamed submission (open = 1) declares no total up front:
+# it grows with each chunk until the sender closes it; its digest is the send's own id (its
+# content is not known in advance), so only a replay of the same call resumes it. A retry policy the operator wrote from the
+# TaskBatch (policy_source) wins over the submitter's.
 CREATE = _PRELUDE + """
 local total = redis.call('HGET', meta, 'total')
 if total then
   if redis.call('HGET', meta, 'digest') ~= ARGV[2] then return {-1, tonumber(total)} end
   return {tonumber(redis.call('HGET', meta, 'cursor') or '0'), tonumber(total)}
 end
-redis.call('HSET', meta, 'total', ARGV[1], 'submitted', 0, 'cursor', 0, 'digest', ARGV[2], 'created', ARGV[3])
+local declared = ARGV[1]
+if ARGV[9] == '1' then declared = 0 end
+redis.call('HSET', meta, 'total', declared, 'submitted', 0, 'cursor', 0, 'digest', ARGV[2], 'created', ARGV[3],
+           'open', ARGV[9])
 redis.call('HSETNX', meta, 'cancelled', 0)
 redis.call('HSETNX', meta, 'suspended', 0)
 if redis.call('HGET', meta, 'policy_source') ~= 'taskbatch' then
@@ -429,33 +413,42 @@ end
 for _, s in ipairs({'pending', 'processing', 'retrying', 'finished', 'failed', 'cancelled'}) do
   redis.call('HSETNX', n, s, 0)
 end
-return {0, tonumber(ARGV[1])}
+return {0, tonumber(declared)}
 """
 
 # ARGV: from, now, payloads... Writes the initial submission's tasks from..from+#payloads-1 if the
 # cursor stands at `from`, and returns the cursor after it. Otherwise writes nothing and returns
 # the cursor: a concurrent submitter of the same content (or this call's own earlier, replayed
-# attempt) got there first, and the caller continues from where it stands.
+# attempt) got there first, and the caller continues from where it stands. Returns -2 once the
+# batch was cancelled. One list entry per task for its input, one queue run for the chunk.
 SUBMIT = _PRELUDE + """
 local from = tonumber(ARGV[1])
 local cursor = tonumber(redis.call('HGET', meta, 'cursor') or '-1')
 if cursor ~= from then return cursor end
-local now = ARGV[2]
-local count = #ARGV - 2
-local set_in, set_st, set_ts, queue = {}, {}, {}, {}
-for k = 3, #ARGV do
-  local i = from + k - 3
-  set_in[#set_in + 1] = i; set_in[#set_in + 1] = ARGV[k]
-  set_st[#set_st + 1] = i; set_st[#set_st + 1] = 'pending'
-  set_ts[#set_ts + 1] = i; set_ts[#set_ts + 1] = now
-  queue[#queue + 1] = i
-end
-hset_all(inp, set_in); hset_all(st, set_st); hset_all(ts_sub, set_ts); hset_all(ts_q, set_ts)
-chunks(queue, function(...) redis.call('RPUSH', q, ...) end)
+if redis.call('HGET', meta, 'cancelled') == '1' then return -2 end
+local now, count = ARGV[2], #ARGV - 2
+push_args(inl, 3)
+redis.call('RPUSH', q, from .. ':' .. (from + count - 1) .. ':1:' .. now .. ':' .. now)
 redis.call('HINCRBY', n, 'pending', count)
 redis.call('HINCRBY', meta, 'submitted', count)
+if redis.call('HGET', meta, 'open') == '1' then redis.call('HINCRBY', meta, 'total', count) end
 redis.call('HSET', meta, 'cursor', from + count)
-redis.call('RPUSH', wake, 1)
-redis.call('LTRIM', wake, -64, -1)
+nudge()
 return from + count
+"""
+
+# No ARGV. The batch's meta and counters, read atomically (a submission chunk moves both).
+SNAPSHOT = _PRELUDE + """
+return {redis.call('HGETALL', meta), redis.call('HGETALL', n)}
+"""
+
+# ARGV: indices... Their records and last errors, and the batch's live claims with their runs:
+# what a reader needs to tell each task's state, read atomically.
+RECORDS = _PRELUDE + """
+local ids = {}
+for k = 1, #ARGV do ids[k] = ARGV[k] end
+local live = redis.call('HKEYS', cn)
+local runs = {}
+if #live > 0 then runs = hmget_all(ch, live) end
+return {hmget_all(t, ids), hmget_all(err, ids), live, runs, redis.call('HGET', meta, 'cancelled') or '0'}
 """

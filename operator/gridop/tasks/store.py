@@ -1,29 +1,39 @@
 """The Redis data plane of one or many task batches (asyncio, redis-py with hiredis).
 
-Layout for batch `sid` (every key carries the `{sid}` hash tag):
+Layout for batch `sid` (every key carries the `{sid}` hash tag: one batch, one cluster slot):
 
-    gridop:{sid}:meta        hash   total, submitted, cursor, digest, max_attempts, max_infra, backoff*,
-                                    policy_source, cancelled, suspended, created
-    gridop:{sid}:q           list   pending task indices, in order
-    gridop:{sid}:q1          list   pending tasks whose worker died under them: claimed one at a time
-    gridop:{sid}:st|att|iatt hash   index -> state | attempts | attempts lost to infrastructure
-    gridop:{sid}:in|out|err  hash   index -> base64 JSON input | base64 JSON output | error message
-    gridop:{sid}:ek          hash   index -> kind of the last failed attempt (application|timeout|infrastructure)
-    gridop:{sid}:apx         hash   append id -> first index it was given (appends are replay-safe)
-    gridop:{sid}:ts:<stage>  hash   index -> unix time (submitted, queued, claimed, started, finished)
-    gridop:{sid}:lease       zset   index -> lease deadline, while processing
-    gridop:{sid}:own         hash   index -> claim token (worker:attempt)
-    gridop:{sid}:retry       zset   index -> time it may run again
-    gridop:{sid}:n           hash   state -> count, and e:<kind> -> failed attempts of that kind
-    gridop:{sid}:done        stream one entry per task reaching a terminal state (i, s)
-    gridop:{sid}:wake        list   a nudge for idle workers when work arrives
+    gridop:{sid}:meta   hash   total, submitted, cursor, digest, open, claims, max_attempts, max_infra,
+                               backoff*, policy_source, cancelled, cancelled_at, suspended, created,
+                               pool, priority, owner
+    gridop:{sid}:in     list   task inputs (base64 JSON), the task index is the position
+    gridop:{sid}:q      list   runs of pending tasks, `lo:hi:attempt:submitted:queued`, in order
+    gridop:{sid}:q1     list   single-task runs whose last worker died under them: claimed alone
+    gridop:{sid}:ch     hash   claim id -> `worker|claimed|run;run...` (every claim ever made)
+    gridop:{sid}:cn     hash   live claim -> tasks of it not yet reported
+    gridop:{sid}:lease  zset   live claim -> lease deadline (one entry per claim, not per task)
+    gridop:{sid}:t      hash   index -> record, once the task left its claim:
+                               `f|claim|started|finished|output`, `x|claim|started|finished` (failed),
+                               `r|claim|started|finished` (retrying)
+    gridop:{sid}:err    hash   index -> `kind\\0message` of its last failed attempt
+    gridop:{sid}:fa|ia  hash   index -> failed attempts: application/timeout | infrastructure
+    gridop:{sid}:retry  zset   `index:attempt:submitted` -> time it may run again
+    gridop:{sid}:n      hash   state -> count, and e:<kind> -> failed attempts of that kind
+    gridop:{sid}:done   stream one entry per script call that ended tasks: f (finished indices),
+                               o (their outputs, when small), x (failed indices), c (batch cancelled)
+    gridop:{sid}:apx    hash   append id -> first index it was given (appends are replay-safe)
+    gridop:{sid}:wake   list   a nudge for idle workers when work arrives
+    gridop:{sid}:idle   list   idle workers offered for direct handoff
+    gridop:{sid}:hand   list   tasks handed over to idle workers, already claimed
 
-Columns rather than a hash per task: a batch of N tasks is a few commands, not N.
+A pending task has no record; a task in a live claim has none either (its claim's runs say which
+tasks it holds); a task with no terminal record in a cancelled batch is cancelled. So submitting,
+claiming and cancelling cost O(1) per chunk, claim or batch, and finishing costs one field.
 
 A worker pool (a TaskPool) serves every session sent to it; its keys carry the `{pool:<name>}` tag:
 
     gridop:{pool:<p>}:sessions  zset  session id -> time it joined, until all its tasks are terminal
-    gridop:{pool:<p>}:ready     set   sessions that may have queued tasks (a hint: a claim confirms it)
+    gridop:{pool:<p>}:ready     zset  `owner/session` -> priority: sessions that may have queued tasks
+                                      (a hint: a claim confirms it)
     gridop:{pool:<p>}:wake      list  a nudge for the pool's idle workers when work arrives
     gridop:{pool:<p>}:sweeper   str   which worker sweeps the pool's sessions this round
 
@@ -33,8 +43,10 @@ and its pool's may live on different Redis Cluster shards.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
+import random
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -43,13 +55,13 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from . import scripts
-from .connection import connect
+from .connection import clone_client, connect
 from .codec import PayloadError, decode, encode
 from .states import ERROR_KINDS, STAGES, TaskState
 
 SUBMIT_CHUNK = 5000
-ROLES = ("meta", "q", "q1", "st", "att", "iatt", "ek", "apx", "lease", "own", "in", "out", "err", "n", "retry", "done",
-         "wake", "idle", *(f"ts:{stage}" for stage in STAGES))
+ROLES = scripts.KEYS
+_STATE_OF = {ord("f"): TaskState.FINISHED, ord("x"): TaskState.FAILED, ord("r"): TaskState.RETRYING}
 
 
 def task_id(sid: str, index: int | str) -> str:
@@ -91,19 +103,22 @@ def _num(value: float) -> str:
     return repr(float(value))
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class ClaimedTask:
     index: int
-    token: str
+    token: str  # the claim it belongs to
     attempt: int
     payload: bytes
+    submitted: float = 0.0
+    queued: float = 0.0
+    claimed: float = 0.0
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Outcome:
     index: int
     token: str
-    outcome: str  # ok | error | fatal
+    outcome: str  # ok | error | timeout | fatal | fatal-timeout
     payload: bytes | str  # base64 output for ok, error message otherwise
     started: float | None = None
 
@@ -122,6 +137,16 @@ class TaskRecord:
     error: str | None
     error_kind: str | None  # of the last failed attempt
     timestamps: dict[str, float]
+
+
+@dataclasses.dataclass(slots=True)
+class TerminalEvent:
+    """One entry of a batch's terminal-event stream: tasks that ended in one script call."""
+
+    finished: list[int]
+    outputs: list[bytes] | None  # aligned with `finished`, when they were small enough to travel along
+    failed: list[int]
+    cancelled: bool  # the batch was cancelled: every task not ended before this event is cancelled
 
 
 # (state, output or error message, error kind) of one task in a collected report.
@@ -145,14 +170,47 @@ def content_digest(payloads: Sequence[bytes]) -> str:
     return h.hexdigest()
 
 
+def _runs(record: bytes) -> tuple[str, float, list[tuple[int, int, int, float, float]]]:
+    """A claim record -> (worker, claimed, [(lo, hi, attempt, submitted, queued)])."""
+    worker, claimed, body = record.decode().split("|", 2)
+    runs = []
+    for run in body.split(";"):
+        lo, hi, attempt, sub, queued = run.split(":")
+        runs.append((int(lo), int(hi), int(attempt), float(sub or 0), float(queued or 0)))
+    return worker, float(claimed), runs
+
+
+def _claimed(reply: Sequence[Any], start: int = 0) -> list[ClaimedTask]:
+    """A claim as the scripts return it: claim id, claim time, #runs, the runs, then the inputs."""
+    if len(reply) <= start:
+        return []
+    claim, claimed, count = reply[start].decode(), float(reply[start + 1]), int(reply[start + 2])
+    inputs = reply[start + 3 + count:]
+    tasks: list[ClaimedTask] = []
+    k = 0
+    for run in reply[start + 3:start + 3 + count]:
+        lo, hi, attempt, sub, queued = run.split(b":")
+        a, s, q = int(attempt), float(sub), float(queued)
+        for i in range(int(lo), int(hi) + 1):
+            tasks.append(ClaimedTask(i, claim, a, inputs[k], s, q, claimed))
+            k += 1
+    return tasks
+
+
+def _handed(item: bytes) -> ClaimedTask:
+    claim, claimed, run, payload = item.split(b"\n", 3)
+    return _claimed([claim, claimed, b"1", run, payload])[0]
+
+
 class TaskStore:
-    def __init__(self, redis: aioredis.Redis, *, prefix: str = "gridop:default"):
-        self.redis = redis
+    def __init__(self, redis: Any, *, prefix: str = "gridop:default"):
+        self.redis = redis  # redis.asyncio.Redis or redis.asyncio.RedisCluster
         self.prefix = prefix
+        self._keys: dict[str, list[str]] = {}
         self._scripts = {
             name: redis.register_script(getattr(scripts, name))
-            for name in ("CLAIM", "COMPLETE", "HEARTBEAT", "SWEEP", "CANCEL", "APPEND", "COLLECT", "UNIDLE", "CREATE",
-                         "SUBMIT")
+            for name in ("CLAIM", "COMPLETE", "HEARTBEAT", "SWEEP", "CANCEL", "APPEND", "UNIDLE", "CREATE", "SUBMIT",
+                         "SNAPSHOT", "RECORDS")
         }
 
     @classmethod
@@ -163,9 +221,7 @@ class TaskStore:
 
     def clone(self) -> TaskStore:
         """A store with its own connections to the same Redis (for use from another thread's loop)."""
-        kwargs = dict(self.redis.connection_pool.connection_kwargs)
-        pool = aioredis.ConnectionPool(connection_class=self.redis.connection_pool.connection_class, **kwargs)
-        return TaskStore(aioredis.Redis(connection_pool=pool), prefix=self.prefix)
+        return TaskStore(clone_client(self.redis), prefix=self.prefix)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -174,8 +230,13 @@ class TaskStore:
         return f"{self.prefix}:{{{sid}}}:{role}"
 
     def keys(self, sid: str) -> list[str]:
-        """What the scripts are given: the meta key; they derive the other keys from it."""
-        return [self.key(sid, "meta")]
+        """Every key of the batch, in the order the scripts declare them (KEYS)."""
+        keys = self._keys.get(sid)
+        if keys is None:
+            if len(self._keys) > 4096:
+                self._keys.clear()
+            keys = self._keys[sid] = [self.key(sid, role) for role in scripts.KEYS]
+        return keys
 
     # -- submission -----------------------------------------------------------------------
 
@@ -185,15 +246,25 @@ class TaskStore:
 
         Raises BatchExists when the id already holds different tasks.
         """
-        digest = content_digest(payloads)
+        return await self._create(sid, len(payloads), content_digest(payloads), policy, streamed=False)
+
+    async def create_stream(self, sid: str, policy: RetryPolicy, send_id: str) -> None:
+        """Open a batch whose tasks arrive in chunks, their number unknown until `close_stream`."""
+        await self._create(sid, 0, send_id, policy, streamed=True)
+
+    async def close_stream(self, sid: str) -> None:
+        await self.redis.hset(self.key(sid, "meta"), "open", 0)
+        await self.nudge(sid)
+
+    async def _create(self, sid: str, total: int, digest: str, policy: RetryPolicy, *, streamed: bool) -> int:
         fields = policy.meta_fields()
-        cursor, total = await self._scripts["CREATE"](keys=self.keys(sid), args=[
-            len(payloads), digest, time.time(), fields["max_attempts"], fields["backoff"], fields["backoff_mult"],
-            fields["backoff_max"], fields["max_infra"],
+        cursor, held = await self._scripts["CREATE"](keys=self.keys(sid), args=[
+            total, digest, time.time(), fields["max_attempts"], fields["backoff"], fields["backoff_mult"],
+            fields["backoff_max"], fields["max_infra"], int(streamed),
         ])
         if int(cursor) < 0:
             raise BatchExists(
-                f"session {sid!r} already holds {int(total)} different tasks; use a new session id, "
+                f"session {sid!r} already holds {int(held)} different tasks; use a new session id, "
                 "or send(..., append=True) to add tasks to it"
             )
         return int(cursor)
@@ -203,8 +274,14 @@ class TaskStore:
         another submitter of the same tasks, and to replay: each chunk is written once."""
         position = start
         while position < len(payloads):
-            chunk = payloads[position:position + SUBMIT_CHUNK]
-            position = int(await self._scripts["SUBMIT"](keys=self.keys(sid), args=[position, time.time(), *chunk]))
+            position = await self.submit_chunk(sid, position, payloads[position:position + SUBMIT_CHUNK])
+
+    async def submit_chunk(self, sid: str, position: int, chunk: Sequence[bytes]) -> int:
+        """Write one chunk at `position`, if the cursor stands there; returns where it stands after."""
+        cursor = int(await self._scripts["SUBMIT"](keys=self.keys(sid), args=[position, time.time(), *chunk]))
+        if cursor == -2:
+            raise BatchClosed(f"session {sid!r} was cancelled while its tasks were being sent")
+        return cursor
 
     async def append(self, sid: str, payloads: Sequence[bytes]) -> tuple[list[int], str] | None:
         """Add tasks to an existing batch, one script per chunk: (their indices, the terminal-event
@@ -215,42 +292,28 @@ class TaskStore:
         call = uuid.uuid4().hex
         for lo in range(0, len(payloads), SUBMIT_CHUNK):
             chunk = payloads[lo:lo + SUBMIT_CHUNK]
-            reply = await self._scripts["APPEND"](keys=self.keys(sid), args=[time.time(), f"{call}:{lo}", *chunk])
-            if int(reply[0]) == -2:
+            for delay in (0.01, 0.05, 0.2, 1.0, 0.0):
+                reply = await self._scripts["APPEND"](keys=self.keys(sid), args=[time.time(), f"{call}:{lo}", *chunk])
+                if int(reply[0]) != -3 or not delay:
+                    break
+                await asyncio.sleep(delay)  # the first submission is still being written
+            first = int(reply[0])
+            if first == -2:
                 raise BatchClosed(f"session {sid!r} was cancelled; it takes no more tasks")
-            if int(reply[0]) < 0:
+            if first == -3:
+                raise BatchClosed(f"session {sid!r} is still receiving its first submission; append once it is sent")
+            if first < 0:
                 return None
             if lo == 0:
                 position = reply[1].decode()
-            indices.extend(range(int(reply[0]), int(reply[0]) + len(chunk)))
+            indices.extend(range(first, first + len(chunk)))
         return indices, position
-
-    async def collect(self, sid: str, indices: Sequence[int]) -> tuple[str, int, list[Report] | None]:
-        """(last terminal-event id, how many of `indices` are terminal, and — once all are — their
-        states with output (finished) or error and its kind (failed)). One round trip."""
-        reply = await self._scripts["COLLECT"](keys=self.keys(sid), args=list(indices))
-        last_id, terminal = reply[0].decode(), int(reply[1])
-        if len(reply) == 2:
-            return last_id, terminal, None
-        report: list[Report] = []
-        for j in range(2, len(reply), 2):
-            state = TaskState(reply[j].decode()) if reply[j] else None
-            if state == TaskState.FAILED:
-                kind, _, message = reply[j + 1].partition(b"\x00")
-                report.append((state, message, kind.decode()))
-            else:
-                report.append((state, reply[j + 1] or None, None))
-        return last_id, terminal, report
 
     # -- workers ----------------------------------------------------------------------------
 
     async def claim(self, sid: str, worker: str, count: int, lease_seconds: float) -> list[ClaimedTask]:
         now = time.time()
-        flat = await self._scripts["CLAIM"](keys=self.keys(sid), args=[count, now, now + lease_seconds, worker])
-        return [
-            ClaimedTask(int(flat[k]), flat[k + 1].decode(), int(flat[k + 2]), flat[k + 3])
-            for k in range(0, len(flat), 4)
-        ]
+        return _claimed(await self._scripts["CLAIM"](keys=self.keys(sid), args=[count, now, now + lease_seconds, worker]))
 
     async def register_idle(self, sid: str, worker: str, lease_seconds: float, ttl: float) -> str:
         """Offer this worker for direct handoff of the next appended task; returns the registration."""
@@ -258,18 +321,19 @@ class TaskStore:
         await self.redis.rpush(self.key(sid, "idle"), entry)
         return entry
 
-    async def wait_for_work(self, sid: str, worker: str, timeout: float) -> ClaimedTask | None:
-        """Block until a task is handed to this worker (returned, already claimed) or the batch's
-        wake list is nudged (None: go and claim), or the timeout passes (None)."""
-        reply = await self.redis.blpop([self.key(sid, f"inbox:{worker}"), self.key(sid, "wake")], timeout=timeout)
+    async def wait_for_work(self, sid: str, timeout: float) -> ClaimedTask | None:
+        """Block until a task is handed over to an idle worker of the batch (returned, already
+        claimed), or its wake list is nudged (None: go and claim), or the timeout passes (None)."""
+        reply = await self.redis.blpop([self.key(sid, "hand"), self.key(sid, "wake")], timeout=timeout)
         if reply is None or reply[0].decode().endswith(":wake"):
             return None
-        return _inbox_item(reply[1])
+        return _handed(reply[1])
 
-    async def unidle(self, sid: str, entry: str) -> ClaimedTask | None:
-        """Withdraw a registration; a task handed over meanwhile is returned rather than lost."""
-        item = await self._scripts["UNIDLE"](keys=self.keys(sid), args=[entry])
-        return _inbox_item(item) if item else None
+    async def unidle(self, sid: str, entry: str, *, holding: bool = False) -> ClaimedTask | None:
+        """Withdraw a registration; a task handed over for it meanwhile is returned rather than left
+        to its lease (unless `holding`: the caller already took one)."""
+        item = await self._scripts["UNIDLE"](keys=self.keys(sid), args=[entry, int(holding)])
+        return _handed(item) if item else None
 
     async def nudge(self, sid: str) -> None:
         await self.redis.rpush(self.key(sid, "wake"), 1)
@@ -286,24 +350,37 @@ class TaskStore:
         """Record outcomes and take the next step in the same round trip: claim up to `next_count`
         more tasks, or (none left, idle_ttl > 0) register for direct handoff.
         Returns (applied, stale, idle registration or None, newly claimed tasks)."""
-        args: list[Any] = [time.time(), next_count, worker, lease_seconds, idle_ttl]
+        by_claim: dict[str, list[Outcome]] = {}
         for o in outcomes:
-            args += [o.index, o.token, o.outcome, o.payload, "" if o.started is None else o.started]
-        reply = await self._scripts["COMPLETE"](keys=self.keys(sid), args=args)
-        claimed = [
-            ClaimedTask(int(reply[k]), reply[k + 1].decode(), int(reply[k + 2]), reply[k + 3])
-            for k in range(3, len(reply), 4)
-        ]
-        return int(reply[0]), int(reply[1]), reply[2].decode() if reply[2] else None, claimed
+            by_claim.setdefault(o.token, []).append(o)
+        groups = list(by_claim.items()) or [("", [])]
+        applied = stale = 0
+        for n, (claim, group) in enumerate(groups):
+            last = n == len(groups) - 1
+            ok = [o for o in group if o.outcome == "ok"]
+            args: list[Any] = [time.time(), next_count if last else 0, worker, lease_seconds, idle_ttl if last else 0,
+                               claim, len(ok)]
+            for o in ok:
+                args += (o.index, "" if o.started is None else o.started, o.payload)
+            if len(ok) < len(group):
+                for o in group:
+                    if o.outcome != "ok":
+                        args += (o.index, o.outcome, o.payload, "" if o.started is None else o.started)
+            reply = await self._scripts["COMPLETE"](keys=self.keys(sid), args=args)
+            applied += int(reply[0])
+            stale += int(reply[1])
+        return applied, stale, reply[2].decode() if reply[2] else None, _claimed(reply, 3)
 
     async def heartbeat(self, sid: str, held: Iterable[tuple[int, str]], lease_seconds: float) -> list[int]:
-        """Extend the leases of the tasks we hold; returns those we no longer own (cancelled or reclaimed)."""
-        args: list[Any] = [time.time() + lease_seconds]
-        for index, token in held:
-            args += [index, token]
-        if len(args) == 1:
+        """Extend the leases of the claims we hold; returns the tasks we no longer own (their claim
+        was cancelled, or reclaimed after its lease lapsed)."""
+        pairs = list(held)
+        claims = sorted({token for _, token in pairs})
+        if not claims:
             return []
-        return [int(i) for i in await self._scripts["HEARTBEAT"](keys=self.keys(sid), args=args)]
+        lost = {c.decode() for c in await self._scripts["HEARTBEAT"](
+            keys=self.keys(sid), args=[time.time() + lease_seconds, *claims])}
+        return [index for index, token in pairs if token in lost]
 
     # -- control ----------------------------------------------------------------------------
 
@@ -323,56 +400,251 @@ class TaskStore:
     async def expire(self, sid: str, seconds: int) -> None:
         """Let the batch's keys lapse `seconds` from now (a finished pool session's retention)."""
         pipe = self.redis.pipeline(transaction=False)
-        for role in ROLES:
-            pipe.expire(self.key(sid, role), seconds)
+        for key in self.keys(sid):
+            pipe.expire(key, seconds)
         await pipe.execute()
 
     async def done(self, sid: str) -> bool:
-        """Whether every task declared is terminal (or the batch was cancelled); False before any task."""
+        """Whether every task declared is terminal (or the batch was cancelled); False before any
+        task, and while a streamed submission is still open."""
         meta, counts, _ = await self.snapshot(sid)
         if "total" not in meta:
             return False
         if meta.get("cancelled") == "1":
             return True
         active = counts["pending"] + counts["processing"] + counts["retrying"]
-        return meta.get("submitted") == meta.get("total") and active == 0
+        return meta.get("open") != "1" and meta.get("submitted") == meta.get("total") and active == 0
+
+    async def delete(self, sid: str) -> int:
+        """Remove every key of the batch."""
+        return int(await self.redis.delete(*self.keys(sid)))
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def exists(self, sid: str) -> bool:
+        """Whether tasks were ever declared under this id (a meta hash holding only a policy the
+        operator wrote ahead of the first submission does not count)."""
+        return bool(await self.redis.hexists(self.key(sid, "meta"), "total"))
+
+    async def meta(self, sid: str) -> dict[str, str]:
+        raw = await self.redis.hgetall(self.key(sid, "meta"))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def snapshot(self, sid: str) -> tuple[dict[str, str], dict[str, int], dict[str, int]]:
+        """(meta, tasks per state, failed attempts per error kind) read atomically: a submission
+        chunk moves meta and counts at once, so a reader must not see one before and the other after."""
+        raw_meta, raw_counts = await self._scripts["SNAPSHOT"](keys=self.keys(sid), args=[])
+        meta = {raw_meta[k].decode(): raw_meta[k + 1].decode() for k in range(0, len(raw_meta), 2)}
+        counts = {raw_counts[k]: raw_counts[k + 1] for k in range(0, len(raw_counts), 2)}
+        return meta, _counts(counts), _counts(counts, errors=True)
+
+    async def counts(self, sid: str) -> dict[str, int]:
+        """Tasks per state."""
+        return _counts(await self.redis.hgetall(self.key(sid, "n")))
+
+    async def error_counts(self, sid: str) -> dict[str, int]:
+        """Failed attempts per error kind (application, timeout, infrastructure)."""
+        return _counts(await self.redis.hgetall(self.key(sid, "n")), errors=True)
+
+    async def set_policy(self, sid: str, policy: RetryPolicy) -> None:
+        """Make `policy` the batch's, whoever submits its tasks (the operator, from the TaskBatch)."""
+        await self.redis.hset(self.key(sid, "meta"), mapping={**policy.meta_fields(), "policy_source": "taskbatch"})
+
+    async def _records(self, sid: str, indices: Sequence[int]) -> tuple[list[Any], list[Any], dict[str, Any], bool]:
+        recs, errs, live, runs, cancelled = await self._scripts["RECORDS"](keys=self.keys(sid), args=list(indices))
+        return recs, errs, {c.decode(): _runs(r) for c, r in zip(live, runs) if r}, cancelled == b"1"
+
+    @staticmethod
+    def _live_claim(claims: dict[str, Any], index: int) -> tuple[str, Any] | None:
+        for claim, (_, _, runs) in claims.items():
+            if any(lo <= index <= hi for lo, hi, *_ in runs):
+                return claim, claims[claim]
+        return None
+
+    async def states(self, sid: str, indices: Sequence[int]) -> list[TaskState | None]:
+        if not indices:
+            return []
+        recs, _, claims, cancelled = await self._records(sid, indices)
+        total = int(await self.redis.hget(self.key(sid, "meta"), "total") or 0)
+        states: list[TaskState | None] = []
+        for index, rec in zip(indices, recs):
+            if rec:
+                state = _STATE_OF[rec[0]]
+                states.append(TaskState.CANCELLED if cancelled and state == TaskState.RETRYING else state)
+            elif not 0 <= index < total:
+                states.append(None)
+            elif cancelled:
+                states.append(TaskState.CANCELLED)
+            else:
+                states.append(TaskState.PROCESSING if self._live_claim(claims, index) else TaskState.PENDING)
+        return states
+
+    async def outputs(self, sid: str, indices: Sequence[int]) -> list[bytes | None]:
+        """The outputs of finished tasks (None for the others), read in chunks."""
+        result: list[bytes | None] = []
+        for lo in range(0, len(indices), 10_000):
+            for rec in await self.redis.hmget(self.key(sid, "t"), list(indices[lo:lo + 10_000])):
+                result.append(rec.split(b"|", 4)[4] if rec and rec[:1] == b"f" else None)
+        return result
+
+    async def errors(self, sid: str, indices: Sequence[int]) -> list[tuple[str | None, str | None]]:
+        """(error message, error kind) of each task's last failed attempt."""
+        result: list[tuple[str | None, str | None]] = []
+        for lo in range(0, len(indices), 10_000):
+            for raw in await self.redis.hmget(self.key(sid, "err"), list(indices[lo:lo + 10_000])):
+                if raw:
+                    kind, _, message = raw.partition(b"\x00")
+                    result.append((message.decode(errors="replace"), kind.decode()))
+                else:
+                    result.append((None, None))
+        return result
+
+    async def record(self, sid: str, index: int) -> TaskRecord | None:
+        (rec,), (error,), claims, cancelled = await self._records(sid, [index])
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(self.key(sid, "meta"), ["total", "cancelled_at"])
+        pipe.lindex(self.key(sid, "in"), index)
+        pipe.hget(self.key(sid, "fa"), index)
+        pipe.hget(self.key(sid, "ia"), index)
+        (total, cancelled_at), payload, app_failures, infra_failures = await pipe.execute()
+        if not 0 <= index < int(total or 0):
+            return None
+        failures = int(app_failures or 0) + int(infra_failures or 0)
+        timestamps: dict[str, float] = {}
+        output = None
+        claim: str | None = None
+        if rec:
+            state = _STATE_OF[rec[0]]
+            parts = rec.split(b"|", 4)
+            claim = parts[1].decode()
+            if parts[2]:
+                timestamps["started"] = float(parts[2])
+            timestamps["finished"] = float(parts[3])
+            if state == TaskState.FINISHED:
+                output = decode(parts[4])
+            elif state == TaskState.RETRYING:
+                del timestamps["finished"]
+                if cancelled:
+                    state = TaskState.CANCELLED
+        else:
+            live = self._live_claim(claims, index)
+            state = TaskState.PROCESSING if live else TaskState.PENDING
+            claim = live[0] if live else None
+            if cancelled:
+                state = TaskState.CANCELLED
+        attempts = failures + (1 if state in (TaskState.PROCESSING, TaskState.FINISHED) else 0)
+        if claim is not None:
+            raw = await self.redis.hget(self.key(sid, "ch"), claim)
+            if raw:
+                _, claimed, runs = _runs(raw)
+                for lo, hi, attempt, sub, queued in runs:
+                    if lo <= index <= hi:
+                        timestamps.update(submitted=sub, queued=queued, claimed=claimed)
+                        attempts = max(attempts, attempt)
+        else:
+            timestamps.update(await self._queued_at(sid, index))
+        if state == TaskState.CANCELLED and cancelled_at:
+            timestamps["finished"] = float(cancelled_at)
+        kind = message = None
+        if error:
+            raw_kind, _, raw_message = error.partition(b"\x00")
+            kind, message = raw_kind.decode(), raw_message.decode(errors="replace")
+        return TaskRecord(
+            task_id=task_id(sid, index), state=state, attempts=attempts,
+            input=decode(payload) if payload else None, output=output, error=message, error_kind=kind,
+            timestamps={stage: timestamps[stage] for stage in STAGES if stage in timestamps},
+        )
+
+    async def _queued_at(self, sid: str, index: int) -> dict[str, float]:
+        """When a pending task was submitted and queued, from the queue run that holds it."""
+        for role in ("q1", "q"):
+            for run in await self.redis.lrange(self.key(sid, role), 0, 10_000):
+                lo, hi, _, sub, queued = run.split(b":")
+                if int(lo) <= index <= int(hi):
+                    return {"submitted": float(sub), "queued": float(queued)}
+        return {}
+
+    async def events(self, sid: str, after: str = "0-0", block_ms: int | None = None,
+                     count: int = 1000) -> tuple[str, list[TerminalEvent]]:
+        """Terminal events after stream position `after`: (new position, events)."""
+        reply = await self.redis.xread({self.key(sid, "done"): after}, count=count, block=block_ms)
+        if not reply:
+            return after, []
+        entries = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
+        events = []
+        for _, fields in entries:
+            finished = [int(i) for i in fields[b"f"].split(b",")] if b"f" in fields else []
+            outputs = fields[b"o"].split(b",") if b"o" in fields else None
+            failed = [int(i) for i in fields[b"x"].split(b",")] if b"x" in fields else []
+            events.append(TerminalEvent(finished, outputs, failed, b"c" in fields))
+        return entries[-1][0].decode(), events
+
+    async def terminal_events(self, sid: str, after: str = "0-0", block_ms: int | None = None,
+                              count: int = 1000) -> tuple[str, list[tuple[int, TaskState]]]:
+        """Tasks that reached finished or failed after stream position `after`, one by one (a
+        cancellation is a single event for the whole batch: see `events`)."""
+        position, events = await self.events(sid, after, block_ms, count)
+        flat = []
+        for event in events:
+            flat += [(i, TaskState.FINISHED) for i in event.finished]
+            flat += [(i, TaskState.FAILED) for i in event.failed]
+        return position, flat
 
     # -- worker pools -----------------------------------------------------------------------
 
     def pool_key(self, pool: str, role: str) -> str:
         return f"{self.prefix}:{{pool:{pool}}}:{role}"
 
-    async def pool_join(self, pool: str, sid: str) -> None:
+    async def pool_join(self, pool: str, sid: str, *, owner: str = "", priority: int = 0) -> None:
         """Put a session in a pool's hands: its workers will find it, wake up, and claim."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(self.key(sid, "meta"), "pool", pool)
+        pipe.hset(self.key(sid, "meta"), mapping={"pool": pool, "owner": owner, "priority": priority})
         pipe.zadd(self.pool_key(pool, "sessions"), {sid: time.time()}, nx=True)
-        self._pool_ready(pipe, pool, sid)
+        self._pool_ready(pipe, pool, sid, owner, priority)
         await pipe.execute()
 
-    def _pool_ready(self, pipe: Any, pool: str, sid: str) -> None:
+    async def pool_ready(self, pool: str, sid: str, *, owner: str = "", priority: int = 0) -> None:
+        """Tell the pool a session has (more) queued tasks."""
+        pipe = self.redis.pipeline(transaction=False)
+        self._pool_ready(pipe, pool, sid, owner, priority)
+        await pipe.execute()
+
+    def _pool_ready(self, pipe: Any, pool: str, sid: str, owner: str, priority: int) -> None:
         """Mark a session ready in its pool and wake one idle worker (the wake list stays short)."""
-        pipe.sadd(self.pool_key(pool, "ready"), sid)
+        pipe.zadd(self.pool_key(pool, "ready"), {f"{owner}/{sid}": priority})
         pipe.lpush(self.pool_key(pool, "wake"), 1)
         pipe.ltrim(self.pool_key(pool, "wake"), 0, 63)
 
     async def pool_pick(self, pool: str) -> str | None:
-        """A session of the pool that may have queued tasks, at random: every ready session gets an
-        equal share of the pool's claims, whatever its size."""
-        sid = await self.redis.srandmember(self.pool_key(pool, "ready"))
-        return sid.decode() if sid else None
+        """A session of the pool that may have queued tasks: of the highest priority ready, a random
+        owner (user), then a random session of theirs. So each user gets an equal share of the
+        pool's claims at a priority, whatever the size or number of their batches."""
+        top = await self.redis.zrevrange(self.pool_key(pool, "ready"), 0, 0, withscores=True)
+        if not top:
+            return None
+        score = top[0][1]
+        members = await self.redis.zrangebyscore(self.pool_key(pool, "ready"), score, score, start=0, num=10_000)
+        by_owner: dict[bytes, list[bytes]] = {}
+        for member in members:
+            owner, _, sid = member.rpartition(b"/")
+            by_owner.setdefault(owner, []).append(sid)
+        if not by_owner:
+            return None
+        return random.choice(by_owner[random.choice(list(by_owner))]).decode()
 
     async def pool_idle(self, pool: str, sid: str) -> None:
         """A claim found nothing: take the session off the ready set, unless tasks arrived meanwhile
         (a submitter adds it back after queueing, so either it or this check sees them)."""
-        await self.redis.srem(self.pool_key(pool, "ready"), sid)
+        meta = await self.redis.hmget(self.key(sid, "meta"), ["owner", "priority"])
+        owner, priority = (meta[0] or b"").decode(), int(float(meta[1] or 0))
+        await self.redis.zrem(self.pool_key(pool, "ready"), f"{owner}/{sid}")
         pipe = self.redis.pipeline(transaction=False)
         pipe.llen(self.key(sid, "q"))
         pipe.llen(self.key(sid, "q1"))
         pipe.hmget(self.key(sid, "meta"), ["cancelled", "suspended"])
         queued, queued_alone, (cancelled, suspended) = await pipe.execute()
         if queued + queued_alone and cancelled != b"1" and suspended != b"1":
-            await self.redis.sadd(self.pool_key(pool, "ready"), sid)
+            await self.redis.zadd(self.pool_key(pool, "ready"), {f"{owner}/{sid}": priority})
 
     async def pool_wait(self, pool: str, timeout: float) -> None:
         """Idle: wait until work arrives in the pool (or `timeout` passes)."""
@@ -390,15 +662,17 @@ class TaskStore:
             return False
         for sid in await self.pool_sessions(pool):
             moved = await self.sweep(sid)
-            if await self.done(sid):
+            meta, counts, _ = await self.snapshot(sid)
+            owner, priority = meta.get("owner", ""), int(float(meta.get("priority") or 0))
+            if _finished(meta, counts):
                 pipe = self.redis.pipeline(transaction=False)
                 pipe.zrem(self.pool_key(pool, "sessions"), sid)
-                pipe.srem(self.pool_key(pool, "ready"), sid)
+                pipe.zrem(self.pool_key(pool, "ready"), f"{owner}/{sid}")
                 await pipe.execute()
                 await self.expire(sid, retention)
             elif moved["retried"] or moved["requeued"] or moved["expired"]:
                 pipe = self.redis.pipeline(transaction=False)
-                self._pool_ready(pipe, pool, sid)
+                self._pool_ready(pipe, pool, sid, owner, priority)
                 await pipe.execute()
         return True
 
@@ -414,97 +688,14 @@ class TaskStore:
                 total[state] += n
         return len(sessions), total
 
-    async def delete(self, sid: str) -> int:
-        """Remove every key of the batch."""
-        inboxes = [k async for k in self.redis.scan_iter(match=self.key(sid, "inbox:*"), count=1000)]
-        return int(await self.redis.delete(*(self.key(sid, role) for role in ROLES), *inboxes))
 
-    # -- reading ----------------------------------------------------------------------------
-
-    async def exists(self, sid: str) -> bool:
-        """Whether tasks were ever declared under this id (a meta hash holding only a policy the
-        operator wrote ahead of the first submission does not count)."""
-        return bool(await self.redis.hexists(self.key(sid, "meta"), "total"))
-
-    async def meta(self, sid: str) -> dict[str, str]:
-        raw = await self.redis.hgetall(self.key(sid, "meta"))
-        return {k.decode(): v.decode() for k, v in raw.items()}
-
-    async def snapshot(self, sid: str) -> tuple[dict[str, str], dict[str, int], dict[str, int]]:
-        """(meta, tasks per state, failed attempts per error kind) read atomically: a submission
-        chunk moves meta and counts at once, so a reader must not see one before and the other after."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hgetall(self.key(sid, "meta"))
-        pipe.hgetall(self.key(sid, "n"))
-        raw_meta, raw_counts = await pipe.execute()
-        return ({k.decode(): v.decode() for k, v in raw_meta.items()}, _counts(raw_counts),
-                _counts(raw_counts, errors=True))
-
-    async def counts(self, sid: str) -> dict[str, int]:
-        """Tasks per state."""
-        return _counts(await self.redis.hgetall(self.key(sid, "n")))
-
-    async def error_counts(self, sid: str) -> dict[str, int]:
-        """Failed attempts per error kind (application, timeout, infrastructure)."""
-        return _counts(await self.redis.hgetall(self.key(sid, "n")), errors=True)
-
-    async def set_policy(self, sid: str, policy: RetryPolicy) -> None:
-        """Make `policy` the batch's, whoever submits its tasks (the operator, from the TaskBatch)."""
-        await self.redis.hset(self.key(sid, "meta"), mapping={**policy.meta_fields(), "policy_source": "taskbatch"})
-
-    async def states(self, sid: str, indices: Sequence[int]) -> list[TaskState | None]:
-        if not indices:
-            return []
-        raw = await self.redis.hmget(self.key(sid, "st"), indices)
-        return [TaskState(v.decode()) if v else None for v in raw]
-
-    async def outputs(self, sid: str, indices: Sequence[int]) -> list[bytes | None]:
-        return list(await self.redis.hmget(self.key(sid, "out"), indices)) if indices else []
-
-    async def errors(self, sid: str, indices: Sequence[int]) -> list[tuple[str | None, str | None]]:
-        """(error message, error kind) of each task's last failed attempt."""
-        if not indices:
-            return []
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hmget(self.key(sid, "err"), indices)
-        pipe.hmget(self.key(sid, "ek"), indices)
-        messages, kinds = await pipe.execute()
-        return [(m.decode() if m else None, k.decode() if k else None) for m, k in zip(messages, kinds)]
-
-    async def record(self, sid: str, index: int) -> TaskRecord | None:
-        pipe = self.redis.pipeline(transaction=False)
-        for role in ("st", "att", "in", "out", "err", "ek", *(f"ts:{s}" for s in STAGES)):
-            pipe.hget(self.key(sid, role), index)
-        st, att, inp, out, err, kind, *ts = await pipe.execute()
-        if st is None:
-            return None
-        return TaskRecord(
-            task_id=task_id(sid, index),
-            state=TaskState(st.decode()),
-            attempts=int(att or 0),
-            input=decode(inp) if inp else None,
-            output=decode(out) if out else None,
-            error=err.decode() if err else None,
-            error_kind=kind.decode() if kind else None,
-            timestamps={stage: float(t) for stage, t in zip(STAGES, ts) if t is not None},
-        )
-
-    async def terminal_events(self, sid: str, after: str = "0-0", block_ms: int | None = None,
-                              count: int = 10000) -> tuple[str, list[tuple[int, TaskState]]]:
-        """Tasks that reached a terminal state after stream position `after`: (new position, [(i, state)])."""
-        position, events = await self.terminal_events_with_output(sid, after, block_ms, count)
-        return position, [(i, s) for i, s, _ in events]
-
-    async def terminal_events_with_output(
-        self, sid: str, after: str = "0-0", block_ms: int | None = None, count: int = 10000
-    ) -> tuple[str, list[tuple[int, TaskState, bytes | None]]]:
-        """As terminal_events, with the output when it was small enough to travel in the event."""
-        reply = await self.redis.xread({self.key(sid, "done"): after}, count=count, block=block_ms)
-        if not reply:
-            return after, []
-        entries = reply[0][1]
-        events = [(int(f[b"i"]), TaskState(f[b"s"].decode()), f.get(b"o")) for _, f in entries]
-        return entries[-1][0].decode(), events
+def _finished(meta: dict[str, str], counts: dict[str, int]) -> bool:
+    if "total" not in meta:
+        return False
+    if meta.get("cancelled") == "1":
+        return True
+    active = counts["pending"] + counts["processing"] + counts["retrying"]
+    return meta.get("open") != "1" and meta.get("submitted") == meta.get("total") and active == 0
 
 
 def _counts(raw: dict[bytes, bytes], *, errors: bool = False) -> dict[str, int]:
@@ -518,9 +709,20 @@ def _counts(raw: dict[bytes, bytes], *, errors: bool = False) -> dict[str, int]:
     return counts
 
 
-def _inbox_item(raw: bytes) -> ClaimedTask:
-    index, token, attempt, payload = raw.split(b"\n", 3)
-    return ClaimedTask(int(index), token.decode(), int(attempt), payload)
+def encode_task(task: Any, n: int, max_payload_bytes: int) -> bytes:
+    """One task, validated and encoded (ValueError names it by its position `n`)."""
+    if not isinstance(task, dict):
+        raise ValueError(f"tasks_list[{n}] must be a dict, got {type(task).__name__}")
+    try:
+        payload = encode(task, what=f"tasks_list[{n}]")
+    except PayloadError as exc:
+        raise ValueError(str(exc)) from exc
+    if len(payload) > max_payload_bytes:
+        raise ValueError(
+            f"tasks_list[{n}] is {len(payload)} bytes encoded, over the {max_payload_bytes}-byte limit; "
+            "pass large data by reference (e.g. an object-store URL)"
+        )
+    return payload
 
 
 def encode_tasks(tasks_list: Any, max_payload_bytes: int) -> list[bytes]:
@@ -529,18 +731,4 @@ def encode_tasks(tasks_list: Any, max_payload_bytes: int) -> list[bytes]:
         raise ValueError(f"tasks_list must be a list of dicts, got {type(tasks_list).__name__}")
     if not tasks_list:
         raise ValueError("tasks_list is empty")
-    encoded = []
-    for n, task in enumerate(tasks_list):
-        if not isinstance(task, dict):
-            raise ValueError(f"tasks_list[{n}] must be a dict, got {type(task).__name__}")
-        try:
-            payload = encode(task, what=f"tasks_list[{n}]")
-        except PayloadError as exc:
-            raise ValueError(str(exc)) from exc
-        if len(payload) > max_payload_bytes:
-            raise ValueError(
-                f"tasks_list[{n}] is {len(payload)} bytes encoded, over the {max_payload_bytes}-byte limit; "
-                "pass large data by reference (e.g. an object-store URL)"
-            )
-        encoded.append(payload)
-    return encoded
+    return [encode_task(task, n, max_payload_bytes) for n, task in enumerate(tasks_list)]

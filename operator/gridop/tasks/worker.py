@@ -369,7 +369,7 @@ class Worker:
         """Idle: offer ourselves for direct handoff and wait for a task, a nudge, or a stop."""
         if entry is None:
             entry = await self.store.register_idle(self.sid, self.worker_id, self.lease_seconds, ttl=self.idle_wait + 1)
-        waiter = asyncio.create_task(self.store.wait_for_work(self.sid, self.worker_id, self.idle_wait))
+        waiter = asyncio.create_task(self.store.wait_for_work(self.sid, self.idle_wait))
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
@@ -380,8 +380,10 @@ class Worker:
             waiter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await waiter
-        if handed is None:
-            handed = await self.store.unidle(self.sid, entry)
+        # Always withdraw: a worker that took a task handed over for another leaves its own
+        # registration behind otherwise; one whose registration was taken gets its task here.
+        extra = await self.store.unidle(self.sid, entry, holding=handed is not None)
+        handed = handed or extra
         if handed is not None:
             self.stats.handoffs += 1
         return [handed] if handed is not None else []
