@@ -73,7 +73,7 @@ async def gridop_run(url: str, n: int, latency_n: int) -> dict[str, float]:
 
     def workers(sid: str, keep_running: bool = False, handler: str = "zero") -> list[subprocess.Popen[bytes]]:
         args = [sys.executable, "-m", "gridop", "worker", "--redis-url", url, "--session", sid,
-                "--handler", f"bench.handlers:{handler}", "--batch-size", "512", "--log-level", "WARNING"]
+                "--handler", f"bench.handlers:{handler}", "--log-level", "WARNING"]
         if keep_running:
             args.append("--keep-running")
         return [subprocess.Popen(args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL) for _ in range(2)]

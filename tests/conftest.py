@@ -1,4 +1,4 @@
-"""Fixtures every tier may use: a real redis-server process (never a fake)."""
+"""Fixtures every tier may use: a real redis-server process, and a real Redis Cluster (never a fake)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+
+from bench.localredis import LocalCluster
 
 
 def _free_port() -> int:
@@ -68,5 +70,22 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def redis_url(redis_server: str) -> str:
     redis.Redis.from_url(redis_server).flushall()
     return redis_server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A real 3-shard Redis Cluster (three redis-server processes joined by `redis-cli --cluster create`)."""
+    try:
+        cluster = LocalCluster(3, tmp_path_factory.mktemp("redis-cluster")).start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: LocalCluster) -> str:
+    redis_cluster.flush()
+    return redis_cluster.url
 
 

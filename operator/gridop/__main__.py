@@ -57,6 +57,7 @@ def _check_worker_options(args: argparse.Namespace) -> str | None:
     """Why the worker cannot start (one line naming the culprit), or None; checked before any process starts."""
     import redis
 
+    from .tasks.connection import node_url
     from .tasks.worker import load_handler
 
     if args.batch_size < 1:
@@ -70,9 +71,10 @@ def _check_worker_options(args: argparse.Namespace) -> str | None:
     except ValueError as exc:
         return str(exc)
     try:
-        client = redis.Redis.from_url(args.redis_url, socket_connect_timeout=5, socket_timeout=5)
+        client = redis.Redis.from_url(node_url(args.redis_url), socket_connect_timeout=5, socket_timeout=5)
     except ValueError as exc:
-        return f"--redis-url {_masked(args.redis_url)!r} is not a Redis URL ({exc}); use redis://[:password@]host:port/db"
+        return (f"--redis-url {_masked(args.redis_url)!r} is not a Redis URL ({exc}); use redis://[:password@]host:port/db "
+                "(redis+cluster://host:port for a Redis Cluster)")
     try:
         client.ping()
     except redis.RedisError as exc:

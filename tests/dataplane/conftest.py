@@ -10,14 +10,28 @@ import sys
 from collections.abc import AsyncIterator
 
 import pytest
-import redis.asyncio as aioredis
 
 from gridop.tasks.store import TaskStore
 
 
+# Run a test on a single Redis and on a 3-shard Redis Cluster: `@BOTH_PLANES async def test_...`.
+BOTH_PLANES = pytest.mark.parametrize("plane", ["redis", "cluster"], indirect=True)
+
+
+@pytest.fixture
+def plane(request: pytest.FixtureRequest) -> str:
+    return getattr(request, "param", "redis")
+
+
+@pytest.fixture
+def redis_url(redis_url: str, plane: str, request: pytest.FixtureRequest) -> str:
+    """The data plane's URL: the single Redis, or the cluster for tests marked BOTH_PLANES."""
+    return request.getfixturevalue("cluster_url") if plane == "cluster" else redis_url
+
+
 @pytest.fixture
 async def store(redis_url: str) -> AsyncIterator[TaskStore]:
-    s = TaskStore(aioredis.Redis.from_url(redis_url))
+    s = TaskStore.from_url(redis_url, outage_budget=30)
     yield s
     await s.close()
 

@@ -14,7 +14,7 @@ from gridop.client.tasks import AsyncGridConnector
 from gridop.tasks.store import TaskStore
 from gridop.tasks.sweeper import Sweeper
 
-from .conftest import finished_tally
+from .conftest import BOTH_PLANES, finished_tally
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TASKS = 1500
@@ -29,6 +29,7 @@ def spawn_worker(redis_url: str, sid: str) -> subprocess.Popen[bytes]:
     )
 
 
+@BOTH_PLANES
 async def test_sigkilled_workers_lose_nothing_and_duplicate_nothing(redis_url: str, store: TaskStore) -> None:
     rng = random.Random(7)
     async with AsyncGridConnector({"redis_url": redis_url, "max_retries": 50, "retry_backoff_sec": 0.05}) as c:
@@ -76,6 +77,7 @@ async def test_sigkilled_workers_lose_nothing_and_duplicate_nothing(redis_url: s
     assert max(record.attempts for record in [await store.record("chaos", i) for i in range(TASKS)]) >= 2
 
 
+@BOTH_PLANES
 async def test_sigterm_drains_the_tasks_in_hand(redis_url: str, store: TaskStore) -> None:
     async with AsyncGridConnector({"redis_url": redis_url}) as c:
         await c.send([{"seconds": 0.3} for _ in range(40)], session_id="drain")

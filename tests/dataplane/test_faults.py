@@ -23,6 +23,8 @@ from . import handlers
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
+from .conftest import BOTH_PLANES
+
 
 def conn(redis_url: str, **extra) -> AsyncGridConnector:
     return AsyncGridConnector({"redis_url": redis_url, "retry_backoff_sec": 0.05, **extra})
@@ -57,6 +59,7 @@ async def test_sys_exit_in_a_handler_fails_that_task_and_the_worker_carries_on(r
     assert (await store.record("exits", 5)).attempts == 2  # retried within the application budget
 
 
+@BOTH_PLANES
 async def test_a_task_that_kills_its_worker_costs_its_neighbours_at_most_one_attempt(
     redis_url: str, store: TaskStore
 ) -> None:
@@ -167,6 +170,7 @@ async def test_a_batch_worked_to_the_end_by_racing_submitters_completes(redis_ur
                                           "failed": 0, "cancelled": 0}
 
 
+@BOTH_PLANES
 async def test_appends_are_replay_safe_and_a_cancelled_batch_refuses_them(redis_url: str, store: TaskStore) -> None:
     async with conn(redis_url) as c:
         await c.send([{"n": 0}], session_id="app")

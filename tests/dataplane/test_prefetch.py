@@ -9,7 +9,7 @@ from gridop.client.tasks import AsyncGridConnector
 from gridop.tasks.store import TaskStore
 
 from ..waiting import eventually
-from .conftest import worker_process
+from .conftest import BOTH_PLANES, worker_process
 
 
 async def test_long_tasks_spread_across_idle_workers(redis_url: str, store: TaskStore) -> None:
@@ -39,6 +39,7 @@ async def test_zero_work_tasks_are_still_claimed_in_batches(redis_url: str, stor
     assert len(set(claimed)) < 100, len(set(claimed))
 
 
+@BOTH_PLANES
 async def test_each_result_is_reported_when_its_task_finishes_and_survives_a_cancel(
     redis_url: str, store: TaskStore
 ) -> None:

@@ -11,6 +11,8 @@ from gridop.client.tasks import AsyncGridConnector
 from gridop.tasks.codec import decode, encode
 from gridop.tasks.store import Outcome, RetryPolicy, TaskStore
 
+from .conftest import BOTH_PLANES
+
 
 async def declare(store: TaskStore, sid: str, payloads: list[bytes], policy: RetryPolicy) -> None:
     await store.create(sid, payloads, policy)
@@ -35,6 +37,7 @@ async def test_send_returns_ordered_ids_and_queues_every_task(redis_url: str, st
     assert record.state == "processing" and set(record.timestamps) == {"submitted", "queued", "claimed"}
 
 
+@BOTH_PLANES
 async def test_results_have_the_htc_grid_shape(redis_url: str, store: TaskStore) -> None:
     async with connector(redis_url, max_retries=0) as c:
         sub = await c.send([{"n": 0}, {"n": 1}, {"n": 2}], session_id="s2")
@@ -58,6 +61,7 @@ async def test_results_have_the_htc_grid_shape(redis_url: str, store: TaskStore)
     assert record.output == {"r": 0} and set(record.timestamps) == {"submitted", "queued", "claimed", "started", "finished"}
 
 
+@BOTH_PLANES
 async def test_a_lost_lease_retries_with_backoff_and_the_late_result_is_discarded(store: TaskStore) -> None:
     await declare(store, "s3", [encode({})], RetryPolicy(max_retries=1, max_infrastructure_retries=1, backoff_seconds=0.2))
     (first,) = await store.claim("s3", "w1", 1, lease_seconds=0.1)
@@ -89,6 +93,7 @@ async def test_the_retry_budget_runs_out_into_failed(store: TaskStore) -> None:
     assert record.state == "failed" and "lease expired" in record.error
 
 
+@BOTH_PLANES
 async def test_cancel_reports_each_state_and_stops_heartbeats(store: TaskStore) -> None:
     await declare(store, "s5", [encode({"i": i}) for i in range(6)], RetryPolicy(max_retries=2, backoff_seconds=60))
     claimed = await store.claim("s5", "w", 3, lease_seconds=30)

@@ -12,6 +12,8 @@ from gridop.tasks.worker import Worker, load_handler
 
 from . import handlers
 
+from .conftest import BOTH_PLANES
+
 
 async def run_batch(store: TaskStore, sid: str, handler, *, workers: int = 1, **options) -> list:
     """Run workers (and a sweeper) until the batch is done."""
@@ -91,6 +93,7 @@ async def test_a_non_serialisable_result_fails_the_task_with_the_reason(redis_ur
     assert (await store.record("weird", 0)).attempts == 1  # deterministic: not retried
 
 
+@BOTH_PLANES
 async def test_cancellation_reaches_running_tasks_within_a_heartbeat(redis_url: str, store: TaskStore) -> None:
     async with conn(redis_url) as c:
         sub = await c.send([{"seconds": 30} for _ in range(4)] + [{"seconds": 0} for _ in range(50)], session_id="cx")

@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ..client.tasks import AsyncGridConnector
-from ..tasks.connection import address_of
+from ..tasks.connection import address_of, node_url
 from ..tasks.states import TaskState
 from ..tasks.store import task_id
 from ..tasks.sweeper import Sweeper
@@ -185,7 +185,7 @@ def stop_workers(workers: list[subprocess.Popen[bytes]], grace: float) -> None:
 
 
 async def _reachable(url: str) -> None:
-    client = aioredis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    client = aioredis.Redis.from_url(node_url(url), socket_connect_timeout=5, socket_timeout=5)
     try:
         await client.ping()
     except RedisError as exc:

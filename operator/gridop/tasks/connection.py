@@ -168,6 +168,11 @@ def is_cluster_url(url: str) -> bool:
     return urlsplit(url).scheme in ("redis+cluster", "rediss+cluster")
 
 
+def node_url(url: str) -> str:
+    """A plain URL of the (first) node a URL names: what a reachability probe pings."""
+    return url.replace("+cluster://", "://", 1) if is_cluster_url(url) else url
+
+
 def address_of(url: str) -> str:
     """host:port of a Redis URL, never its credentials (for messages and logs)."""
     parts = urlsplit(url)
@@ -191,7 +196,7 @@ def connect(url: str, *, outage_budget: float | None, retry_auth: bool = False, 
         client = RedisCluster.from_url(url.replace("+cluster://", "://", 1), **options)
         client.nodes_manager.connection_kwargs["connection_class"] = _hiredis_packing(
             client.nodes_manager.connection_kwargs.get("connection_class", aioconnection.Connection))
-        client.gridop_url = url  # what clone_client() reconnects to
+        client.gridop_connect = (url, {"outage_budget": outage_budget, "retry_auth": retry_auth, **kwargs})
         return client
     client = aioredis.Redis.from_url(url, **options)
     client.connection_pool.connection_class = _hiredis_packing(client.connection_pool.connection_class)
@@ -201,14 +206,12 @@ def connect(url: str, *, outage_budget: float | None, retry_auth: bool = False, 
 def clone_client(client: Any) -> Any:
     """A client with its own connections to the same Redis or Redis Cluster (for another thread's loop)."""
     if isinstance(client, RedisCluster):
-        kwargs = dict(client.nodes_manager.connection_kwargs)
-        nodes = [ClusterNode(n.host, n.port) for n in client.get_nodes()] or None
-        clone = RedisCluster(startup_nodes=nodes, retry=client.retry, **{
-            k: v for k, v in kwargs.items()
-            if k in ("username", "password", "socket_timeout", "socket_connect_timeout", "socket_keepalive",
-                     "health_check_interval")})
-        clone.nodes_manager.connection_kwargs["connection_class"] = kwargs["connection_class"]
-        return clone
+        again = getattr(client, "gridop_connect", None)
+        if again is not None:
+            url, kwargs = again
+            return connect(url, **kwargs)
+        nodes = [ClusterNode(n.host, n.port) for n in client.nodes_manager.startup_nodes.values()]
+        return RedisCluster(startup_nodes=nodes, retry=client.retry)
     kwargs = dict(client.connection_pool.connection_kwargs)
     pool = aioredis.ConnectionPool(connection_class=client.connection_pool.connection_class, **kwargs)
     return aioredis.Redis(connection_pool=pool)

@@ -26,6 +26,7 @@ import time
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from ..kube import AlreadyExists, KubeClient, resources
@@ -61,7 +62,9 @@ def with_credentials(url: str, username: str, password: str) -> str:
 async def define_user(redis: Any, namespace: str, password: str) -> bool:
     """Create or refresh the namespace's ACL user; False if this Redis refuses ACL commands."""
     try:
-        await redis.execute_command("ACL", "SETUSER", *acl_rules(namespace, password))
+        # On a Redis Cluster, every node keeps its own users: define it on all of them.
+        where = {"target_nodes": RedisCluster.ALL_NODES} if isinstance(redis, RedisCluster) else {}
+        await redis.execute_command("ACL", "SETUSER", *acl_rules(namespace, password), **where)
     except ResponseError as exc:
         log.warning("Redis refused ACL SETUSER (%s): namespace %s gets the shared data-plane URL", exc, namespace)
         return False

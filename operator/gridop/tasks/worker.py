@@ -212,6 +212,7 @@ class Worker:
         self.retention = 86400
         self._lost: set[int] = set()
         self._async_tasks: dict[int, asyncio.Task[Outcome]] = {}
+        self._withdrawing: asyncio.Future[Any] | None = None  # an idle registration being withdrawn
         self._executor = self._new_executor()
 
     async def run(self, stop: asyncio.Event | None = None) -> WorkerStats:
@@ -259,6 +260,8 @@ class Worker:
                     self._count(outcomes, (await self.store.complete(self.sid, outcomes))[1])
                     self._held.pop(handed.index, None)
         finally:
+            if self._withdrawing is not None:
+                await asyncio.gather(self._withdrawing, return_exceptions=True)
             beating.set()
             await asyncio.to_thread(heartbeats.join, 10)
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -367,6 +370,9 @@ class Worker:
 
     async def _wait_for_work(self, stop: asyncio.Event, entry: str | None) -> list[ClaimedTask]:
         """Idle: offer ourselves for direct handoff and wait for a task, a nudge, or a stop."""
+        if self._withdrawing is not None:
+            await self._withdrawing
+            self._withdrawing = None
         if entry is None:
             entry = await self.store.register_idle(self.sid, self.worker_id, self.lease_seconds, ttl=self.idle_wait + 1)
         waiter = asyncio.create_task(self.store.wait_for_work(self.sid, self.idle_wait))
@@ -382,8 +388,12 @@ class Worker:
                 await waiter
         # Always withdraw: a worker that took a task handed over for another leaves its own
         # registration behind otherwise; one whose registration was taken gets its task here.
-        extra = await self.store.unidle(self.sid, entry, holding=handed is not None)
-        handed = handed or extra
+        # Holding a task, withdraw while running it (the withdrawal returns nothing then).
+        if handed is None:
+            handed = await self.store.unidle(self.sid, entry)
+        elif not handed.token.startswith(f"{self.worker_id}:"):
+            # Handed over for another idle worker: ours is still registered.
+            self._withdrawing = asyncio.ensure_future(self.store.unidle(self.sid, entry, holding=True))
         if handed is not None:
             self.stats.handoffs += 1
         return [handed] if handed is not None else []
