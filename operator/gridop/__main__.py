@@ -62,6 +62,8 @@ def _check_worker_options(args: argparse.Namespace) -> str | None:
 
     if args.batch_size < 1:
         return f"--batch-size must be at least 1, got {args.batch_size}"
+    if not 0 <= args.metrics_port <= 65535 - max(0, args.processes - 1):
+        return f"--metrics-port must be a port number (0: metrics not served), got {args.metrics_port}"
     if args.claim_seconds < 0:
         return f"--claim-seconds must be 0 (fixed claims of --batch-size) or more, got {args.claim_seconds:g}"
     if args.lease <= args.heartbeat:
@@ -149,7 +151,7 @@ def _worker(args: argparse.Namespace) -> int:
         retention_seconds=args.retention, handler=args.handler, batch_size=args.batch_size,
         heartbeat_seconds=args.heartbeat, lease_seconds=args.lease, task_timeout=args.timeout,
         retry_on_error=not args.fail_on_error, exit_when_done=not args.keep_running, key_prefix=args.key_prefix,
-        claim_seconds=args.claim_seconds,
+        claim_seconds=args.claim_seconds, metrics_port=args.metrics_port,
     )
     return run_processes(options, args.processes)
 
@@ -199,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="data-plane key prefix [GRIDOP_KEY_PREFIX]; the operator uses gridop:<namespace>")
     wk.add_argument("--keep-running", action="store_true", help="keep waiting for work when the batch is done")
     wk.add_argument("--processes", type=int, default=int(env("GRIDOP_PROCESSES", "1")))
+    wk.add_argument("--metrics-port", type=int, default=int(env("GRIDOP_METRICS_PORT", "0")),
+                    help="serve Prometheus task metrics (per-stage latency histograms) on this port; process k of "
+                         "--processes uses port+k [GRIDOP_METRICS_PORT] (default: 0, not served)")
     wk.add_argument("--log-format", default=env("GRIDOP_LOG_FORMAT", "json"), choices=["json", "text"])
     wk.add_argument("--log-level", default=env("GRIDOP_LOG_LEVEL", "INFO"))
     wk.set_defaults(func=_worker)

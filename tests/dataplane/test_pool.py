@@ -62,3 +62,54 @@ async def test_retries_move_without_the_operator_and_small_sessions_are_not_star
     assert big_counts["finished"] < 3000, "the small session waited for the big one"
     assert len(big_results["finished"]) == 3000
     assert {(await store.record(small["session_id"], i)).attempts for i in range(10)} == {2}
+
+
+async def test_users_share_a_pool_evenly_whatever_their_number_of_sessions(redis_url: str, store: TaskStore) -> None:
+    """Alice's four big sessions do not outweigh Bob's one small one: owners take turns (each gets
+    half of the pool's time slices), so Bob's ten tasks finish while Alice's are mostly queued."""
+    workers = [worker_process(redis_url, "--pool", "default", handler="slow")]
+    try:
+        async with (AsyncGridConnector({"redis_url": redis_url, "owner": "alice"}) as alice,
+                    AsyncGridConnector({"redis_url": redis_url, "owner": "bob"}) as bob):
+            bulk = [await alice.send([{"seconds": 0.002} for _ in range(1500)]) for _ in range(4)]
+            await asyncio.sleep(0.3)
+            small = await bob.send([{"seconds": 0.002} for _ in range(10)])
+            small_results = await bob.get_results(small, timeout_sec=30)
+            done_then = sum([(await store.counts(b["session_id"]))["finished"] for b in bulk])
+            for b in bulk:
+                await alice.cancel_sessions([b["session_id"]])
+    finally:
+        for w in workers:
+            w.terminate()
+            await asyncio.to_thread(w.wait, 30)
+    assert len(small_results["finished"]) == 10
+    assert done_then < 3000, f"Bob waited for {done_then} of Alice's 6000 tasks"
+
+
+async def test_a_higher_priority_session_goes_first(redis_url: str, store: TaskStore) -> None:
+    workers = [worker_process(redis_url, "--pool", "default", handler="slow")]
+    try:
+        async with AsyncGridConnector({"redis_url": redis_url}) as c:
+            low = await c.send([{"seconds": 0.002} for _ in range(2000)])
+            await asyncio.sleep(0.3)
+            urgent = await c.send([{"seconds": 0.002} for _ in range(20)], priority=10)
+            urgent_results = await c.get_results(urgent, timeout_sec=30)
+            low_then = (await store.counts(low["session_id"]))["finished"]
+            await c.cancel_sessions([low["session_id"]])
+    finally:
+        for w in workers:
+            w.terminate()
+            await asyncio.to_thread(w.wait, 30)
+    assert len(urgent_results["finished"]) == 20
+    assert low_then < 1000, f"the urgent session waited for {low_then} of 2000 low-priority tasks"
+    assert (await store.meta(urgent["session_id"]))["priority"] == "10"
+
+
+async def test_pool_turns_alternate_owners_then_their_sessions(store: TaskStore) -> None:
+    for n in range(3):
+        await store.pool_join("p", f"a{n}", owner="alice")
+    await store.pool_join("p", "b0", owner="bob")
+    await store.pool_join("p", "low", owner="carol", priority=-1)
+    picks = [await store.pool_pick("p") for _ in range(12)]
+    assert picks.count("b0") == 6 and {p for p in picks if p != "b0"} == {"a0", "a1", "a2"}
+    assert "low" not in picks  # a lower priority waits while a higher one is ready

@@ -17,6 +17,10 @@ from ..api.v1alpha1.taskpool import TaskPoolSpec
 from ..settings import Settings
 
 BATCH_LABEL = "gridop.io/taskbatch"
+WORKER_METRICS_PORT = 9100
+# Prometheus's conventional scrape annotations (the chart's PodMonitor selects worker pods by label too).
+WORKER_SCRAPE = {"prometheus.io/scrape": "true", "prometheus.io/port": str(WORKER_METRICS_PORT),
+                 "prometheus.io/path": "/metrics"}
 
 
 def job_name(name: str) -> str:
@@ -46,6 +50,7 @@ def worker_pod_spec(spec: TaskBatchSpec | TaskPoolSpec, settings: Settings, name
         {"name": "GRIDOP_LEASE_SECONDS", "value": str(spec.lease_seconds)},
         {"name": "GRIDOP_RETRY_ON_ERROR", "value": "true" if on_error == OnError.RETRY else "false"},
         {"name": "GRIDOP_LOG_FORMAT", "value": "json"},
+        {"name": "GRIDOP_METRICS_PORT", "value": str(WORKER_METRICS_PORT)},
         *({"name": e.name, "value": e.value} for e in spec.workers.env),
     ]
     if spec.task_timeout_seconds:
@@ -56,6 +61,7 @@ def worker_pod_spec(spec: TaskBatchSpec | TaskPoolSpec, settings: Settings, name
         "image": spec.image or settings.image,
         "args": ["worker"],
         "env": env,
+        "ports": [{"name": "metrics", "containerPort": WORKER_METRICS_PORT, "protocol": "TCP"}],
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
@@ -98,7 +104,7 @@ def worker_job(meta: dict[str, Any], spec: TaskBatchSpec, settings: Settings, pa
             "parallelism": parallelism,
             "backoffLimit": 1000,
             "suspend": spec.suspend,
-            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+            "template": {"metadata": {"labels": labels, "annotations": WORKER_SCRAPE}, "spec": pod_spec},
         },
     }
 

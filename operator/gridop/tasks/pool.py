@@ -14,7 +14,7 @@ from ..api.v1alpha1 import set_condition, set_progress
 from ..api.v1alpha1.taskbatch import TaskCounts
 from ..api.v1alpha1.taskpool import KIND, TaskPoolSpec, TaskPoolStatus
 from ..settings import Settings
-from .batch import owner_reference, worker_pod_spec
+from .batch import WORKER_SCRAPE, owner_reference, worker_pod_spec
 
 POOL_LABEL = "gridop.io/taskpool"
 
@@ -44,7 +44,7 @@ def pool_deployment(meta: dict[str, Any], spec: TaskPoolSpec, settings: Settings
             "selector": {"matchLabels": {POOL_LABEL: name}},
             # Scaling in stops workers with SIGTERM: they finish the claim in hand (about 0.1 s of work).
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+            "template": {"metadata": {"labels": labels, "annotations": WORKER_SCRAPE}, "spec": pod_spec},
         },
     }
 

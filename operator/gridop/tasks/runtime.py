@@ -32,10 +32,27 @@ class WorkerOptions:
     claim_seconds: float = 0.1
     pool: str | None = None  # serve every session of this pool instead of one session
     retention_seconds: int = 86400  # how long a pool keeps a finished session's tasks and results
+    metrics_port: int = 0  # serve Prometheus metrics here (0: not served); process k of N uses port + k
+
+
+def serve_metrics(port: int) -> None:
+    """Serve this process's task metrics (per-stage histograms) on `port`, at /metrics."""
+    from prometheus_client import REGISTRY, start_http_server
+
+    from .metrics import METRICS
+
+    try:
+        REGISTRY.register(METRICS)
+    except ValueError:
+        pass  # already registered in this process
+    start_http_server(port)
+    log.info("serving task metrics on :%d/metrics", port)
 
 
 async def run_worker(options: WorkerOptions, stop: asyncio.Event | None = None) -> dict[str, Any]:
     handler = load_handler(options.handler)
+    if options.metrics_port:
+        serve_metrics(options.metrics_port)
     # Workers wait out any Redis outage: their claims stay meaningful (tokens, leases), and a
     # worker that exited instead would only be restarted into the same outage.
     store = TaskStore.from_url(options.redis_url, prefix=options.key_prefix, outage_budget=None, retry_auth=True)
@@ -96,7 +113,11 @@ def run_processes(options: WorkerOptions, processes: int) -> int:
         _event_loop_runner()(run_worker(options))
         return 0
     ctx = multiprocessing.get_context("spawn")
-    children = [ctx.Process(target=_process_main, args=(options,), daemon=False) for _ in range(processes)]
+    children = [
+        ctx.Process(target=_process_main, daemon=False, args=(
+            dataclasses.replace(options, metrics_port=options.metrics_port + k if options.metrics_port else 0),))
+        for k in range(processes)
+    ]
     for child in children:
         child.start()
 

@@ -36,6 +36,7 @@ A worker pool (a TaskPool) serves every session sent to it; its keys carry the `
                                       (a hint: a claim confirms it)
     gridop:{pool:<p>}:wake      list  a nudge for the pool's idle workers when work arrives
     gridop:{pool:<p>}:sweeper   str   which worker sweeps the pool's sessions this round
+    gridop:{pool:<p>}:turn      int   whose turn it is (owners, then their sessions, take turns)
 
 Pool bookkeeping is in commands of its own, never inside a session's scripts: a session's keys
 and its pool's may live on different Redis Cluster shards.
@@ -46,7 +47,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import random
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -121,6 +121,7 @@ class Outcome:
     outcome: str  # ok | error | timeout | fatal | fatal-timeout
     payload: bytes | str  # base64 output for ok, error message otherwise
     started: float | None = None
+    ended: float | None = None  # when the worker had the outcome (for its run-time histogram)
 
     @property
     def failed(self) -> bool:
@@ -616,21 +617,27 @@ class TaskStore:
         pipe.ltrim(self.pool_key(pool, "wake"), 0, 63)
 
     async def pool_pick(self, pool: str) -> str | None:
-        """A session of the pool that may have queued tasks: of the highest priority ready, a random
-        owner (user), then a random session of theirs. So each user gets an equal share of the
-        pool's claims at a priority, whatever the size or number of their batches."""
-        top = await self.redis.zrevrange(self.pool_key(pool, "ready"), 0, 0, withscores=True)
+        """The session of the pool to claim from next: among the ready sessions of the highest
+        priority, the owners (users) take turns, and each owner's sessions take turns. So each user
+        gets an equal share of the pool's claims at a priority, whatever the size or number of
+        their batches, and a higher priority goes first."""
+        ready = self.pool_key(pool, "ready")
+        top = await self.redis.zrevrange(ready, 0, 0, withscores=True)
         if not top:
             return None
-        score = top[0][1]
-        members = await self.redis.zrangebyscore(self.pool_key(pool, "ready"), score, score, start=0, num=10_000)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrangebyscore(ready, top[0][1], top[0][1], start=0, num=10_000)
+        pipe.incr(self.pool_key(pool, "turn"))
+        members, turn = await pipe.execute()
         by_owner: dict[bytes, list[bytes]] = {}
         for member in members:
             owner, _, sid = member.rpartition(b"/")
             by_owner.setdefault(owner, []).append(sid)
         if not by_owner:
             return None
-        return random.choice(by_owner[random.choice(list(by_owner))]).decode()
+        owners = sorted(by_owner)
+        sessions = sorted(by_owner[owners[turn % len(owners)]])
+        return sessions[(turn // len(owners)) % len(sessions)].decode()
 
     async def pool_idle(self, pool: str, sid: str) -> None:
         """A claim found nothing: take the session off the ready set, unless tasks arrived meanwhile

@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import importlib
 import inspect
+import itertools
 import logging
 import os
 import socket
@@ -42,6 +43,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .codec import PayloadError, decode, encode
+from .metrics import METRICS
 from .store import ClaimedTask, Outcome, TaskStore, task_id
 
 log = logging.getLogger(__name__)
@@ -108,6 +110,7 @@ class _Reporter:
 
     def add(self, outcome: Outcome) -> None:
         self.seen.add(outcome.index)
+        outcome.ended = time.time()
         self.pending.append(self.worker._final(outcome))
 
     def due(self) -> bool:
@@ -213,6 +216,7 @@ class Worker:
         self._lost: set[int] = set()
         self._async_tasks: dict[int, asyncio.Task[Outcome]] = {}
         self._withdrawing: asyncio.Future[Any] | None = None  # an idle registration being withdrawn
+        self._current: dict[int, ClaimedTask] = {}  # the claim in hand, by index (for the metrics)
         self._executor = self._new_executor()
 
     async def run(self, stop: asyncio.Event | None = None) -> WorkerStats:
@@ -271,6 +275,7 @@ class Worker:
         """Hold a claim, run it and time it; returns the outcomes not reported on the way."""
         self.stats.claimed += len(claimed)
         self.stats.batches += 1
+        self._observe_claim(claimed)
         self._held.update({t.index: t.token for t in claimed})
         self._lost.difference_update(t.index for t in claimed)  # a new claim supersedes old news
         started = time.monotonic()
@@ -302,10 +307,37 @@ class Worker:
             return outcome
         return dataclasses.replace(outcome, outcome=self._FATAL[outcome.outcome])
 
+    def _observe_claim(self, claimed: list[ClaimedTask]) -> None:
+        """Queue wait (once per run of tasks queued together) and retries, for the metrics."""
+        m = METRICS.batch(self.sid)
+        self._current = {t.index: t for t in claimed}
+        for (queued, at, attempt), run in itertools.groupby(claimed, lambda t: (t.queued, t.claimed, t.attempt)):
+            n = sum(1 for _ in run)
+            if queued and at:
+                m.queue_wait.observe(max(0.0, at - queued), n)
+            if attempt > 1:
+                m.retries += n
+
     def _count(self, outcomes: list[Outcome], stale: int) -> None:
+        """Tally reported outcomes: the worker's stats and its metrics (run time, end to end, failures)."""
+        m = METRICS.batch(self.sid)
+        now = time.time()
+        current = self._current
+        finished = 0
+        for o in outcomes:
+            if o.outcome == "ok":
+                finished += 1
+                task = current.get(o.index)
+                if task is not None and task.submitted:
+                    m.end_to_end.observe(now - task.submitted)
+            else:
+                m.failed["timeout" if o.outcome.endswith("timeout") else "application"] += 1
+            if o.started is not None and o.ended is not None:
+                m.run.observe(o.ended - o.started)
+        m.finished += finished
         self.stats.stale += stale
-        self.stats.finished += sum(1 for o in outcomes if o.outcome == "ok")
-        self.stats.errors += sum(1 for o in outcomes if o.failed)
+        self.stats.finished += finished
+        self.stats.errors += len(outcomes) - finished
 
     async def _report(self, outcomes: list[Outcome]) -> None:
         """Report some outcomes of the running batch now (a long batch's finished tasks)."""
@@ -409,7 +441,8 @@ class Worker:
                         sid, held = self.sid, list(self._held.items())
                     try:
                         if self.pool is None:
-                            await store.sweep(sid)
+                            swept = await store.sweep(sid)
+                            METRICS.infrastructure_failures(sid, swept["retried"] + swept["failed"])
                         else:
                             await store.pool_sweep(self.pool, self.worker_id, self.heartbeat_seconds, self.retention)
                     except Exception as exc:  # the next beat sweeps again
