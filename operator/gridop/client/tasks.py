@@ -420,6 +420,14 @@ class AsyncGridConnector:
 
         Memory stays flat whatever the submission's size (a byte per task to know which ones are
         done): results are yielded as each worker report arrives, and each is read once."""
+        async for batch in self.iter_result_batches(submission_response, timeout_sec):
+            for item in batch:
+                yield item
+
+    async def iter_result_batches(
+        self, submission_response: Mapping[str, Any], timeout_sec: float | None = None
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """As iter_results, a list at a time: the tasks one worker report ended."""
         sid, indices = self._submission(submission_response)
         tracker = _Tracker(indices, keep_outputs=False)
         deadline = None if timeout_sec is None else time.monotonic() + timeout_sec
@@ -433,6 +441,7 @@ class AsyncGridConnector:
                 failed = [i for i, state, _ in ended if state == TaskState.FAILED]
                 outputs = dict(zip(finished, await self._store.outputs(sid, finished))) if finished else {}
                 errors = dict(zip(failed, await self._store.errors(sid, failed))) if failed else {}
+                batch = []
                 for index, state, output in ended:
                     item: dict[str, Any] = {"task_id": f"{sid}_{index}", "state": state.value}
                     if state == TaskState.FINISHED:
@@ -440,7 +449,9 @@ class AsyncGridConnector:
                         item["output"] = decode_text(payload) if payload else None
                     elif state == TaskState.FAILED:
                         item["error"], item["error_kind"] = errors.get(index, (None, None))
-                    yield item
+                    batch.append(item)
+                if batch:
+                    yield batch
             if deadline is not None and time.monotonic() >= deadline:
                 return
 
@@ -640,10 +651,10 @@ class GridConnector:
     def iter_results(self, submission_response: Mapping[str, Any], timeout_sec: float | None = None
                      ) -> Iterator[dict[str, Any]]:
         """Each task's result as it ends (see AsyncGridConnector.iter_results)."""
-        agen = self._async.iter_results(submission_response, timeout_sec).__aiter__()
+        batches = self._async.iter_result_batches(submission_response, timeout_sec).__aiter__()
         while True:
             try:
-                yield self._run(agen.__anext__())
+                yield from self._run(batches.__anext__())  # one trip into the loop per worker report
             except StopAsyncIteration:
                 return
 
