@@ -90,6 +90,31 @@ def test_external_redis_replaces_the_embedded_one() -> None:
     assert result.returncode != 0 and "needs redis.externalUrl" in result.stderr
 
 
+def test_the_data_plane_can_be_a_redis_cluster_deployed_or_external() -> None:
+    docs = render("redis.cluster.enabled=true", "redis.cluster.shards=3", "redis.password=pw")
+    (sts,) = by_kind(docs, "StatefulSet")
+    assert sts["spec"]["replicas"] == 3
+    args = sts["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--cluster-enabled") + 1] == "yes" and "--cluster-announce-hostname" in args
+    service = next(d for d in by_kind(docs, "Service") if d["metadata"]["name"] == sts["spec"]["serviceName"])
+    assert service["spec"]["clusterIP"] == "None"  # one stable name per shard
+    (job,) = by_kind(docs, "Job")
+    script = job["spec"]["template"]["spec"]["containers"][0]["command"][-1]
+    assert "redis-cli --cluster create $nodes --cluster-replicas 0" in script and "seq 0 2" in script
+    (secret,) = by_kind(docs, "Secret")
+    assert secret["stringData"]["url"].startswith("redis+cluster://:pw@gridop-redis-0.gridop-redis.gridop-system.svc")
+    external = render("redis.enabled=false", "redis.externalUrl=redis+cluster://node-1.cache:6379")
+    assert by_kind(external, "Secret")[0]["stringData"] == {"url": "redis+cluster://node-1.cache:6379"}
+    assert not by_kind(external, "Job") and not by_kind(external, "StatefulSet")
+
+
+def test_worker_pod_monitor_is_optional() -> None:
+    assert not by_kind(render(), "PodMonitor")
+    (monitor,) = by_kind(render("metrics.workerPodMonitor.enabled=true"), "PodMonitor")
+    assert monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == "gridop-worker"
+    assert monitor["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "interval": "15s"}]
+
+
 def _rules(role: dict[str, Any]) -> set[tuple[str, str, str]]:
     return {
         (group, res, verb)
