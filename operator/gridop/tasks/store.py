@@ -409,12 +409,7 @@ class TaskStore:
         """Whether every task declared is terminal (or the batch was cancelled); False before any
         task, and while a streamed submission is still open."""
         meta, counts, _ = await self.snapshot(sid)
-        if "total" not in meta:
-            return False
-        if meta.get("cancelled") == "1":
-            return True
-        active = counts["pending"] + counts["processing"] + counts["retrying"]
-        return meta.get("open") != "1" and meta.get("submitted") == meta.get("total") and active == 0
+        return _finished(meta, counts)
 
     async def delete(self, sid: str) -> int:
         """Remove every key of the batch."""
