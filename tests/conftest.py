@@ -5,7 +5,6 @@ from __future__ import annotations
 import pathlib
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,13 +12,10 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from bench.localredis import LocalCluster
+from bench.localredis import LocalCluster, free_port
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_free_port = free_port  # the fixtures' free loopback port (tests import it under this name)
 
 
 class RedisProcess:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from typing import Any
 
 from gridop.client.tasks import AsyncGridConnector
@@ -14,6 +15,12 @@ from .conftest import worker_process
 
 async def _empty(pending: Any) -> bool:
     return not await pending
+
+
+async def _stop(workers: list[subprocess.Popen[bytes]]) -> None:
+    for w in workers:
+        w.terminate()
+        await asyncio.to_thread(w.wait, 30)
 
 
 async def test_a_pool_serves_every_plain_send_and_forgets_finished_sessions(redis_url: str, store: TaskStore) -> None:
@@ -55,9 +62,7 @@ async def test_retries_move_without_the_operator_and_small_sessions_are_not_star
             big_counts = await store.counts(big["session_id"])
             big_results = await c.get_results(big, timeout_sec=120)
     finally:
-        for w in workers:
-            w.terminate()
-            await asyncio.to_thread(w.wait, 30)
+        await _stop(workers)
     assert len(small_results["finished"]) == 10
     assert big_counts["finished"] < 3000, "the small session waited for the big one"
     assert len(big_results["finished"]) == 3000
@@ -79,9 +84,7 @@ async def test_users_share_a_pool_evenly_whatever_their_number_of_sessions(redis
             for b in bulk:
                 await alice.cancel_sessions([b["session_id"]])
     finally:
-        for w in workers:
-            w.terminate()
-            await asyncio.to_thread(w.wait, 30)
+        await _stop(workers)
     assert len(small_results["finished"]) == 10
     assert done_then < 3000, f"Bob waited for {done_then} of Alice's 6000 tasks"
 
@@ -97,9 +100,7 @@ async def test_a_higher_priority_session_goes_first(redis_url: str, store: TaskS
             low_then = (await store.counts(low["session_id"]))["finished"]
             await c.cancel_sessions([low["session_id"]])
     finally:
-        for w in workers:
-            w.terminate()
-            await asyncio.to_thread(w.wait, 30)
+        await _stop(workers)
     assert len(urgent_results["finished"]) == 20
     assert low_then < 1000, f"the urgent session waited for {low_then} of 2000 low-priority tasks"
     assert (await store.meta(urgent["session_id"]))["priority"] == "10"

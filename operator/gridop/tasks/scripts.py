@@ -135,14 +135,23 @@ local function emit()
   if #ev_x > 0 then args[#args + 1] = 'x'; args[#args + 1] = table.concat(ev_x, ',') end
   redis.call('XADD', unpack(args))
 end
--- A failed attempt of kind application | timeout | infrastructure, leaving state `from`: retried
--- with backoff while the budget for its kind lasts (infrastructure failures -- a lost lease: the
--- worker died or was cut off -- have a budget of their own, so they never spend the
--- application's retries), else failed.
-local function retry_or_fail(i, r, claim, started, now, kind, message, from)
+-- A failed attempt of kind application | timeout | infrastructure, leaving state `from`: recorded
+-- on the task (its last error) and in the batch's counters.
+local function attempt_failed(i, kind, message, from)
   redis.call('HSET', err, i, kind .. '\\0' .. (message or ''))
   redis.call('HINCRBY', n, 'e:' .. kind, 1)
   redis.call('HINCRBY', n, from, -1)
+end
+local function fail(i, claim, started, now)
+  redis.call('HSET', t, i, 'x|' .. claim .. '|' .. started .. '|' .. now)
+  redis.call('HINCRBY', n, 'failed', 1)
+  ev_x[#ev_x + 1] = i
+end
+-- A failed attempt, retried with backoff while the budget for its kind lasts (infrastructure
+-- failures -- a lost lease: the worker died or was cut off -- have a budget of their own, so they
+-- never spend the application's retries), else failed.
+local function retry_or_fail(i, r, claim, started, now, kind, message, from)
+  attempt_failed(i, kind, message, from)
   local allowed
   if kind == 'infrastructure' then
     allowed = redis.call('HINCRBY', ia, i, 1) <= tonumber(redis.call('HGET', meta, 'max_infra') or '3')
@@ -155,9 +164,7 @@ local function retry_or_fail(i, r, claim, started, now, kind, message, from)
     redis.call('HINCRBY', n, 'retrying', 1)
     return 'retrying'
   end
-  redis.call('HSET', t, i, 'x|' .. claim .. '|' .. started .. '|' .. now)
-  redis.call('HINCRBY', n, 'failed', 1)
-  ev_x[#ev_x + 1] = i
+  fail(i, claim, started, now)
   return 'failed'
 end
 -- A claim is over when its last task has been reported: its lease goes.
@@ -187,7 +194,7 @@ COMPLETE = _PRELUDE + """
 local now, next_count, worker, lease_s, idle_ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local claim, n_ok = ARGV[6], tonumber(ARGV[7])
 local first_failure = 8 + n_ok * 3
-local applied, stale, finished, failed_now, retried = 0, 0, 0, 0, 0
+local applied, stale, finished, failed_now = 0, 0, 0, 0
 local live = redis.call('HEXISTS', cn, claim) == 1
 local runs = live and runs_of(claim) or {}
 if live and n_ok > 0 then
@@ -220,14 +227,10 @@ for k = first_failure, #ARGV, 4 do
     local kind = 'application'
     if outcome == 'timeout' or outcome == 'fatal-timeout' then kind = 'timeout' end
     if outcome == 'error' or outcome == 'timeout' then
-      if retry_or_fail(i, r, claim, started, now, kind, message, 'processing') == 'retrying' then retried = retried + 1 end
+      retry_or_fail(i, r, claim, started, now, kind, message, 'processing')
     else
-      redis.call('HSET', err, i, kind .. '\\0' .. message)
-      redis.call('HINCRBY', n, 'e:' .. kind, 1)
-      redis.call('HINCRBY', n, 'processing', -1)
-      redis.call('HSET', t, i, 'x|' .. claim .. '|' .. started .. '|' .. now)
-      redis.call('HINCRBY', n, 'failed', 1)
-      ev_x[#ev_x + 1] = i
+      attempt_failed(i, kind, message, 'processing')
+      fail(i, claim, started, now)
     end
     failed_now = failed_now + 1
   else
@@ -442,13 +445,14 @@ SNAPSHOT = _PRELUDE + """
 return {redis.call('HGETALL', meta), redis.call('HGETALL', n)}
 """
 
-# ARGV: indices... Their records and last errors, and the batch's live claims with their runs:
-# what a reader needs to tell each task's state, read atomically.
+# ARGV: indices... Their records and last errors, the batch's live claims with their runs, and
+# its meta {cancelled, total, cancelled_at}: what a reader needs to tell each task's state, read
+# atomically.
 RECORDS = _PRELUDE + """
 local ids = {}
 for k = 1, #ARGV do ids[k] = ARGV[k] end
 local live = redis.call('HKEYS', cn)
 local runs = {}
 if #live > 0 then runs = hmget_all(ch, live) end
-return {hmget_all(t, ids), hmget_all(err, ids), live, runs, redis.call('HGET', meta, 'cancelled') or '0'}
+return {hmget_all(t, ids), hmget_all(err, ids), live, runs, redis.call('HMGET', meta, 'cancelled', 'total', 'cancelled_at')}
 """

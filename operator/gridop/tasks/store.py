@@ -446,22 +446,25 @@ class TaskStore:
         """Make `policy` the batch's, whoever submits its tasks (the operator, from the TaskBatch)."""
         await self.redis.hset(self.key(sid, "meta"), mapping={**policy.meta_fields(), "policy_source": "taskbatch"})
 
-    async def _records(self, sid: str, indices: Sequence[int]) -> tuple[list[Any], list[Any], dict[str, Any], bool]:
-        recs, errs, live, runs, cancelled = await self._scripts["RECORDS"](keys=self.keys(sid), args=list(indices))
-        return recs, errs, {c.decode(): _runs(r) for c, r in zip(live, runs) if r}, cancelled == b"1"
+    async def _records(self, sid: str, indices: Sequence[int]
+                       ) -> tuple[list[Any], list[Any], dict[str, Any], bool, int, bytes | None]:
+        """(records, last errors, live claims -> parsed claim records, cancelled, total, cancelled_at)."""
+        recs, errs, live, runs, (cancelled, total, cancelled_at) = await self._scripts["RECORDS"](
+            keys=self.keys(sid), args=list(indices))
+        claims = {c.decode(): _runs(r) for c, r in zip(live, runs) if r}
+        return recs, errs, claims, cancelled == b"1", int(total or 0), cancelled_at
 
     @staticmethod
-    def _live_claim(claims: dict[str, Any], index: int) -> tuple[str, Any] | None:
+    def _live_claim(claims: dict[str, Any], index: int) -> str | None:
         for claim, (_, _, runs) in claims.items():
             if any(lo <= index <= hi for lo, hi, *_ in runs):
-                return claim, claims[claim]
+                return claim
         return None
 
     async def states(self, sid: str, indices: Sequence[int]) -> list[TaskState | None]:
         if not indices:
             return []
-        recs, _, claims, cancelled = await self._records(sid, indices)
-        total = int(await self.redis.hget(self.key(sid, "meta"), "total") or 0)
+        recs, _, claims, cancelled, total, _ = await self._records(sid, indices)
         states: list[TaskState | None] = []
         for index, rec in zip(indices, recs):
             if rec:
@@ -496,15 +499,14 @@ class TaskStore:
         return result
 
     async def record(self, sid: str, index: int) -> TaskRecord | None:
-        (rec,), (error,), claims, cancelled = await self._records(sid, [index])
+        (rec,), (error,), claims, cancelled, total, cancelled_at = await self._records(sid, [index])
+        if not 0 <= index < total:
+            return None
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hmget(self.key(sid, "meta"), ["total", "cancelled_at"])
         pipe.lindex(self.key(sid, "in"), index)
         pipe.hget(self.key(sid, "fa"), index)
         pipe.hget(self.key(sid, "ia"), index)
-        (total, cancelled_at), payload, app_failures, infra_failures = await pipe.execute()
-        if not 0 <= index < int(total or 0):
-            return None
+        payload, app_failures, infra_failures = await pipe.execute()
         failures = int(app_failures or 0) + int(infra_failures or 0)
         timestamps: dict[str, float] = {}
         output = None
@@ -523,16 +525,16 @@ class TaskStore:
                 if cancelled:
                     state = TaskState.CANCELLED
         else:
-            live = self._live_claim(claims, index)
-            state = TaskState.PROCESSING if live else TaskState.PENDING
-            claim = live[0] if live else None
+            claim = self._live_claim(claims, index)
+            state = TaskState.PROCESSING if claim else TaskState.PENDING
             if cancelled:
                 state = TaskState.CANCELLED
         attempts = failures + (1 if state in (TaskState.PROCESSING, TaskState.FINISHED) else 0)
         if claim is not None:
-            raw = await self.redis.hget(self.key(sid, "ch"), claim)
-            if raw:
-                _, claimed, runs = _runs(raw)
+            raw = None if claim in claims else await self.redis.hget(self.key(sid, "ch"), claim)
+            parsed = claims.get(claim) or (_runs(raw) if raw else None)
+            if parsed:
+                _, claimed, runs = parsed
                 for lo, hi, attempt, sub, queued in runs:
                     if lo <= index <= hi:
                         timestamps.update(submitted=sub, queued=queued, claimed=claimed)
@@ -574,17 +576,6 @@ class TaskStore:
             failed = [int(i) for i in fields[b"x"].split(b",")] if b"x" in fields else []
             events.append(TerminalEvent(finished, outputs, failed, b"c" in fields))
         return entries[-1][0].decode(), events
-
-    async def terminal_events(self, sid: str, after: str = "0-0", block_ms: int | None = None,
-                              count: int = 1000) -> tuple[str, list[tuple[int, TaskState]]]:
-        """Tasks that reached finished or failed after stream position `after`, one by one (a
-        cancellation is a single event for the whole batch: see `events`)."""
-        position, events = await self.events(sid, after, block_ms, count)
-        flat = []
-        for event in events:
-            flat += [(i, TaskState.FINISHED) for i in event.finished]
-            flat += [(i, TaskState.FAILED) for i in event.failed]
-        return position, flat
 
     # -- worker pools -----------------------------------------------------------------------
 
@@ -637,16 +628,16 @@ class TaskStore:
     async def pool_idle(self, pool: str, sid: str) -> None:
         """A claim found nothing: take the session off the ready set, unless tasks arrived meanwhile
         (a submitter adds it back after queueing, so either it or this check sees them)."""
-        meta = await self.redis.hmget(self.key(sid, "meta"), ["owner", "priority"])
-        owner, priority = (meta[0] or b"").decode(), int(float(meta[1] or 0))
-        await self.redis.zrem(self.pool_key(pool, "ready"), f"{owner}/{sid}")
+        owner, priority = await self.redis.hmget(self.key(sid, "meta"), ["owner", "priority"])
+        member = f"{(owner or b'').decode()}/{sid}"
+        await self.redis.zrem(self.pool_key(pool, "ready"), member)
         pipe = self.redis.pipeline(transaction=False)
         pipe.llen(self.key(sid, "q"))
         pipe.llen(self.key(sid, "q1"))
         pipe.hmget(self.key(sid, "meta"), ["cancelled", "suspended"])
         queued, queued_alone, (cancelled, suspended) = await pipe.execute()
         if queued + queued_alone and cancelled != b"1" and suspended != b"1":
-            await self.redis.zadd(self.pool_key(pool, "ready"), {f"{owner}/{sid}": priority})
+            await self.redis.zadd(self.pool_key(pool, "ready"), {member: int(float(priority or 0))})
 
     async def pool_wait(self, pool: str, timeout: float) -> None:
         """Idle: wait until work arrives in the pool (or `timeout` passes)."""
