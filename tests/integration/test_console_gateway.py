@@ -322,11 +322,17 @@ async def test_stopping_the_session_closes_its_streams(env: ConsoleEnv, gateway:
             http.ws_connect(f"{gateway.url}/interact/{NS}/stopper", headers=bearer("alice-k8s")) as interact:
         await asyncio.sleep(0.3)
         env.set_status(NS, "stopper", {"phase": "Stopping"})
-        for ws in (tail, interact):
+
+        async def closing(ws: aiohttp.ClientWebSocketResponse) -> aiohttp.WSMessage:
+            # Each stream read on its own, as a client does: a close handshake left unanswered
+            # while the other stream is read would be aborted by the gateway (code 1006).
             async with asyncio.timeout(10):
                 msg = await ws.receive()
                 while msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                     msg = await ws.receive()
+            return msg
+
+        for ws, msg in zip((tail, interact), await asyncio.gather(closing(tail), closing(interact))):
             assert (ws.close_code, msg.extra) == (wire.CLOSE_POLICY, "session stopping")
 
 
