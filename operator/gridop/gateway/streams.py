@@ -4,10 +4,11 @@
   task; when its backlog passes the limit it is dropped with a policy close that says why.
 * `ConsoleHub`: one upstream attach (or exec) per session, shared by every viewer of that
   session on this gateway: at most one writer whose keystrokes reach stdin, any number of
-  monitors. Output is fanned out to all of them, paced by the fastest: the hub stops reading
-  the upstream only while every viewer is backlogged (the console then blocks on its terminal,
-  as it would on a real one), so a viewer a whole buffer behind the fastest is dropped and one
-  slow viewer never slows the others.
+  monitors. Output is fanned out to all of them, paced by the slowest viewer that keeps up: the
+  hub stops reading the upstream while a viewer is backlogged (the console then blocks on its
+  terminal, as it would on a real one), so viewers that merely jitter stay together. A viewer
+  that holds the others back for `HOLD_SECONDS` without catching up stops setting the pace and
+  is dropped once a whole buffer behind: one slow viewer slows the others for at most that long.
 * `pump_logs`: a tail connection's own pod-log stream (tailLines, follow) into its viewer, read
   only as fast as the viewer takes it.
 """
@@ -33,6 +34,8 @@ from . import channels
 from .recording import Recording
 
 log = logging.getLogger(__name__)
+
+HOLD_SECONDS = 2.0  # how long one backlogged viewer may hold back viewers that wait for output
 
 
 class UpstreamError(Exception):
@@ -64,6 +67,7 @@ class Viewer:
         self.framing = framing
         self.limit = limit_bytes
         self.mark = max(1, limit_bytes // 4)  # backlogged above this: the upstream may pause for it
+        self.holding_since: float | None = None  # when it began holding back a viewer that waits (hub's clock)
         self.on_drain: Callable[[], None] | None = None  # the hub's "some viewer caught up"
         self._below_mark = asyncio.Event()
         self.recording = recording
@@ -108,6 +112,10 @@ class Viewer:
     @property
     def backlogged(self) -> bool:
         return self.closing is None and self._queued >= self.mark
+
+    @property
+    def queued(self) -> int:
+        return self._queued
 
     async def drained(self) -> None:
         """Wait until the backlog is below the mark (or the viewer is closing)."""
@@ -284,11 +292,41 @@ class ConsoleHub:
         await self._close_upstream()
 
     async def _paced(self) -> None:
-        """Hold the upstream while every viewer is backlogged: the fastest one sets the pace."""
-        while self.viewers and all(v.backlogged for v in self.viewers):
+        """Hold the upstream while a viewer that still sets the pace is backlogged (or all are)."""
+        while True:
+            wait = self.pace_wait(time.monotonic())
+            if wait is None:
+                return
             self._drained.clear()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._drained.wait(), 1.0)
+                await asyncio.wait_for(self._drained.wait(), wait)
+
+    def pace_wait(self, now: float) -> float | None:
+        """How long to wait for viewers to drain before reading on (None: read on now).
+
+        A backlogged viewer holds the pace until it has held back, for HOLD_SECONDS without once
+        catching up, another viewer that is not backlogged: then it is slow, the others
+        go on, and its buffer fills until it is dropped. Viewers that merely jitter catch up (or
+        swap places) long before, so they are never dropped for one another.
+        """
+        viewers = [v for v in self.viewers if v.closing is None]
+        if not viewers:
+            return None
+        sizes = sorted(v.queued for v in viewers)
+        wait: float | None = None
+        for v in viewers:
+            least_other = (sizes[1] if v.queued == sizes[0] else sizes[0]) if len(sizes) > 1 else None
+            if least_other is None or v.queued <= least_other:
+                v.holding_since = None  # behind nobody
+            elif v.holding_since is None and v.backlogged and least_other < v.mark:
+                v.holding_since = now
+            if v.backlogged:
+                left = HOLD_SECONDS if v.holding_since is None else v.holding_since + HOLD_SECONDS - now
+                if left > 0:
+                    wait = min(wait if wait is not None else 1.0, left)
+        if wait is None and all(v.backlogged for v in viewers):
+            wait = 1.0  # nobody keeps up: the console blocks on its terminal
+        return wait
 
     async def shutdown(self) -> None:
         if self._reader is not None:
