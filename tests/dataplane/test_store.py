@@ -155,3 +155,38 @@ async def test_appending_to_an_open_batch(redis_url: str, store: TaskStore) -> N
     meta = await store.meta("open")
     assert (meta["total"], meta["submitted"]) == ("3", "3")
     assert [t.index for t in await store.claim("open", "w", 10, 30)] == [0, 1, 2]
+
+
+# -- the fast lane: hot commands off the client's per-command machinery, never at the cost of a fault --
+
+
+async def test_the_fast_lane_reloads_flushed_scripts_and_replaces_killed_connections(redis_url: str, store: TaskStore) -> None:
+    import redis.asyncio as aioredis
+
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        async with connector(redis_url) as c:
+            await c.send([{"a": 0}], session_id="lane", append=True)
+            assert store._lane.enabled
+            await admin.script_flush()  # a restarted Redis forgets its scripts: NOSCRIPT on the lane
+            assert (await store.append("lane", [encode({"a": 1})]))[0] == [1]
+            await admin.client_kill_filter(_type="normal", skipme=True)  # every connection dropped, the lane's too
+            assert (await store.append("lane", [encode({"a": 2})]))[0] == [2]
+            [task] = await store.claim("lane", "w", 1, 30)
+            await store.complete("lane", [Outcome(task.index, task.token, "ok", encode("out"))])
+            _, events = await store.events("lane", "0-0")
+            assert [e.finished for e in events] == [[0]]
+            assert store._lane._free, "the hot commands did not run on the lane"
+    finally:
+        await admin.aclose()
+
+
+async def test_a_cancelled_blocking_read_leaves_the_fast_lane_usable(store: TaskStore) -> None:
+    await declare(store, "lane-wait", [encode({"a": 0})], RetryPolicy())
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await store.events("lane-wait", "$", block_ms=5000)  # cut mid-read: its connection is dropped
+    [task] = await store.claim("lane-wait", "w", 1, 30)
+    await store.complete("lane-wait", [Outcome(task.index, task.token, "ok", encode("done"))])
+    position, events = await store.events("lane-wait", "0-0", block_ms=1000)
+    assert [e.finished for e in events] == [[0]] and position != "0-0"

@@ -36,7 +36,9 @@ from redis.asyncio import connection as aioconnection
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import AuthenticationError, BusyLoadingError, ConnectionError, ReadOnlyError, TimeoutError
+from redis.exceptions import (
+    AuthenticationError, BusyLoadingError, ConnectionError, ReadOnlyError, ResponseError, TimeoutError,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -215,3 +217,58 @@ def clone_client(client: Any) -> Any:
     kwargs = dict(client.connection_pool.connection_kwargs)
     pool = aioredis.ConnectionPool(connection_class=client.connection_pool.connection_class, **kwargs)
     return aioredis.Redis(connection_pool=pool)
+
+
+class FastLane:
+    """Single commands on connections of the lane's own, for the few calls a task's round trip
+    waits on (submit, hand-off, report, the result stream).
+
+    The client's per-command machinery (pool checkout and release, the retry wrapper, command
+    instrumentation) costs more CPU than the command itself on a small machine, and a round trip
+    passes through it four times. The lane sends packed commands straight on a connection and
+    reads the raw reply. It gives up at the first sign of trouble -- a refused connection, a
+    broken or timed-out read -- by raising `LaneClosed`: the caller then takes the regular path,
+    which rides out the outage (every hot command is a replay-safe script or a read). Plain Redis
+    only: a Redis Cluster client routes by slot and is used as it is.
+    """
+
+    def __init__(self, client: Any):
+        self._pool = None if isinstance(client, RedisCluster) else client.connection_pool
+        self._free: list[Any] = []
+
+    @property
+    def enabled(self) -> bool:
+        return self._pool is not None
+
+    async def call(self, *args: Any) -> Any:
+        assert self._pool is not None
+        conn = self._free.pop() if self._free else self._pool.make_connection()
+        try:
+            await conn.send_packed_command(conn.pack_command(*args), check_health=False)
+            reply = await conn.read_response()
+        except ResponseError:
+            self._free.append(conn)  # an error reply: the connection is in step
+            raise
+        except BaseException as exc:  # cancelled mid-read, or the connection broke: drop it
+            await asyncio.shield(_drop(conn))
+            if isinstance(exc, ConnectionError | TimeoutError | OSError | asyncio.TimeoutError):
+                raise LaneClosed(str(exc)) from exc
+            raise
+        self._free.append(conn)
+        return reply
+
+    async def aclose(self) -> None:
+        free, self._free = self._free, []
+        for conn in free:
+            await _drop(conn)
+
+
+class LaneClosed(Exception):
+    """The fast lane could not complete a command: take the regular path."""
+
+
+async def _drop(conn: Any) -> None:
+    try:
+        await conn.disconnect(nowait=True)
+    except Exception:  # noqa: S110 - already broken; nothing to tell
+        pass

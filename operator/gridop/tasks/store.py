@@ -53,9 +53,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from . import scripts
-from .connection import clone_client, connect
+from .connection import FastLane, LaneClosed, clone_client, connect
 from .codec import PayloadError, decode, encode
 from .states import ERROR_KINDS, STAGES, TaskState
 
@@ -213,6 +214,7 @@ class TaskStore:
             for name in ("CLAIM", "COMPLETE", "HEARTBEAT", "SWEEP", "CANCEL", "APPEND", "UNIDLE", "CREATE", "SUBMIT",
                          "SNAPSHOT", "RECORDS")
         }
+        self._lane = FastLane(redis)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "gridop:default", outage_budget: float | None = None,
@@ -225,7 +227,28 @@ class TaskStore:
         return TaskStore(clone_client(self.redis), prefix=self.prefix)
 
     async def close(self) -> None:
+        await self._lane.aclose()
         await self.redis.aclose()
+
+    async def _hot(self, name: str, sid: str, args: Sequence[Any]) -> Any:
+        """A script a task's round trip waits on: on the fast lane when it can take it."""
+        keys = self.keys(sid)
+        script = self._scripts[name]
+        if self._lane.enabled:
+            try:
+                return await self._lane.call("EVALSHA", script.sha, len(keys), *keys, *args)
+            except (LaneClosed, NoScriptError):
+                pass  # the regular path loads the script, or rides out the outage
+        return await script(keys=keys, args=args)
+
+    async def _lane_read(self, *args: Any) -> tuple[bool, Any]:
+        """A read a task's round trip waits on, on the fast lane: (taken, raw reply)."""
+        if self._lane.enabled:
+            try:
+                return True, await self._lane.call(*args)
+            except LaneClosed:
+                pass  # the regular path rides out the outage
+        return False, None
 
     def key(self, sid: str, role: str) -> str:
         return f"{self.prefix}:{{{sid}}}:{role}"
@@ -294,7 +317,7 @@ class TaskStore:
         for lo in range(0, len(payloads), SUBMIT_CHUNK):
             chunk = payloads[lo:lo + SUBMIT_CHUNK]
             for delay in (0.01, 0.05, 0.2, 1.0, 0.0):
-                reply = await self._scripts["APPEND"](keys=self.keys(sid), args=[time.time(), f"{call}:{lo}", *chunk])
+                reply = await self._hot("APPEND", sid, [time.time(), f"{call}:{lo}", *chunk])
                 if int(reply[0]) != -3 or not delay:
                     break
                 await asyncio.sleep(delay)  # the first submission is still being written
@@ -314,7 +337,7 @@ class TaskStore:
 
     async def claim(self, sid: str, worker: str, count: int, lease_seconds: float) -> list[ClaimedTask]:
         now = time.time()
-        return _claimed(await self._scripts["CLAIM"](keys=self.keys(sid), args=[count, now, now + lease_seconds, worker]))
+        return _claimed(await self._hot("CLAIM", sid, [count, now, now + lease_seconds, worker]))
 
     async def register_idle(self, sid: str, worker: str, lease_seconds: float, ttl: float) -> str:
         """Offer this worker for direct handoff of the next appended task; returns the registration."""
@@ -325,7 +348,10 @@ class TaskStore:
     async def wait_for_work(self, sid: str, timeout: float) -> ClaimedTask | None:
         """Block until a task is handed over to an idle worker of the batch (returned, already
         claimed), or its wake list is nudged (None: go and claim), or the timeout passes (None)."""
-        reply = await self.redis.blpop([self.key(sid, "hand"), self.key(sid, "wake")], timeout=timeout)
+        keys = [self.key(sid, "hand"), self.key(sid, "wake")]
+        taken, reply = await self._lane_read("BLPOP", *keys, timeout)
+        if not taken:
+            reply = await self.redis.blpop(keys, timeout=timeout)
         if reply is None or reply[0].decode().endswith(":wake"):
             return None
         return _handed(reply[1])
@@ -333,7 +359,7 @@ class TaskStore:
     async def unidle(self, sid: str, entry: str, *, holding: bool = False) -> ClaimedTask | None:
         """Withdraw a registration; a task handed over for it meanwhile is returned rather than left
         to its lease (unless `holding`: the caller already took one)."""
-        item = await self._scripts["UNIDLE"](keys=self.keys(sid), args=[entry, int(holding)])
+        item = await self._hot("UNIDLE", sid, [entry, int(holding)])
         return _handed(item) if item else None
 
     async def nudge(self, sid: str) -> None:
@@ -367,7 +393,7 @@ class TaskStore:
                 for o in group:
                     if o.outcome != "ok":
                         args += (o.index, o.outcome, o.payload, "" if o.started is None else o.started)
-            reply = await self._scripts["COMPLETE"](keys=self.keys(sid), args=args)
+            reply = await self._hot("COMPLETE", sid, args)
             applied += int(reply[0])
             stale += int(reply[1])
         return applied, stale, reply[2].decode() if reply[2] else None, _claimed(reply, 3)
@@ -565,12 +591,20 @@ class TaskStore:
     async def events(self, sid: str, after: str = "0-0", block_ms: int | None = None,
                      count: int = 1000) -> tuple[str, list[TerminalEvent]]:
         """Terminal events after stream position `after`: (new position, events)."""
-        reply = await self.redis.xread({self.key(sid, "done"): after}, count=count, block=block_ms)
+        key = self.key(sid, "done")
+        block = () if block_ms is None else ("BLOCK", block_ms)
+        taken, reply = await self._lane_read("XREAD", "COUNT", count, *block, "STREAMS", key, after)
+        if not taken:
+            reply = await self.redis.xread({key: after}, count=count, block=block_ms)
         if not reply:
             return after, []
-        entries = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
+        entries = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))
+        if entries and isinstance(entries[0], list) and isinstance(entries[0][0], list | tuple):
+            entries = entries[0]  # (a RESP3 map of streams, as redis-py shapes it)
         events = []
         for _, fields in entries:
+            if isinstance(fields, list):  # a raw reply: field, value, field, value...
+                fields = dict(zip(fields[::2], fields[1::2]))
             finished = [int(i) for i in fields[b"f"].split(b",")] if b"f" in fields else []
             outputs = fields[b"o"].split(b",") if b"o" in fields else None
             failed = [int(i) for i in fields[b"x"].split(b",")] if b"x" in fields else []

@@ -231,7 +231,7 @@ class Worker:
         try:
             while claimed or not stop.is_set():
                 wanted = self.claim_size()
-                if not claimed:
+                if not claimed and idle_entry is None:  # (a report that found nothing to claim registered us idle)
                     claimed = await self.store.claim(self.sid, self.worker_id, wanted, self.lease_seconds)
                 if not claimed:
                     if self.exit_when_done and await self.store.done(self.sid):
