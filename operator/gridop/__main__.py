@@ -186,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     wk.add_argument("--retention", type=int, default=int(env("GRIDOP_RESULT_RETENTION_SECONDS", "86400")),
                     help="with --pool: seconds a finished session's results are kept (default: 86400)")
     wk.add_argument("--handler", default=env("GRIDOP_HANDLER"), help="module:function [GRIDOP_HANDLER]")
-    wk.add_argument("--batch-size", type=int, default=int(env("GRIDOP_BATCH_SIZE", "256")),
-                    help="most tasks claimed at once [GRIDOP_BATCH_SIZE] (default: 256)")
+    wk.add_argument("--batch-size", type=int, default=int(env("GRIDOP_BATCH_SIZE", "1024")),
+                    help="most tasks claimed at once [GRIDOP_BATCH_SIZE] (default: 1024)")
     wk.add_argument("--claim-seconds", type=float, default=float(env("GRIDOP_CLAIM_SECONDS", "0.1")),
                     help="claim about this much work at a time, by the measured time per task; 0: always "
                          "--batch-size [GRIDOP_CLAIM_SECONDS] (default: 0.1)")

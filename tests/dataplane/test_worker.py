@@ -151,3 +151,16 @@ def test_handler_specs_are_checked() -> None:
                           ("tests.dataplane.handlers:missing", "no callable 'missing'")):
         with pytest.raises(ValueError, match=message):
             load_handler(spec)
+
+
+async def test_large_inputs_are_claimed_fewer_at_a_time(redis_url: str, store: TaskStore, monkeypatch) -> None:
+    from gridop.tasks import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "CLAIM_BYTES", 2_000_000)
+    async with conn(redis_url) as c:
+        sub = await c.send([{"blob": "x" * 400_000} for _ in range(40)], session_id="big")
+        [stats] = await run_batch(store, "big", handlers.zero)  # default batch size: 1,024
+        results = await c.get_results(sub, timeout_sec=5)
+    assert len(results["finished"]) == 40
+    # One task to measure, then about five 400 kB inputs (2 MB) a claim, not the other 39 at once.
+    assert stats.batches >= 8, f"{stats.batches} claims"

@@ -22,7 +22,7 @@ class WorkerOptions:
     redis_url: str
     session_id: str
     handler: str
-    batch_size: int = 256
+    batch_size: int = 1024
     heartbeat_seconds: float = 5.0
     lease_seconds: float = 30.0
     task_timeout: float | None = None

@@ -47,6 +47,7 @@ from .metrics import METRICS
 from .store import ClaimedTask, Outcome, TaskStore, task_id
 
 log = logging.getLogger(__name__)
+CLAIM_BYTES = 16 * 1024 * 1024  # the most task input one claim carries (by the measured mean input size)
 
 
 class PermanentError(Exception):
@@ -181,7 +182,7 @@ class Worker:
         handler: Callable[..., Any],
         *,
         worker_id: str | None = None,
-        batch_size: int = 256,
+        batch_size: int = 1024,
         heartbeat_seconds: float = 5.0,
         lease_seconds: float = 30.0,
         task_timeout: float | None = None,
@@ -208,6 +209,7 @@ class Worker:
         self.claim_seconds = claim_seconds
         self.report_interval = report_interval
         self._per_task: float | None = None  # measured seconds per task (moving average); None: not yet
+        self._input_bytes = 0.0  # mean input size of the tasks claimed (moving average)
         self.stats = WorkerStats()
         self._held: dict[int, str] = {}  # index -> claim token, for the tasks of `self.sid`
         self._switch_lock = threading.Lock()  # the heartbeat thread reads (sid, held) as one
@@ -281,6 +283,8 @@ class Worker:
         started = time.monotonic()
         outcomes = await self._run_batch(claimed)
         self._measure(len(claimed), time.monotonic() - started)
+        size = sum(len(t.payload) for t in claimed) / len(claimed)
+        self._input_bytes = size if not self._input_bytes else 0.7 * self._input_bytes + 0.3 * size
         return outcomes
 
     def _let_go(self, claimed: list[ClaimedTask]) -> None:
@@ -290,12 +294,15 @@ class Worker:
 
     def claim_size(self) -> int:
         """How many tasks to claim next: one until a task has been timed, then about
-        `claim_seconds` of work by the measured time per task (at most `batch_size`)."""
+        `claim_seconds` of work by the measured time per task (at most `batch_size`, and no more
+        than CLAIM_BYTES of inputs by their measured size)."""
+        # Whatever the size, a claim's inputs stay within CLAIM_BYTES (large inputs travel fewer at a time).
+        cap = min(self.batch_size, max(1, int(CLAIM_BYTES / self._input_bytes))) if self._input_bytes else self.batch_size
         if not self.claim_seconds:
-            return self.batch_size  # fixed-size claims
+            return cap  # fixed-size claims
         if self._per_task is None:
             return 1
-        return max(1, min(self.batch_size, int(self.claim_seconds / max(self._per_task, 1e-7))))
+        return max(1, min(cap, int(self.claim_seconds / max(self._per_task, 1e-7))))
 
     def _measure(self, tasks: int, seconds: float) -> None:
         per_task = seconds / max(tasks, 1)

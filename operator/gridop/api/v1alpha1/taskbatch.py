@@ -73,7 +73,7 @@ class TaskBatchSpec(KubeModel):
     task_timeout_seconds: int | None = Field(default=None, ge=1)
     heartbeat_seconds: int = Field(default=5, ge=1)
     lease_seconds: int = Field(default=30, ge=2)
-    batch_size: int = Field(default=256, ge=1, le=10000, description="Tasks a worker claims at a time.")
+    batch_size: int = Field(default=1024, ge=1, le=10000, description="Most tasks a worker claims at a time.")
     priority_class_name: str | None = Field(default=None, description="PriorityClass of the worker pods.")
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
     suspend: bool = False

@@ -39,7 +39,7 @@ class TaskPoolSpec(KubeModel):
     task_timeout_seconds: int | None = Field(default=None, ge=1)
     heartbeat_seconds: int = Field(default=5, ge=1)
     lease_seconds: int = Field(default=30, ge=2)
-    batch_size: int = Field(default=256, ge=1, le=10000, description="Most tasks a worker claims at a time.")
+    batch_size: int = Field(default=1024, ge=1, le=10000, description="Most tasks a worker claims at a time.")
     result_retention_seconds: int = Field(
         default=86400, ge=60, description="How long a finished session's tasks and results stay in the data plane.",
     )
