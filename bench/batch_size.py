@@ -11,14 +11,12 @@ the size cap matters; the cap is what decides for short tasks.)
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
-import sys
 import tempfile
 import time
 
 from bench.localredis import free_port, start_redis
-from bench.tasks import ROOT, cpu_seconds, gridop_workers, run_loop, stop
+from bench.tasks import cpu_seconds, gridop_workers, run_loop, stop
 
 
 async def one_run(url: str, n: int, size: int, redis_pid: int, run: int) -> tuple[float, float]:
@@ -49,7 +47,6 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT / "operator"))
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         redis_proc = start_redis(port, tmp)
@@ -71,5 +68,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.set_event_loop_policy(None)
     main()

@@ -234,20 +234,16 @@ class TaskStore:
         """A script a task's round trip waits on: on the fast lane when it can take it."""
         keys = self.keys(sid)
         script = self._scripts[name]
-        if self._lane.enabled:
-            try:
-                return await self._lane.call("EVALSHA", script.sha, len(keys), *keys, *args)
-            except (LaneClosed, NoScriptError):
-                pass  # the regular path loads the script, or rides out the outage
-        return await script(keys=keys, args=args)
+        taken, reply = await self._lane_read("EVALSHA", script.sha, len(keys), *keys, *args)
+        return reply if taken else await script(keys=keys, args=args)
 
     async def _lane_read(self, *args: Any) -> tuple[bool, Any]:
-        """A read a task's round trip waits on, on the fast lane: (taken, raw reply)."""
+        """A command a task's round trip waits on, on the fast lane: (taken, raw reply)."""
         if self._lane.enabled:
             try:
                 return True, await self._lane.call(*args)
-            except LaneClosed:
-                pass  # the regular path rides out the outage
+            except (LaneClosed, NoScriptError):
+                pass  # the regular path loads the script, or rides out the outage
         return False, None
 
     def key(self, sid: str, role: str) -> str:
