@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime
+import ipaddress
+import socket
+import subprocess
 import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
-
+import redis.asyncio as aioredis
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from gridop.client.tasks import AsyncGridConnector
+from gridop.tasks import connection
 from gridop.tasks.codec import decode, encode
+from gridop.tasks.connection import FastLane, LaneClosed
 from gridop.tasks.store import Outcome, RetryPolicy, TaskStore
+from redis.exceptions import ResponseError
+
+from bench.localredis import free_port, redis_server_binary
 
 from .conftest import BOTH_PLANES
 
@@ -176,7 +193,7 @@ async def test_the_fast_lane_reloads_flushed_scripts_and_replaces_killed_connect
             await store.complete("lane", [Outcome(task.index, task.token, "ok", encode("out"))])
             _, events = await store.events("lane", "0-0")
             assert [e.finished for e in events] == [[0]]
-            assert store._lane._free, "the hot commands did not run on the lane"
+            assert store._lane._shared is not None and store._lane._shared.usable(), "the hot commands did not run on the lane"
     finally:
         await admin.aclose()
 
@@ -190,3 +207,146 @@ async def test_a_cancelled_blocking_read_leaves_the_fast_lane_usable(store: Task
     await store.complete("lane-wait", [Outcome(task.index, task.token, "ok", encode("done"))])
     position, events = await store.events("lane-wait", "0-0", block_ms=1000)
     assert [e.finished for e in events] == [[0]] and position != "0-0"
+
+
+# -- direct hand-off to idle workers --
+
+
+@BOTH_PLANES
+async def test_an_appended_task_is_handed_to_the_first_idle_worker(store: TaskStore) -> None:
+    await declare(store, "hand", [encode({"a": 0})], RetryPolicy())
+    [first] = await store.claim("hand", "w1", 1, 30)
+    await store.complete("hand", [Outcome(first.index, first.token, "ok", encode(0))])
+    entry = await store.register_idle("hand", "w1", 30, ttl=60)
+    await store.register_idle("hand", "w2", 30, ttl=60)
+    [index], _ = await store.append("hand", [encode({"a": 1})])
+    handed = await store.wait_for_work("hand", 1)
+    assert handed is not None and handed.index == index and handed.token.startswith("w1:")
+    assert await store.unidle("hand", entry) is None  # its registration was consumed: nothing more for it
+    assert (await store.counts("hand"))["processing"] == 1
+
+
+@BOTH_PLANES
+async def test_a_worker_that_takes_anothers_hand_off_gives_it_its_registration(store: TaskStore) -> None:
+    await declare(store, "cross", [encode({"a": 0})], RetryPolicy())
+    [first] = await store.claim("cross", "w0", 1, 30)
+    await store.complete("cross", [Outcome(first.index, first.token, "ok", encode(0))])
+    await store.register_idle("cross", "w1", 30, ttl=60)
+    mine = await store.register_idle("cross", "w|2", 30, ttl=60)  # ids may hold the separator
+    await store.append("cross", [encode({"a": 1})])
+    # Redis woke w|2 first (it blocked first), with the task handed over for w1.
+    taken = await store.wait_for_work("cross", 1)
+    assert taken is not None and taken.token.startswith("w1:")
+    assert await store.unidle("cross", mine, holding=taken) is None
+    idle = await store.redis.lrange(store.key("cross", "idle"), 0, -1)
+    assert [e.decode().rsplit("|", 2)[0] for e in idle] == ["w1"]  # w1, still waiting, is first in line
+    await store.append("cross", [encode({"a": 2})])
+    following = await store.wait_for_work("cross", 1)
+    assert following is not None and following.token.startswith("w1:") and following.index == 2
+
+
+async def test_the_fast_lane_pipelines_concurrent_calls_and_matches_each_reply(redis_url: str) -> None:
+    lane = FastLane(aioredis.Redis.from_url(redis_url))
+    try:
+        replies = await asyncio.gather(*(lane.call("ECHO", f"call-{i}") for i in range(300)))
+        assert replies == [f"call-{i}".encode() for i in range(300)]
+        with pytest.raises(ResponseError, match="wrong number of arguments"):
+            await lane.call("GET")  # an error reply fails that call only
+        assert await lane.call("ECHO", "after") == b"after"
+    finally:
+        await lane.aclose()
+
+
+async def test_the_fast_lane_authenticates_and_selects_the_database(redis_url: str) -> None:
+    admin = aioredis.Redis.from_url(redis_url)
+    await admin.acl_setuser("lane-user", enabled=True, passwords=["+lane-secret"], keys=["*"], commands=["+@all"])
+    parts = urlsplit(redis_url)
+    base = f"redis://{{}}@{parts.hostname}:{parts.port}/3"
+    lane = FastLane(aioredis.Redis.from_url(base.format("lane-user:lane-secret")))
+    wrong = FastLane(aioredis.Redis.from_url(base.format("lane-user:not-it")))
+    try:
+        assert await lane.call("SET", "lane-key", "v") == b"OK"
+        assert await admin.get("lane-key") is None  # not in db 0 ...
+        db3 = aioredis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/3")
+        assert await db3.get("lane-key") == b"v"  # ... but in 3
+        await db3.aclose()
+        with pytest.raises(LaneClosed, match="invalid username-password"):
+            await wrong.call("PING")  # the regular path then reports the refused password
+    finally:
+        await lane.aclose()
+        await wrong.aclose()
+        await admin.acl_deluser("lane-user")
+        await admin.aclose()
+
+
+async def test_a_fast_lane_call_that_gets_no_reply_gives_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(connection, "SOCKET_TIMEOUT_SECONDS", 0.2)
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # a half-open peer: takes the command, never answers
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    lane = FastLane(aioredis.Redis.from_url(f"redis://127.0.0.1:{port}/0"))
+    try:
+        started = time.monotonic()
+        with pytest.raises(LaneClosed, match="no reply"):
+            await lane.call("PING")
+        assert time.monotonic() - started < 5
+        with pytest.raises(LaneClosed, match="no reply"):
+            await lane.call("BLPOP", "k", 0.1, blocking=0.1)  # a blocking read gets its wait on top
+    finally:
+        await lane.aclose()
+        server.close()
+        await server.wait_closed()
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (the certificate is its own CA)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gridop-test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = directory / "redis.crt", directory / "redis.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+@pytest.fixture
+def tls_redis_url(tmp_path: Path) -> Iterator[str]:
+    """A Redis that speaks TLS only, with a self-signed certificate."""
+    cert, key = _self_signed(tmp_path)
+    port = free_port()
+    proc = subprocess.Popen(
+        [redis_server_binary(), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
+         "--tls-auth-clients", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.1):
+                break
+            time.sleep(0.05)
+        yield f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_the_fast_lane_speaks_tls(tls_redis_url: str) -> None:
+    store = TaskStore.from_url(tls_redis_url)
+    try:
+        await declare(store, "tls", [encode({"a": 0})], RetryPolicy())
+        [task] = await store.claim("tls", "w", 1, 30)
+        await store.complete("tls", [Outcome(task.index, task.token, "ok", encode("out"))])
+        _, events = await store.events("tls", "0-0")
+        assert [e.finished for e in events] == [[0]]
+        assert store._lane._shared is not None and store._lane._shared.usable(), "the lane did not connect over TLS"
+    finally:
+        await store.close()

@@ -23,7 +23,11 @@ would pack them in Python (most of a large submission's client time).
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
 import logging
+import socket
+import ssl as ssl_module
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -32,12 +36,19 @@ from urllib.parse import urlsplit
 
 import hiredis
 import redis.asyncio as aioredis
+from redis._parsers.base import BaseParser
 from redis.asyncio import connection as aioconnection
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import (
-    AuthenticationError, BusyLoadingError, ConnectionError, ReadOnlyError, ResponseError, TimeoutError,
+    AuthenticationError,
+    BusyLoadingError,
+    ConnectionError,
+    MasterDownError,
+    ReadOnlyError,
+    ResponseError,
+    TimeoutError,
 )
 
 log = logging.getLogger(__name__)
@@ -223,52 +234,243 @@ class FastLane:
     """Single commands on connections of the lane's own, for the few calls a task's round trip
     waits on (submit, hand-off, report, the result stream).
 
-    The client's per-command machinery (pool checkout and release, the retry wrapper, command
-    instrumentation) costs more CPU than the command itself on a small machine, and a round trip
-    passes through it four times. The lane sends packed commands straight on a connection and
-    reads the raw reply. It gives up at the first sign of trouble -- a refused connection, a
-    broken or timed-out read -- by raising `LaneClosed`: the caller then takes the regular path,
-    which rides out the outage (every hot command is a replay-safe script or a read). Plain Redis
-    only: a Redis Cluster client routes by slot and is used as it is.
+    A round trip passes through the client library four times, and on a small machine redis-py's
+    per-command machinery (pool checkout and release, the retry wrapper, instrumentation, its
+    stream reader) costs more CPU than Redis spends on the command. The lane is a bare asyncio
+    protocol: a command is packed by hiredis and written, its reply parsed by hiredis straight from
+    the bytes received. Commands that return at once share one pipelined connection (concurrent
+    calls need no pool); a blocking read (BLPOP, XREAD BLOCK) takes a connection to itself.
+
+    The lane gives up at the first sign of trouble -- a refused or lost connection, no reply within
+    `SOCKET_TIMEOUT_SECONDS` (plus the read's own wait), a server still loading or read-only, a
+    refused password -- by raising `LaneClosed`; the caller then takes the regular path, which
+    rides out the outage or reports the mistake (every hot command is a replay-safe script or a
+    read). Plain Redis only (over TCP, TLS or a Unix socket): a Redis Cluster client routes by
+    slot and is used as it is.
     """
 
+    MAX_SPARE = 4  # idle connections kept for blocking reads
+    PAUSE_SECONDS = 1.0  # after a failed connection attempt, calls take the regular path this long
+
     def __init__(self, client: Any):
-        self._pool = None if isinstance(client, RedisCluster) else client.connection_pool
-        self._free: list[Any] = []
+        self._target = None if isinstance(client, RedisCluster) else _LaneTarget.of(client.connection_pool)
+        self._shared: _LaneConnection | None = None
+        self._opening: asyncio.Future[_LaneConnection] | None = None
+        self._spare: list[_LaneConnection] = []
+        self._paused_until = 0.0
 
     @property
     def enabled(self) -> bool:
-        return self._pool is not None
+        return self._target is not None
 
-    async def call(self, *args: Any) -> Any:
-        assert self._pool is not None
-        conn = self._free.pop() if self._free else self._pool.make_connection()
+    async def call(self, *args: Any, blocking: float | None = None) -> Any:
+        """The raw reply to one command; `blocking`: how long the command may wait in Redis (s)."""
         try:
-            await conn.send_packed_command(conn.pack_command(*args), check_health=False)
-            reply = await conn.read_response()
-        except ResponseError:
-            self._free.append(conn)  # an error reply: the connection is in step
+            packed = hiredis.pack_command(args)
+        except TypeError as exc:  # an argument hiredis cannot pack: the regular path can
+            raise LaneClosed(str(exc)) from exc
+        if blocking is None:
+            conn = self._shared
+            if conn is None or not conn.usable():
+                conn = await self._open_shared()
+            return await conn.send(packed, SOCKET_TIMEOUT_SECONDS)
+        conn = self._spare.pop() if self._spare else None
+        while conn is not None and not conn.usable():
+            conn.close()
+            conn = self._spare.pop() if self._spare else None
+        if conn is None:
+            conn = await self._open()
+        try:
+            reply = await conn.send(packed, SOCKET_TIMEOUT_SECONDS + blocking)
+        except (LaneClosed, asyncio.CancelledError):
+            conn.close()  # lost, or cut mid-wait: its reply would only come when the wait ends
             raise
-        except BaseException as exc:  # cancelled mid-read, or the connection broke: drop it
-            await asyncio.shield(_drop(conn))
-            if isinstance(exc, ConnectionError | TimeoutError | OSError | asyncio.TimeoutError):
-                raise LaneClosed(str(exc)) from exc
+        except BaseException:
+            self._keep(conn)  # an error reply: the connection is in step
             raise
-        self._free.append(conn)
+        self._keep(conn)
         return reply
 
+    def _keep(self, conn: _LaneConnection) -> None:
+        if len(self._spare) < self.MAX_SPARE and conn.usable():
+            self._spare.append(conn)
+        else:
+            conn.close()
+
+    async def _open_shared(self) -> _LaneConnection:
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(self._open())
+        opening = self._opening
+        try:
+            conn = await asyncio.shield(opening)
+        finally:
+            if self._opening is opening and opening.done():
+                self._opening = None
+        if self._shared is not conn:
+            if self._shared is not None:
+                self._shared.close()
+            self._shared = conn
+        return conn
+
+    async def _open(self) -> _LaneConnection:
+        """A new connection; while Redis refuses them, not more than one attempt per pause."""
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._paused_until:
+            raise LaneClosed("no connection to Redis a moment ago")
+        try:
+            return await self._target.open()  # type: ignore[union-attr]
+        except LaneClosed:
+            self._paused_until = loop.time() + self.PAUSE_SECONDS
+            raise
+
     async def aclose(self) -> None:
-        free, self._free = self._free, []
-        for conn in free:
-            await _drop(conn)
+        conns = [*self._spare, *([self._shared] if self._shared is not None else [])]
+        self._spare, self._shared = [], None
+        if self._opening is not None:
+            self._opening.cancel()
+            self._opening = None
+        for conn in conns:
+            conn.close()
 
 
 class LaneClosed(Exception):
     """The fast lane could not complete a command: take the regular path."""
 
 
-async def _drop(conn: Any) -> None:
-    try:
-        await conn.disconnect(nowait=True)
-    except Exception:  # noqa: S110 - already broken; nothing to tell
-        pass
+# Error replies that mean "not now" (the regular path rides them out), not "wrong command".
+_LANE_TROUBLE = (*RETRIABLE, AuthenticationError, MasterDownError)
+
+
+@dataclasses.dataclass(frozen=True)
+class _LaneTarget:
+    """Where and how the lane connects: the address, TLS and credentials of a redis-py pool."""
+
+    host: str
+    port: int
+    path: str | None
+    ssl: ssl_module.SSLContext | None
+    handshake: bytes  # AUTH and SELECT, packed
+    replies: int  # how many replies the handshake expects
+    connect_timeout: float
+
+    @classmethod
+    def of(cls, pool: Any) -> _LaneTarget | None:
+        kwargs = pool.connection_kwargs
+        if kwargs.get("credential_provider") is not None:
+            return None  # credentials that change over time: the regular path asks for them
+        context = None
+        if issubclass(pool.connection_class, aioconnection.SSLConnection):
+            context = pool.make_connection().ssl_context.get()
+        commands: list[tuple[Any, ...]] = []
+        if kwargs.get("password") is not None:
+            user = kwargs.get("username")
+            commands.append(("AUTH", user, kwargs["password"]) if user else ("AUTH", kwargs["password"]))
+        if kwargs.get("db"):
+            commands.append(("SELECT", kwargs["db"]))
+        return cls(
+            host=kwargs.get("host", "localhost"), port=int(kwargs.get("port", 6379)), path=kwargs.get("path"),
+            ssl=context, handshake=b"".join(hiredis.pack_command(c) for c in commands), replies=len(commands),
+            connect_timeout=float(kwargs.get("socket_connect_timeout") or 5.0),
+        )
+
+    async def open(self) -> _LaneConnection:
+        loop = asyncio.get_running_loop()
+        conn: _LaneConnection | None = None
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                if self.path is not None:
+                    _, conn = await loop.create_unix_connection(_LaneConnection, self.path)
+                else:
+                    _, conn = await loop.create_connection(
+                        _LaneConnection, self.host, self.port, ssl=self.ssl,
+                        server_hostname=self.host if self.ssl is not None else None)
+            if self.replies:
+                conn.write(self.handshake)
+                await asyncio.gather(*(conn.expect(self.connect_timeout) for _ in range(self.replies)))
+        # (asyncio's TimeoutError: the name TimeoutError is redis's in this module)
+        except (OSError, asyncio.TimeoutError, ssl_module.SSLError, LaneClosed, ResponseError,  # noqa: UP041
+                AuthenticationError) as exc:
+            if conn is not None:
+                conn.close()
+            raise LaneClosed(f"{type(exc).__name__}: {exc}") from exc
+        return conn
+
+
+class _LaneConnection(asyncio.Protocol):
+    """One connection of the lane: commands written as they come, replies matched in order."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._reader = hiredis.Reader()
+        self._waiting: collections.deque[tuple[asyncio.Future[Any], asyncio.TimerHandle]] = collections.deque()
+        self._transport: asyncio.Transport | None = None
+        self._lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+    def usable(self) -> bool:
+        return not self._lost and self._loop is asyncio.get_running_loop()
+
+    def write(self, packed: bytes) -> None:
+        if self._transport is not None and not self._lost:
+            self._transport.write(packed)
+
+    def expect(self, timeout: float) -> asyncio.Future[Any]:
+        """A future for the reply to the next command written."""
+        future = self._loop.create_future()
+        if self._lost:
+            future.set_exception(LaneClosed("connection closed"))
+        else:
+            self._waiting.append((future, self._loop.call_later(timeout, self._stalled, timeout)))
+        return future
+
+    def send(self, packed: bytes, timeout: float) -> asyncio.Future[Any]:
+        future = self.expect(timeout)
+        self.write(packed)
+        return future
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        while True:
+            try:
+                reply = self._reader.gets()
+            except hiredis.ProtocolError as exc:
+                self._fail(LaneClosed(f"garbled reply: {exc}"))
+                return
+            if reply is False:
+                return
+            future, timer = self._waiting.popleft()
+            timer.cancel()
+            if future.done():  # its caller gave up waiting
+                continue
+            if isinstance(reply, hiredis.ReplyError):
+                error = BaseParser.parse_error(str(reply))
+                if isinstance(error, _LANE_TROUBLE):
+                    error = LaneClosed(str(error))
+                future.set_exception(error)
+            else:
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(LaneClosed(f"connection lost ({exc})" if exc else "connection closed"))
+
+    def _stalled(self, timeout: float) -> None:
+        self._fail(LaneClosed(f"no reply within {timeout:.0f}s"))
+
+    def _fail(self, error: Exception) -> None:
+        self._lost = True
+        if self._transport is not None:
+            self._transport.abort()
+        while self._waiting:
+            future, timer = self._waiting.popleft()
+            timer.cancel()
+            if not future.done():
+                future.set_exception(error)
+
+    def close(self) -> None:
+        self._fail(LaneClosed("closed"))

@@ -237,11 +237,12 @@ class TaskStore:
         taken, reply = await self._lane_read("EVALSHA", script.sha, len(keys), *keys, *args)
         return reply if taken else await script(keys=keys, args=args)
 
-    async def _lane_read(self, *args: Any) -> tuple[bool, Any]:
-        """A command a task's round trip waits on, on the fast lane: (taken, raw reply)."""
+    async def _lane_read(self, *args: Any, blocking: float | None = None) -> tuple[bool, Any]:
+        """A command a task's round trip waits on, on the fast lane: (taken, raw reply).
+        `blocking`: how long a blocking read may wait in Redis, in seconds."""
         if self._lane.enabled:
             try:
-                return True, await self._lane.call(*args)
+                return True, await self._lane.call(*args, blocking=blocking)
             except (LaneClosed, NoScriptError):
                 pass  # the regular path loads the script, or rides out the outage
         return False, None
@@ -345,17 +346,23 @@ class TaskStore:
         """Block until a task is handed over to an idle worker of the batch (returned, already
         claimed), or its wake list is nudged (None: go and claim), or the timeout passes (None)."""
         keys = [self.key(sid, "hand"), self.key(sid, "wake")]
-        taken, reply = await self._lane_read("BLPOP", *keys, timeout)
+        taken, reply = await self._lane_read("BLPOP", *keys, timeout, blocking=timeout)
         if not taken:
             reply = await self.redis.blpop(keys, timeout=timeout)
         if reply is None or reply[0].decode().endswith(":wake"):
             return None
         return _handed(reply[1])
 
-    async def unidle(self, sid: str, entry: str, *, holding: bool = False) -> ClaimedTask | None:
+    async def unidle(self, sid: str, entry: str, *, holding: ClaimedTask | None = None) -> ClaimedTask | None:
         """Withdraw a registration; a task handed over for it meanwhile is returned rather than left
-        to its lease (unless `holding`: the caller already took one)."""
-        item = await self._hot("UNIDLE", sid, [entry, int(holding)])
+        to its lease -- unless the caller is `holding` one already (handed over for another idle
+        worker: that worker gets the caller's registration, as it is still waiting)."""
+        args: list[Any] = [entry, 0]
+        if holding is not None:
+            # Registrations are "worker|lease seconds|expiry"; a claim token is "worker:number".
+            other, terms = holding.token.rpartition(":")[0], entry.rsplit("|", 2)[1:]
+            args = [entry, 1, "|".join([other, *terms])]
+        item = await self._hot("UNIDLE", sid, args)
         return _handed(item) if item else None
 
     async def nudge(self, sid: str) -> None:
@@ -589,7 +596,8 @@ class TaskStore:
         """Terminal events after stream position `after`: (new position, events)."""
         key = self.key(sid, "done")
         block = () if block_ms is None else ("BLOCK", block_ms)
-        taken, reply = await self._lane_read("XREAD", "COUNT", count, *block, "STREAMS", key, after)
+        taken, reply = await self._lane_read("XREAD", "COUNT", count, *block, "STREAMS", key, after,
+                                             blocking=None if block_ms is None else block_ms / 1000)
         if not taken:
             reply = await self.redis.xread({key: after}, count=count, block=block_ms)
         if not reply:

@@ -431,8 +431,8 @@ class Worker:
         if handed is None:
             handed = await self.store.unidle(self.sid, entry)
         elif not handed.token.startswith(f"{self.worker_id}:"):
-            # Handed over for another idle worker: ours is still registered.
-            self._withdrawing = asyncio.ensure_future(self.store.unidle(self.sid, entry, holding=True))
+            # Handed over for another idle worker: ours is still registered, and goes to that one.
+            self._withdrawing = asyncio.ensure_future(self.store.unidle(self.sid, entry, holding=handed))
         if handed is not None:
             self.stats.handoffs += 1
         return [handed] if handed is not None else []
