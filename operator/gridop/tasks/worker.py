@@ -218,6 +218,8 @@ class Worker:
         self._lost: set[int] = set()
         self._async_tasks: dict[int, asyncio.Task[Outcome]] = {}
         self._withdrawing: asyncio.Future[Any] | None = None  # an idle registration being withdrawn
+        self._idle_task: asyncio.Task[Any] | None = None  # the task waiting for a hand-off, while it waits
+        self._cut_by_stop = False  # the wait was cancelled by a stop (not by anyone else)
         self._current: dict[int, ClaimedTask] = {}  # the claim in hand, by index (for the metrics)
         self._executor = self._new_executor()
 
@@ -230,6 +232,8 @@ class Worker:
         heartbeats.start()
         claimed: list[ClaimedTask] = []
         idle_entry: str | None = None  # our direct-handoff registration, when the last step made one
+        stop_watch = asyncio.ensure_future(stop.wait())
+        stop_watch.add_done_callback(self._cut_idle_wait)
         try:
             while claimed or not stop.is_set():
                 wanted = self.claim_size()
@@ -266,6 +270,7 @@ class Worker:
                     self._count(outcomes, (await self.store.complete(self.sid, outcomes))[1])
                     self._held.pop(handed.index, None)
         finally:
+            stop_watch.cancel()
             if self._withdrawing is not None:
                 await asyncio.gather(self._withdrawing, return_exceptions=True)
             beating.set()
@@ -414,17 +419,7 @@ class Worker:
             self._withdrawing = None
         if entry is None:
             entry = await self.store.register_idle(self.sid, self.worker_id, self.lease_seconds, ttl=self.idle_wait + 1)
-        waiter = asyncio.create_task(self.store.wait_for_work(self.sid, self.idle_wait))
-        stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        handed = None
-        if waiter.done():
-            handed = waiter.result()
-        else:
-            waiter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await waiter
+        handed = None if stop.is_set() else await self._idle_wait()
         # Always withdraw: a worker that took a task handed over for another leaves its own
         # registration behind otherwise; one whose registration was taken gets its task here.
         # Holding a task, withdraw while running it (the withdrawal returns nothing then).
@@ -436,6 +431,29 @@ class Worker:
         if handed is not None:
             self.stats.handoffs += 1
         return [handed] if handed is not None else []
+
+    async def _idle_wait(self) -> ClaimedTask | None:
+        """Wait for a hand-off or a nudge. A stop cancels the wait (`_cut_idle_wait`): this is on
+        every idle round trip's path, where a task and asyncio.wait() per wait cost more than the
+        rest of the hand-off."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._idle_task = task
+        try:
+            return await self.store.wait_for_work(self.sid, self.idle_wait)
+        except asyncio.CancelledError:
+            if not self._cut_by_stop or task.cancelling() > 1:
+                raise  # cancelled by someone else (a second signal: stop now), or as well
+            task.uncancel()
+            return None
+        finally:
+            self._idle_task = None
+            self._cut_by_stop = False
+
+    def _cut_idle_wait(self, stop_watch: asyncio.Future[Any]) -> None:
+        if not stop_watch.cancelled() and self._idle_task is not None and not self._cut_by_stop:
+            self._cut_by_stop = True
+            self._idle_task.cancel()
 
     def _heartbeat_thread(self, loop: asyncio.AbstractEventLoop, stop: threading.Event) -> None:
         """Renew our leases every heartbeat from a thread of our own (with its own connections)."""
