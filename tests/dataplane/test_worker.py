@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 from gridop.client.tasks import AsyncGridConnector, GridConnector
@@ -164,3 +165,35 @@ async def test_large_inputs_are_claimed_fewer_at_a_time(redis_url: str, store: T
     assert len(results["finished"]) == 40
     # One task to measure, then about five 400 kB inputs (2 MB) a claim, not the other 39 at once.
     assert stats.batches >= 8, f"{stats.batches} claims"
+
+
+@BOTH_PLANES
+async def test_an_idle_worker_stops_at_once_and_leaves_no_registration(redis_url: str, store: TaskStore) -> None:
+    async with conn(redis_url) as c:
+        sub = await c.send([{"x": 1}], session_id="idle-stop", append=True)
+        stop = asyncio.Event()
+        worker = Worker(store, "idle-stop", handlers.echo, exit_when_done=False, idle_wait=30)
+        running = asyncio.create_task(worker.run(stop))
+        assert (await c.get_results(sub, timeout_sec=10))["metadata"]["tasks_in_response"] == 1
+        await asyncio.sleep(0.2)  # now waiting for a hand-off (for up to 30 s)
+        started = asyncio.get_running_loop().time()
+        stop.set()
+        stats = await asyncio.wait_for(running, timeout=5)
+        assert asyncio.get_running_loop().time() - started < 2
+        assert stats.finished == 1
+        assert await store.redis.llen(store.key("idle-stop", "idle")) == 0  # withdrawn on the way out
+
+
+async def test_cancelling_an_idle_worker_still_cancels_it(redis_url: str, store: TaskStore) -> None:
+    async with conn(redis_url) as c:
+        sub = await c.send([{"x": 1}], session_id="idle-cancel", append=True)
+        stop = asyncio.Event()
+        running = asyncio.create_task(Worker(store, "idle-cancel", handlers.echo, exit_when_done=False,
+                                             idle_wait=30).run(stop))
+        await c.get_results(sub, timeout_sec=10)
+        await asyncio.sleep(0.2)
+        stop.set()
+        running.cancel()  # the second signal: stop now, not drain
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(running, timeout=5)
+        assert running.cancelled()
