@@ -16,6 +16,8 @@ chosen so that the hot path writes as little per task as possible:
 
 from __future__ import annotations
 
+import re
+
 # Key roles, in KEYS[] order for every script.
 KEYS = ("meta", "q", "q1", "t", "in", "err", "fa", "ia", "lease", "cn", "ch", "retry", "n", "done", "wake",
         "idle", "hand", "apx")
@@ -176,11 +178,52 @@ local function release(claim, reported)
 end
 """
 
+
+def _fragments(prelude: str) -> list[tuple[set[str], str]]:
+    """The prelude's top-level pieces (a helper with the comment above it), each with the names it defines."""
+    pieces: list[list[str]] = []
+    for line in prelude.strip("\n").split("\n"):
+        top = line.startswith(("local ", "-- "))
+        after_comment = bool(pieces) and pieces[-1][-1].startswith("--")
+        if not pieces or (top and not after_comment):
+            pieces.append([line])
+        else:
+            pieces[-1].append(line)
+    fragments = []
+    for piece in pieces:
+        names: set[str] = set()
+        for line in piece:
+            if m := re.match(r"local function (\w+)", line):
+                names.add(m.group(1))
+            elif m := re.match(r"local ([\w, ]+?) =", line):
+                names.update(name.strip() for name in m.group(1).split(","))
+        fragments.append((names, "\n".join(piece)))
+    return fragments
+
+
+_FRAGMENTS = _fragments(_PRELUDE)
+
+
+def _script(body: str) -> str:
+    """`body` after the prelude's pieces it uses, directly or through another piece. Lua runs the
+    whole text on every call: the helper functions a script never calls would be built as
+    closures each time (measurable on a round trip's two scripts)."""
+    text, used = body, [False] * len(_FRAGMENTS)
+    for _ in range(len(_FRAGMENTS)):
+        changed = False
+        for k, (names, fragment) in enumerate(_FRAGMENTS):
+            if not used[k] and any(re.search(rf"\b{name}\b", text) for name in names):
+                used[k], changed = True, True
+                text += "\n" + fragment
+        if not changed:
+            break
+    return "\n".join(f for k, (_, f) in enumerate(_FRAGMENTS) if used[k]) + "\n" + body
+
 # ARGV: count, now, lease_deadline, worker. Returns a claim (see claim_work) or {}.
-CLAIM = _PRELUDE + """
+CLAIM = _script("""
 if not is_open() then return {} end
 return claim_work(ARGV[4], tonumber(ARGV[1]), ARGV[2], ARGV[3]) or {}
-"""
+""")
 
 # ARGV: now, next_count, worker, lease_seconds, idle_ttl, claim, n_ok, then (i, started, output)
 # per finished task, then (i, outcome, message, started) per failed one: outcome error | timeout
@@ -190,7 +233,7 @@ return claim_work(ARGV[4], tonumber(ARGV[1]), ARGV[2], ARGV[3]) or {}
 # After recording, the worker's next step happens in the same call: claim up to next_count more,
 # or, when there are none and idle_ttl > 0, register it for direct handoff.
 # Returns {applied, stale, idle entry or false, then a claim or nothing}.
-COMPLETE = _PRELUDE + """
+COMPLETE = _script("""
 local now, next_count, worker, lease_s, idle_ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local claim, n_ok = ARGV[6], tonumber(ARGV[7])
 local first_failure = 8 + n_ok * 3
@@ -256,11 +299,11 @@ if next_count > 0 and is_open() then
   end
 end
 return result
-"""
+""")
 
 # ARGV: deadline, then the claims this worker holds. Extends the live ones; returns the others
 # (cancelled, or reclaimed after a lapsed lease).
-HEARTBEAT = _PRELUDE + """
+HEARTBEAT = _script("""
 local lost = {}
 for k = 2, #ARGV do
   if redis.call('ZSCORE', lease, ARGV[k]) then
@@ -270,10 +313,10 @@ for k = 2, #ARGV do
   end
 end
 return lost
-"""
+""")
 
 # ARGV: now, limit. Lapsed claims: their unreported tasks -> retrying/failed; due retries -> pending.
-SWEEP = _PRELUDE + """
+SWEEP = _script("""
 local now, limit = ARGV[1], tonumber(ARGV[2])
 local expired = redis.call('ZRANGEBYSCORE', lease, '-inf', now, 'LIMIT', 0, limit)
 local retried, failed = 0, 0
@@ -314,12 +357,12 @@ if requeued > 0 then
 end
 emit()
 return {#expired, retried, failed, requeued}
-"""
+""")
 
 # ARGV: now. Cancels everything not yet terminal, in O(1) of the batch's size: the queue, the
 # retries and the live claims go; a task with no terminal record in a cancelled batch is
 # cancelled. One event says so. Returns {pending, retrying, processing}.
-CANCEL = _PRELUDE + """
+CANCEL = _script("""
 redis.call('HSET', meta, 'cancelled', '1', 'cancelled_at', ARGV[1])
 local c = redis.call('HMGET', n, 'pending', 'retrying', 'processing')
 local p, r, x = tonumber(c[1] or '0'), tonumber(c[2] or '0'), tonumber(c[3] or '0')
@@ -332,7 +375,7 @@ if p + r + x > 0 then
   redis.call('XADD', done, '*', 'c', '1')
 end
 return {p, r, x}
-"""
+""")
 
 # ARGV: now, append id, payloads... Appends to an existing batch; returns {first new index, last
 # terminal-event id} (the id lets the caller wait for these tasks without missing an event), {-1}
@@ -340,29 +383,29 @@ return {p, r, x}
 # being written. Replaying an append id (a retry after a lost reply) returns the first reply's
 # index and appends nothing. An idle worker waiting on the batch gets a task handed over, already
 # claimed for it: no queue round trip.
-APPEND = _PRELUDE + """
-local total = redis.call('HGET', meta, 'total')
-if not total then return {-1} end
-if redis.call('HGET', meta, 'cancelled') == '1' then return {-2} end
+APPEND = _script("""
+-- One read and one write of the batch's meta hash (its state, counters and claim sequence):
+-- this script is on every single-task round trip's path.
+local m = redis.call('HMGET', meta, 'total', 'cancelled', 'suspended', 'submitted', 'claims')
+if not m[1] then return {-1} end
+if m[2] == '1' then return {-2} end
 local seen = redis.call('HGET', apx, ARGV[2])
 if seen then return {tonumber(seen), '0-0'} end
-local first = tonumber(total)
+local first = tonumber(m[1])
 if redis.call('LLEN', inl) ~= first then return {-3} end
 local now, count = ARGV[1], #ARGV - 2
 push_args(inl, 3)
-redis.call('HINCRBY', meta, 'total', count)
-redis.call('HINCRBY', meta, 'submitted', count)
 redis.call('HSET', apx, ARGV[2], first)
-local i, last, handed = first, first + count - 1, 0
-local open = is_open()
-while open and i <= last do
+local i, last, handed, claims = first, first + count - 1, 0, tonumber(m[5] or '0')
+while m[3] ~= '1' and i <= last do
   -- Idle registrations are "worker|lease seconds|registration expiry".
   local entry = redis.call('LPOP', idle)
   if not entry then break end
   local worker, lease_s, expires = string.match(entry, '^(.*)|([^|]*)|([^|]*)$')
   if worker and tonumber(expires) > tonumber(now) then
     local run = i .. ':' .. i .. ':1:' .. now .. ':' .. now
-    local claim = worker .. ':' .. redis.call('HINCRBY', meta, 'claims', 1)
+    claims = claims + 1
+    local claim = worker .. ':' .. claims
     redis.call('HSET', ch, claim, worker .. '|' .. now .. '|' .. run)
     redis.call('HSET', cn, claim, 1)
     redis.call('ZADD', lease, tonumber(now) + tonumber(lease_s), claim)
@@ -371,6 +414,7 @@ while open and i <= last do
     handed = handed + 1
   end
 end
+redis.call('HSET', meta, 'total', first + count, 'submitted', tonumber(m[4] or '0') + count, 'claims', claims)
 if handed > 0 then redis.call('HINCRBY', n, 'processing', handed) end
 if i <= last then
   redis.call('RPUSH', q, i .. ':' .. last .. ':1:' .. now .. ':' .. now)
@@ -380,7 +424,7 @@ end
 local newest = redis.call('XREVRANGE', done, '+', '-', 'COUNT', 1)
 if #newest > 0 then return {first, newest[1][1]} end
 return {first, '0-0'}
-"""
+""")
 
 # ARGV: entry, holding ('1' when the worker already took a handed-over task), and with holding,
 # the registration to put in its place. A worker stops waiting: withdraw its idle registration.
@@ -389,14 +433,14 @@ return {first, '0-0'}
 # another (Redis serves blocked readers in the order they blocked, which need not be the order
 # they registered in) gives its registration to that worker, which is still waiting: the next
 # hand-off then goes to the worker that will receive it, rather than crossing over again.
-UNIDLE = _PRELUDE + """
+UNIDLE = _script("""
 if redis.call('LREM', idle, 1, ARGV[1]) == 1 then
   if ARGV[3] then redis.call('LPUSH', idle, ARGV[3]) end
   return false
 end
 if ARGV[2] == '1' then return false end
 return redis.call('LPOP', hand)
-"""
+""")
 
 # ARGV: total, content digest, now, max_attempts, backoff, backoff_mult, backoff_max, max_infra,
 # open. Declares a batch, atomically: returns {initial-submission cursor, total} -- 0 for a new
@@ -405,7 +449,7 @@ return redis.call('LPOP', hand)
 # it grows with each chunk until the sender closes it; its digest is the send's own id (its
 # content is not known in advance), so only a replay of the same call resumes it. A retry policy the operator wrote from the
 # TaskBatch (policy_source) wins over the submitter's.
-CREATE = _PRELUDE + """
+CREATE = _script("""
 local total = redis.call('HGET', meta, 'total')
 if total then
   if redis.call('HGET', meta, 'digest') ~= ARGV[2] then return {-1, tonumber(total)} end
@@ -425,14 +469,14 @@ for _, s in ipairs({'pending', 'processing', 'retrying', 'finished', 'failed', '
   redis.call('HSETNX', n, s, 0)
 end
 return {0, tonumber(declared)}
-"""
+""")
 
 # ARGV: from, now, payloads... Writes the initial submission's tasks from..from+#payloads-1 if the
 # cursor stands at `from`, and returns the cursor after it. Otherwise writes nothing and returns
 # the cursor: a concurrent submitter of the same content (or this call's own earlier, replayed
 # attempt) got there first, and the caller continues from where it stands. Returns -2 once the
 # batch was cancelled. One list entry per task for its input, one queue run for the chunk.
-SUBMIT = _PRELUDE + """
+SUBMIT = _script("""
 local from = tonumber(ARGV[1])
 local cursor = tonumber(redis.call('HGET', meta, 'cursor') or '-1')
 if cursor ~= from then return cursor end
@@ -446,21 +490,21 @@ if redis.call('HGET', meta, 'open') == '1' then redis.call('HINCRBY', meta, 'tot
 redis.call('HSET', meta, 'cursor', from + count)
 nudge()
 return from + count
-"""
+""")
 
 # No ARGV. The batch's meta and counters, read atomically (a submission chunk moves both).
-SNAPSHOT = _PRELUDE + """
+SNAPSHOT = _script("""
 return {redis.call('HGETALL', meta), redis.call('HGETALL', n)}
-"""
+""")
 
 # ARGV: indices... Their records and last errors, the batch's live claims with their runs, and
 # its meta {cancelled, total, cancelled_at}: what a reader needs to tell each task's state, read
 # atomically.
-RECORDS = _PRELUDE + """
+RECORDS = _script("""
 local ids = {}
 for k = 1, #ARGV do ids[k] = ARGV[k] end
 local live = redis.call('HKEYS', cn)
 local runs = {}
 if #live > 0 then runs = hmget_all(ch, live) end
 return {hmget_all(t, ids), hmget_all(err, ids), live, runs, redis.call('HMGET', meta, 'cancelled', 'total', 'cancelled_at')}
-"""
+""")
