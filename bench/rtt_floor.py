@@ -1,0 +1,257 @@
+"""Where a single-task round trip's time goes: gridop next to two floors measured on the same
+machine, interleaved (A B C A B C ...) so the machine's drift hits each alike.
+
+    .venv/bin/python -m bench.rtt_floor --round-trips 1000 --rounds 3
+
+- redis: the same four hops through one redis-server (client -> Redis -> worker -> Redis ->
+  client) with trivial commands (LPUSH and BLPOP), driven by bare asyncio protocols with hiredis:
+  what any round trip brokered by Redis costs on this machine.
+- scripts: the data plane's own hops and Lua scripts -- APPEND hands the task to the idle worker,
+  COMPLETE records its result and emits the event, the client reads it from the stream -- still
+  driven by bare protocol code, with no gridop Python in the loop: the floor of gridop's design here.
+- gridop: AsyncGridConnector.send() then get_results(), 2 `gridop worker` processes with default
+  options, as bench.tasks measures it.
+
+The floors run one worker process (gridop's second worker is idle and waits in Redis).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from typing import Any
+
+import hiredis
+
+from bench.localredis import free_port, start_redis
+from bench.tasks import ROOT, gridop_workers, run_loop, stop
+
+
+class Bare(asyncio.Protocol):
+    """A Redis connection and nothing more: commands out, replies matched in order."""
+
+    def __init__(self) -> None:
+        self.reader = hiredis.Reader()
+        self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while (reply := self.reader.gets()) is not False:
+            self.waiting.popleft().set_result(reply)
+
+    def call(self, *args: Any) -> asyncio.Future[Any]:
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append(future)
+        self.transport.write(hiredis.pack_command(args))
+        return future
+
+
+async def bare(port: int) -> Bare:
+    _, conn = await asyncio.get_running_loop().create_connection(Bare, "127.0.0.1", port)
+    return conn
+
+
+def percentile(values: list[float], q: float) -> float:
+    return sorted(values)[min(len(values) - 1, int(len(values) * q))]
+
+
+# -- redis: four trivial hops ----------------------------------------------------------------
+
+async def redis_worker(port: int) -> None:
+    take, give = await bare(port), await bare(port)
+    while True:
+        _, item = await take.call("BLPOP", "floor:q", 0)
+        await give.call("LPUSH", "floor:r", item)
+
+
+async def redis_client(port: int, n: int) -> list[float]:
+    send, wait = await bare(port), await bare(port)
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await send.call("LPUSH", "floor:q", "{}")
+        await wait.call("BLPOP", "floor:r", 0)
+        samples.append(time.perf_counter() - t0)
+    return samples
+
+
+# -- scripts: the data plane's hops, no gridop Python ----------------------------------------
+
+SID = "floor"
+
+
+def _script_keys() -> tuple[list[str], dict[str, str]]:
+    import hashlib
+
+    from gridop.tasks import scripts
+
+    keys = [f"gridop:default:{{{SID}}}:{role}" for role in scripts.KEYS]
+    shas = {name: hashlib.sha1(getattr(scripts, name).encode()).hexdigest() for name in ("APPEND", "COMPLETE", "CLAIM")}
+    return keys, shas
+
+
+def _claim_of(reply: list[Any]) -> tuple[bytes, list[int]]:
+    claim, runs = reply[0], int(reply[2])
+    indices: list[int] = []
+    for run in reply[3:3 + runs]:
+        lo, hi = run.split(b":")[:2]
+        indices.extend(range(int(lo), int(hi) + 1))
+    return claim, indices
+
+
+async def script_worker(port: int) -> None:
+    """What `gridop worker` does for a hand-off, minus everything else."""
+    keys, shas = _script_keys()
+    take, talk = await bare(port), await bare(port)
+    me = f"bare-{os.getpid()}"
+    register = True
+    while True:
+        if register:
+            await talk.call("RPUSH", keys[15], f"{me}|30|{time.time() + 3600}")
+        got = await take.call("BLPOP", keys[16], keys[14], 5)
+        if got is not None and got[0].endswith(b":hand"):
+            claim, _, run, _ = got[1].split(b"\n", 3)
+            work: tuple[bytes, list[int]] | None = (claim, [int(run.split(b":")[0])])
+        else:
+            now = time.time()
+            reply = await talk.call("EVALSHA", shas["CLAIM"], len(keys), *keys, 1024, now, now + 30, me)
+            work = _claim_of(reply) if reply else None
+            register = work is None
+            if work is None:
+                continue
+        while work is not None:
+            started, outcome = time.time(), []
+            for i in work[1]:
+                outcome += [i, started, b"e30="]  # the encoded result of the zero-work task: {}
+            reply = await talk.call("EVALSHA", shas["COMPLETE"], len(keys), *keys, time.time(), 1024, me, 30, 6,
+                                    work[0], len(work[1]), *outcome)
+            work = _claim_of(reply[3:]) if len(reply) > 3 else None
+            register = False  # COMPLETE registered it idle when it found nothing more
+
+
+async def script_client(port: int, n: int) -> list[float]:
+    keys, shas = _script_keys()
+    conn = await bare(port)
+    call = uuid.uuid4().hex
+    samples = []
+    for k in range(n):
+        t0 = time.perf_counter()
+        first, position = await conn.call("EVALSHA", shas["APPEND"], len(keys), *keys, time.time(), f"{call}:{k}",
+                                          b"e30=")
+        wanted, done = str(first).encode(), False
+        while not done:
+            streams = await conn.call("XREAD", "COUNT", 100, "BLOCK", 1000, "STREAMS", keys[13], position)
+            for position, fields in (streams or [[None, []]])[0][1]:
+                entry = dict(zip(fields[::2], fields[1::2]))
+                done = done or wanted in entry.get(b"f", b"").split(b",")
+        samples.append(time.perf_counter() - t0)
+    return samples
+
+
+async def declare_batch(url: str) -> None:
+    from gridop.tasks import scripts
+    from gridop.tasks.codec import encode
+    from gridop.tasks.store import Outcome, RetryPolicy, TaskStore
+
+    store = TaskStore.from_url(url)
+    try:
+        await store.create(SID, [encode({})], RetryPolicy())
+        await store.submit(SID, [encode({})])
+        [task] = await store.claim(SID, "setup", 1, 30)
+        await store.complete(SID, [Outcome(task.index, task.token, "ok", encode({}))])
+        for name in ("APPEND", "COMPLETE", "CLAIM"):
+            await store.redis.script_load(getattr(scripts, name))
+    finally:
+        await store.close()
+
+
+# -- gridop ------------------------------------------------------------------------------------
+
+async def gridop_client(url: str, n: int, sid: str) -> list[float]:
+    from gridop.client.tasks import AsyncGridConnector
+
+    samples = []
+    async with AsyncGridConnector({"redis_url": url}) as c:
+        for _ in range(50):  # warm-up: both workers connected and waiting
+            await c.get_results(await c.send([{}], session_id=sid, append=True), timeout_sec=60)
+        for _ in range(n):
+            t0 = time.perf_counter()
+            sub = await c.send([{}], session_id=sid, append=True)
+            await c.get_results(sub, timeout_sec=10)
+            samples.append(time.perf_counter() - t0)
+    return samples
+
+
+def child(kind: str, port: int) -> None:
+    run_loop()(redis_worker(port) if kind == "redis" else script_worker(port))
+
+
+def one_round(kind: str, port: int, n: int, run: int) -> list[float]:
+    url = f"redis://127.0.0.1:{port}/0"
+    if kind == "gridop":
+        sid = f"rtt-{run}"
+        procs = gridop_workers(url, "--session", sid, "--keep-running")
+        try:
+            return run_loop()(gridop_client(url, n, sid))
+        finally:
+            stop(procs)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'operator'}"}
+    proc = subprocess.Popen([sys.executable, "-m", "bench.rtt_floor", "--child", kind, str(port)], cwd=ROOT, env=env,
+                            stdin=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)  # connected and waiting
+        client = redis_client(port, n + 50) if kind == "redis" else script_client(port, n + 50)
+        return run_loop()(client)[50:]
+    finally:
+        stop([proc])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--round-trips", type=int, default=1000, help="timed round trips per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child[0], int(args.child[1]))
+        return
+    kinds = {"redis": "redis, 4 trivial hops (bare)", "scripts": "gridop's scripts and hops (bare)",
+             "gridop": "gridop client + 2 workers"}
+    p50s: dict[str, list[float]] = {kind: [] for kind in kinds}
+    p99s: dict[str, list[float]] = {kind: [] for kind in kinds}
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        redis_proc = start_redis(port, tmp)
+        try:
+            run_loop()(declare_batch(f"redis://127.0.0.1:{port}/0"))
+            for run in range(args.rounds):
+                for kind in kinds:
+                    samples = one_round(kind, port, args.round_trips, run)
+                    p50s[kind].append(statistics.median(samples) * 1000)
+                    p99s[kind].append(percentile(samples, 0.99) * 1000)
+        finally:
+            stop([redis_proc])
+    print(f"Single-task round trip, {args.round_trips:,} per round, {args.rounds} interleaved rounds, "
+          f"{os.cpu_count()} cores (ms)")
+    print(f"{'':36}{'p50 min / median / max':>26}{'p99 median':>12}")
+    for kind, label in kinds.items():
+        v = sorted(p50s[kind])
+        print(f"{label:36}{v[0]:>10.3f} / {statistics.median(v):.3f} / {v[-1]:.3f}{statistics.median(p99s[kind]):>12.3f}")
+
+
+if __name__ == "__main__":
+    main()
