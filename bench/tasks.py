@@ -1,6 +1,6 @@
 """Tasks: gridop vs Celery on the same Redis, same machine, same zero-work task, 2 worker processes each.
 
-    make bench            # or: .venv/bin/python -m bench.tasks --tasks 100000 --latency 1000
+    make bench     # runs: .venv/bin/python -m bench.tasks --tasks 100000 --celery-tasks 10000 --latency 1000 --shards 1 2 3
 
 Prints, for each system: submit-only tasks/s, end-to-end tasks/s for N tasks (submit until every
 result is back) with the CPU each part spent per task (Redis, workers, client: what does not vary
