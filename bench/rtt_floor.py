@@ -28,12 +28,13 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import hiredis
 
 from bench.localredis import free_port, start_redis
-from bench.tasks import ROOT, gridop_workers, run_loop, stop
+from bench.tasks import ROOT, cpu_seconds, gridop_workers, run_loop, stop
 
 
 class Bare(asyncio.Protocol):
@@ -78,20 +79,24 @@ async def redis_worker(port: int) -> None:
         await give.call("LPUSH", "floor:r", item)
 
 
-async def redis_client(port: int, n: int) -> list[float]:
+async def redis_client(port: int, n: int) -> AsyncIterator[list[float] | None]:
     send, wait = await bare(port), await bare(port)
-    samples = []
-    for _ in range(n):
+    samples: list[float] = []
+    for k in range(n + WARM_UP):
+        if k == WARM_UP:
+            samples.clear()
+            yield None
         t0 = time.perf_counter()
         await send.call("LPUSH", "floor:q", "{}")
         await wait.call("BLPOP", "floor:r", 0)
         samples.append(time.perf_counter() - t0)
-    return samples
+    yield samples
 
 
 # -- scripts: the data plane's hops, no gridop Python ----------------------------------------
 
 SID = "floor"
+WARM_UP = 50  # round trips before the timed ones
 
 
 def _script_keys() -> tuple[list[str], dict[str, str]]:
@@ -143,12 +148,15 @@ async def script_worker(port: int) -> None:
             register = False  # COMPLETE registered it idle when it found nothing more
 
 
-async def script_client(port: int, n: int) -> list[float]:
+async def script_client(port: int, n: int) -> AsyncIterator[list[float] | None]:
     keys, shas = _script_keys()
     conn = await bare(port)
     call = uuid.uuid4().hex
-    samples = []
-    for k in range(n):
+    samples: list[float] = []
+    for k in range(n + WARM_UP):
+        if k == WARM_UP:
+            samples.clear()
+            yield None
         t0 = time.perf_counter()
         first, position = await conn.call("EVALSHA", shas["APPEND"], len(keys), *keys, time.time(), f"{call}:{k}",
                                           b"e30=")
@@ -159,7 +167,7 @@ async def script_client(port: int, n: int) -> list[float]:
                 entry = dict(zip(fields[::2], fields[1::2]))
                 done = done or wanted in entry.get(b"f", b"").split(b",")
         samples.append(time.perf_counter() - t0)
-    return samples
+    yield samples
 
 
 async def declare_batch(url: str) -> None:
@@ -181,43 +189,55 @@ async def declare_batch(url: str) -> None:
 
 # -- gridop ------------------------------------------------------------------------------------
 
-async def gridop_client(url: str, n: int, sid: str) -> list[float]:
+async def gridop_client(url: str, n: int, sid: str) -> AsyncIterator[list[float] | None]:
     from gridop.client.tasks import AsyncGridConnector
 
     samples = []
     async with AsyncGridConnector({"redis_url": url}) as c:
-        for _ in range(50):  # warm-up: both workers connected and waiting
+        for _ in range(WARM_UP):  # both workers connected and waiting
             await c.get_results(await c.send([{}], session_id=sid, append=True), timeout_sec=60)
+        yield None
         for _ in range(n):
             t0 = time.perf_counter()
             sub = await c.send([{}], session_id=sid, append=True)
             await c.get_results(sub, timeout_sec=10)
             samples.append(time.perf_counter() - t0)
-    return samples
+    yield samples
 
 
 def child(kind: str, port: int) -> None:
     run_loop()(redis_worker(port) if kind == "redis" else script_worker(port))
 
 
-def one_round(kind: str, port: int, n: int, run: int) -> list[float]:
+def one_round(kind: str, port: int, redis_pid: int, n: int, run: int) -> tuple[list[float], list[float]]:
+    """Round-trip times, and CPU µs per round trip spent by Redis, the worker(s) and the client."""
     url = f"redis://127.0.0.1:{port}/0"
     if kind == "gridop":
         sid = f"rtt-{run}"
         procs = gridop_workers(url, "--session", sid, "--keep-running")
-        try:
-            return run_loop()(gridop_client(url, n, sid))
-        finally:
-            stop(procs)
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'operator'}"}
-    proc = subprocess.Popen([sys.executable, "-m", "bench.rtt_floor", "--child", kind, str(port)], cwd=ROOT, env=env,
-                            stdin=subprocess.DEVNULL)
-    try:
+        timed = gridop_client(url, n, sid)
+    else:
+        env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'operator'}"}
+        procs = [subprocess.Popen([sys.executable, "-m", "bench.rtt_floor", "--child", kind, str(port)], cwd=ROOT,
+                                  env=env, stdin=subprocess.DEVNULL)]
         time.sleep(0.5)  # connected and waiting
-        client = redis_client(port, n + 50) if kind == "redis" else script_client(port, n + 50)
-        return run_loop()(client)[50:]
+        timed = (redis_client if kind == "redis" else script_client)(port, n)
+
+    async def measured() -> tuple[list[float], list[float]]:
+        samples: list[float] = []
+        cpu: list[float] = []
+        async for phase in timed:
+            if phase is None:  # warmed up: the timed round trips start
+                cpu = [cpu_seconds(redis_pid), sum(cpu_seconds(p.pid) for p in procs), time.process_time()]
+            else:
+                samples = phase
+        after = [cpu_seconds(redis_pid), sum(cpu_seconds(p.pid) for p in procs), time.process_time()]
+        return samples, [(b - a) / len(samples) * 1e6 for a, b in zip(cpu, after)]
+
+    try:
+        return run_loop()(measured())
     finally:
-        stop([proc])
+        stop(procs)
 
 
 def main() -> None:
@@ -233,6 +253,7 @@ def main() -> None:
              "gridop": "gridop client + 2 workers"}
     p50s: dict[str, list[float]] = {kind: [] for kind in kinds}
     p99s: dict[str, list[float]] = {kind: [] for kind in kinds}
+    cpus: dict[str, list[list[float]]] = {kind: [] for kind in kinds}
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         redis_proc = start_redis(port, tmp)
@@ -240,17 +261,21 @@ def main() -> None:
             run_loop()(declare_batch(f"redis://127.0.0.1:{port}/0"))
             for run in range(args.rounds):
                 for kind in kinds:
-                    samples = one_round(kind, port, args.round_trips, run)
+                    samples, cpu = one_round(kind, port, redis_proc.pid, args.round_trips, run)
+                    cpus[kind].append(cpu)
                     p50s[kind].append(statistics.median(samples) * 1000)
                     p99s[kind].append(percentile(samples, 0.99) * 1000)
         finally:
             stop([redis_proc])
     print(f"Single-task round trip, {args.round_trips:,} per round, {args.rounds} interleaved rounds, "
           f"{os.cpu_count()} cores (ms)")
-    print(f"{'':36}{'p50 min / median / max':>26}{'p99 median':>12}")
+    print(f"{'':36}{'p50 min / median / max':>26}{'p99 median':>12}   CPU µs per round trip, median: "
+          "Redis / worker(s) / client")
     for kind, label in kinds.items():
         v = sorted(p50s[kind])
-        print(f"{label:36}{v[0]:>10.3f} / {statistics.median(v):.3f} / {v[-1]:.3f}{statistics.median(p99s[kind]):>12.3f}")
+        cpu = " / ".join(f"{statistics.median(part):.0f}" for part in zip(*cpus[kind]))
+        print(f"{label:36}{v[0]:>10.3f} / {statistics.median(v):.3f} / {v[-1]:.3f}{statistics.median(p99s[kind]):>12.3f}"
+              f"   {cpu}")
 
 
 if __name__ == "__main__":
