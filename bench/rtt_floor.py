@@ -28,13 +28,15 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import hiredis
 
 from bench.localredis import free_port, start_redis
 from bench.tasks import ROOT, cpu_seconds, gridop_workers, run_loop, stop
+
+WARM_UP = 50  # round trips before the timed ones (connections made, workers waiting)
 
 
 class Bare(asyncio.Protocol):
@@ -66,6 +68,20 @@ async def bare(port: int) -> Bare:
     return conn
 
 
+async def timing(n: int, round_trip: Callable[[int], Awaitable[None]]) -> AsyncIterator[list[float] | None]:
+    """Run WARM_UP round trips, yield None (the timed ones start: CPU counters are read), run n
+    timed ones and yield their durations."""
+    samples: list[float] = []
+    for k in range(WARM_UP + n):
+        if k == WARM_UP:
+            samples.clear()
+            yield None
+        t0 = time.perf_counter()
+        await round_trip(k)
+        samples.append(time.perf_counter() - t0)
+    yield samples
+
+
 def percentile(values: list[float], q: float) -> float:
     return sorted(values)[min(len(values) - 1, int(len(values) * q))]
 
@@ -81,22 +97,18 @@ async def redis_worker(port: int) -> None:
 
 async def redis_client(port: int, n: int) -> AsyncIterator[list[float] | None]:
     send, wait = await bare(port), await bare(port)
-    samples: list[float] = []
-    for k in range(n + WARM_UP):
-        if k == WARM_UP:
-            samples.clear()
-            yield None
-        t0 = time.perf_counter()
+
+    async def round_trip(_: int) -> None:
         await send.call("LPUSH", "floor:q", "{}")
         await wait.call("BLPOP", "floor:r", 0)
-        samples.append(time.perf_counter() - t0)
-    yield samples
+
+    async for timed in timing(n, round_trip):
+        yield timed
 
 
 # -- scripts: the data plane's hops, no gridop Python ----------------------------------------
 
 SID = "floor"
-WARM_UP = 50  # round trips before the timed ones
 
 
 def _script_keys() -> tuple[list[str], dict[str, str]]:
@@ -152,12 +164,8 @@ async def script_client(port: int, n: int) -> AsyncIterator[list[float] | None]:
     keys, shas = _script_keys()
     conn = await bare(port)
     call = uuid.uuid4().hex
-    samples: list[float] = []
-    for k in range(n + WARM_UP):
-        if k == WARM_UP:
-            samples.clear()
-            yield None
-        t0 = time.perf_counter()
+
+    async def round_trip(k: int) -> None:
         first, position = await conn.call("EVALSHA", shas["APPEND"], len(keys), *keys, time.time(), f"{call}:{k}",
                                           b"e30=")
         wanted, done = str(first).encode(), False
@@ -166,8 +174,9 @@ async def script_client(port: int, n: int) -> AsyncIterator[list[float] | None]:
             for position, fields in (streams or [[None, []]])[0][1]:
                 entry = dict(zip(fields[::2], fields[1::2]))
                 done = done or wanted in entry.get(b"f", b"").split(b",")
-        samples.append(time.perf_counter() - t0)
-    yield samples
+
+    async for timed in timing(n, round_trip):
+        yield timed
 
 
 async def declare_batch(url: str) -> None:
@@ -192,17 +201,13 @@ async def declare_batch(url: str) -> None:
 async def gridop_client(url: str, n: int, sid: str) -> AsyncIterator[list[float] | None]:
     from gridop.client.tasks import AsyncGridConnector
 
-    samples = []
     async with AsyncGridConnector({"redis_url": url}) as c:
-        for _ in range(WARM_UP):  # both workers connected and waiting
-            await c.get_results(await c.send([{}], session_id=sid, append=True), timeout_sec=60)
-        yield None
-        for _ in range(n):
-            t0 = time.perf_counter()
-            sub = await c.send([{}], session_id=sid, append=True)
-            await c.get_results(sub, timeout_sec=10)
-            samples.append(time.perf_counter() - t0)
-    yield samples
+
+        async def round_trip(_: int) -> None:
+            await c.get_results(await c.send([{}], session_id=sid, append=True), timeout_sec=10)
+
+        async for timed in timing(n, round_trip):
+            yield timed
 
 
 def child(kind: str, port: int) -> None:

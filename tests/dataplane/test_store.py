@@ -177,6 +177,15 @@ async def test_appending_to_an_open_batch(redis_url: str, store: TaskStore) -> N
 # -- the fast lane: hot commands off the client's per-command machinery, never at the cost of a fault --
 
 
+async def finish_first_task_on_the_lane(store: TaskStore, sid: str) -> None:
+    """Claim, report and read back task 0 of `sid`; the lane must have carried it (connected)."""
+    [task] = await store.claim(sid, "w", 1, 30)
+    await store.complete(sid, [Outcome(task.index, task.token, "ok", encode("out"))])
+    _, events = await store.events(sid, "0-0")
+    assert [e.finished for e in events] == [[0]]
+    assert store._lane._shared is not None and store._lane._shared.usable(), "the hot commands did not run on the lane"
+
+
 async def test_the_fast_lane_reloads_flushed_scripts_and_replaces_killed_connections(redis_url: str, store: TaskStore) -> None:
     import redis.asyncio as aioredis
 
@@ -189,11 +198,7 @@ async def test_the_fast_lane_reloads_flushed_scripts_and_replaces_killed_connect
             assert (await store.append("lane", [encode({"a": 1})]))[0] == [1]
             await admin.client_kill_filter(_type="normal", skipme=True)  # every connection dropped, the lane's too
             assert (await store.append("lane", [encode({"a": 2})]))[0] == [2]
-            [task] = await store.claim("lane", "w", 1, 30)
-            await store.complete("lane", [Outcome(task.index, task.token, "ok", encode("out"))])
-            _, events = await store.events("lane", "0-0")
-            assert [e.finished for e in events] == [[0]]
-            assert store._lane._shared is not None and store._lane._shared.usable(), "the hot commands did not run on the lane"
+            await finish_first_task_on_the_lane(store, "lane")
     finally:
         await admin.aclose()
 
@@ -343,10 +348,6 @@ async def test_the_fast_lane_speaks_tls(tls_redis_url: str) -> None:
     store = TaskStore.from_url(tls_redis_url)
     try:
         await declare(store, "tls", [encode({"a": 0})], RetryPolicy())
-        [task] = await store.claim("tls", "w", 1, 30)
-        await store.complete("tls", [Outcome(task.index, task.token, "ok", encode("out"))])
-        _, events = await store.events("tls", "0-0")
-        assert [e.finished for e in events] == [[0]]
-        assert store._lane._shared is not None and store._lane._shared.usable(), "the lane did not connect over TLS"
+        await finish_first_task_on_the_lane(store, "tls")
     finally:
         await store.close()
