@@ -18,13 +18,13 @@ import argparse
 import asyncio
 import os
 import pathlib
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -237,7 +237,7 @@ def main() -> None:
         stream_child(url, int(n), sid)
         return
     port = free_port()
-    streamed: dict[str, dict[str, float]] = {}
+    streamed: dict[str, dict[str, Any]] = {}
     sharded: dict[int, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         redis_proc = start_redis(port, tmp)
@@ -245,14 +245,14 @@ def main() -> None:
         try:
             g = run_loop()(gridop_run(url, args.tasks, args.latency, redis_proc.pid))
             if args.million:
-                # The same streamed path at both sizes, interleaved: small, big, small, big.
-                for size in (args.tasks, args.million, args.tasks, args.million):
-                    key = f"{size}"
-                    run = streamed_run(url, size, f"stream-{len(streamed.get(key, {}))}-{size}")
-                    previous = streamed.get(key)
-                    streamed[key] = run if previous is None else {
-                        "rate": statistics.median([previous["rate"], run["rate"]]),
-                        "rss_mb": max(previous["rss_mb"], run["rss_mb"])}
+                # The same streamed path at both sizes, in three interleaved pairs (small, big, ...):
+                # the ratio is the median of the pairs' ratios, each taken between neighbours in time.
+                pairs = [(streamed_run(url, args.tasks, f"stream-{k}-small"),
+                          streamed_run(url, args.million, f"stream-{k}-big")) for k in range(3)]
+                for key, runs in ((str(args.tasks), [p[0] for p in pairs]), (str(args.million), [p[1] for p in pairs])):
+                    streamed[key] = {"rate": statistics.median(r["rate"] for r in runs),
+                                     "rss_mb": max(r["rss_mb"] for r in runs)}
+                streamed["ratio"] = {"each": [big["rate"] / small["rate"] * 100 for small, big in pairs]}
             c = None if args.skip_celery else celery_run(port, args.celery_tasks or args.tasks, args.latency)
         finally:
             stop([redis_proc])
@@ -285,7 +285,9 @@ def main() -> None:
               f"{small['rss_mb']:>14.0f}")
         print(f"{f'streamed batch of {args.million:,} (tasks/s, client peak RSS MB)':50}{big['rate']:>14,.0f}"
               f"{big['rss_mb']:>14.0f}")
-        print(f"{'  big batch rate / small batch rate (%)':50}{big['rate'] / small['rate'] * 100:>14.0f}")
+        each = streamed["ratio"]["each"]
+        print(f"{'  big / small rate, median of 3 pairs (%)':50}{statistics.median(each):>14.0f}"
+              f"   pairs: {' / '.join(f'{r:.0f}' for r in each)}")
     for shards, r in sharded.items():
         busy = " / ".join(f"{b:.0f}" for b in r["shards"])
         print(f"{f'Redis Cluster, {shards} shard(s), 12 batches (tasks/s)':50}{r['rate']:>14,.0f}"
