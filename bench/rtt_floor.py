@@ -34,7 +34,7 @@ from typing import Any
 import hiredis
 
 from bench.localredis import free_port, start_redis
-from bench.tasks import ROOT, cpu_seconds, gridop_workers, run_loop, stop
+from bench.tasks import ROOT, cpu_seconds, gridop_workers, pct, run_loop, stop
 
 WARM_UP = 50  # round trips before the timed ones (connections made, workers waiting)
 
@@ -82,10 +82,6 @@ async def timing(n: int, round_trip: Callable[[int], Awaitable[None]]) -> AsyncI
     yield samples
 
 
-def percentile(values: list[float], q: float) -> float:
-    return sorted(values)[min(len(values) - 1, int(len(values) * q))]
-
-
 # -- redis: four trivial hops ----------------------------------------------------------------
 
 async def redis_worker(port: int) -> None:
@@ -112,11 +108,14 @@ SID = "floor"
 
 
 def _script_keys() -> tuple[list[str], dict[str, str]]:
+    """The batch's keys, as gridop's store names them, and the scripts' SHA1s (once, before timing)."""
     import hashlib
 
+    import redis.asyncio as aioredis
     from gridop.tasks import scripts
+    from gridop.tasks.store import TaskStore
 
-    keys = [f"gridop:default:{{{SID}}}:{role}" for role in scripts.KEYS]
+    keys = TaskStore(aioredis.Redis()).keys(SID)  # no connection is made: only the names
     shas = {name: hashlib.sha1(getattr(scripts, name).encode()).hexdigest() for name in ("APPEND", "COMPLETE", "CLAIM")}
     return keys, shas
 
@@ -269,7 +268,7 @@ def main() -> None:
                     samples, cpu = one_round(kind, port, redis_proc.pid, args.round_trips, run)
                     cpus[kind].append(cpu)
                     p50s[kind].append(statistics.median(samples) * 1000)
-                    p99s[kind].append(percentile(samples, 0.99) * 1000)
+                    p99s[kind].append(pct(samples, 0.99) * 1000)
         finally:
             stop([redis_proc])
     print(f"Single-task round trip, {args.round_trips:,} per round, {args.rounds} interleaved rounds, "

@@ -60,14 +60,8 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
 async def gridop_run(url: str, n: int, latency_n: int, redis_pid: int) -> dict[str, float]:
     from gridop.client.tasks import AsyncGridConnector
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-
     def workers(sid: str, keep_running: bool = False, handler: str = "zero") -> list[subprocess.Popen[bytes]]:
-        args = [sys.executable, "-m", "gridop", "worker", "--redis-url", url, "--session", sid,
-                "--handler", f"bench.handlers:{handler}", "--log-level", "WARNING"]
-        if keep_running:
-            args.append("--keep-running")
-        return [subprocess.Popen(args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL) for _ in range(2)]
+        return gridop_workers(url, "--session", sid, *(["--keep-running"] if keep_running else []), handler=handler)
 
     tasks = [{} for _ in range(n)]
     result: dict[str, float] = {}
@@ -115,10 +109,11 @@ async def gridop_run(url: str, n: int, latency_n: int, redis_pid: int) -> dict[s
     return result
 
 
-def gridop_workers(url: str, *args: str) -> list[subprocess.Popen[bytes]]:
+def gridop_workers(url: str, *args: str, handler: str = "zero") -> list[subprocess.Popen[bytes]]:
+    """2 `gridop worker` processes with default options (but `args`), running bench.handlers:<handler>."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return [subprocess.Popen([sys.executable, "-m", "gridop", "worker", "--redis-url", url, "--handler",
-                              "bench.handlers:zero", "--log-level", "WARNING", *args], cwd=ROOT, env=env,
+                              f"bench.handlers:{handler}", "--log-level", "WARNING", *args], cwd=ROOT, env=env,
                              stdin=subprocess.DEVNULL) for _ in range(2)]
 
 

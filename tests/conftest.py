@@ -15,9 +15,6 @@ import redis
 from bench.localredis import LocalCluster, free_port
 
 
-_free_port = free_port  # the fixtures' free loopback port (tests import it under this name)
-
-
 class RedisProcess:
     """A real redis-server on a free loopback port, which a test may stop and start again."""
 
@@ -25,7 +22,7 @@ class RedisProcess:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed: `apt-get install redis-server` (.ci/run does this)")
-        self.port = _free_port()
+        self.port = free_port()
         self.password = password
         self.command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(workdir),
                         "--save", "", *(("--requirepass", password) if password else ()), *args]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import urllib.request
 
+from gridop.client.tasks import AsyncGridConnector
 from prometheus_client.parser import text_string_to_metric_families
 
-from gridop.client.tasks import AsyncGridConnector
+from bench.localredis import free_port
 
-from ..conftest import _free_port
 from .conftest import worker_process
 
 
@@ -21,7 +21,7 @@ def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 async def test_a_worker_serves_queue_wait_run_time_end_to_end_and_failures_per_batch(redis_url: str) -> None:
-    port = _free_port()
+    port = free_port()
     worker = worker_process(redis_url, "--session", "m", "--keep-running", "--metrics-port", str(port),
                             "--heartbeat", "0.2", "--lease", "1", handler="flaky")
     try:

@@ -206,7 +206,7 @@ def connect(url: str, *, outage_budget: float | None, retry_auth: bool = False, 
     options.update(kwargs)
     if is_cluster_url(url):
         options["retry"] = ClusterRideOut(outage_budget)
-        client = RedisCluster.from_url(url.replace("+cluster://", "://", 1), **options)
+        client = RedisCluster.from_url(node_url(url), **options)
         client.nodes_manager.connection_kwargs["connection_class"] = _hiredis_packing(
             client.nodes_manager.connection_kwargs.get("connection_class", aioconnection.Connection))
         client.gridop_connect = (url, {"outage_budget": outage_budget, "retry_auth": retry_auth, **kwargs})

@@ -207,17 +207,14 @@ _FRAGMENTS = _fragments(_PRELUDE)
 def _script(body: str) -> str:
     """`body` after the prelude's pieces it uses, directly or through another piece. Lua runs the
     whole text on every call: the helper functions a script never calls would be built as
-    closures each time (measurable on a round trip's two scripts)."""
-    text, used = body, [False] * len(_FRAGMENTS)
-    for _ in range(len(_FRAGMENTS)):
-        changed = False
-        for k, (names, fragment) in enumerate(_FRAGMENTS):
-            if not used[k] and any(re.search(rf"\b{name}\b", text) for name in names):
-                used[k], changed = True, True
-                text += "\n" + fragment
-        if not changed:
-            break
-    return "\n".join(f for k, (_, f) in enumerate(_FRAGMENTS) if used[k]) + "\n" + body
+    closures each time (measurable on a round trip's two scripts). A Lua local is defined before
+    it is used, so one pass from the last piece back to the first finds them all."""
+    needed, used = body, []
+    for names, fragment in reversed(_FRAGMENTS):
+        if any(re.search(rf"\b{name}\b", needed) for name in names):
+            used.append(fragment)
+            needed += "\n" + fragment
+    return "\n".join([*reversed(used), body])
 
 # ARGV: count, now, lease_deadline, worker. Returns a claim (see claim_work) or {}.
 CLAIM = _script("""
