@@ -174,6 +174,50 @@ async def test_appending_to_an_open_batch(redis_url: str, store: TaskStore) -> N
     assert [t.index for t in await store.claim("open", "w", 10, 30)] == [0, 1, 2]
 
 
+@BOTH_PLANES
+async def test_an_append_waits_for_the_first_submission_and_leaves_it_intact(store: TaskStore) -> None:
+    inputs = [encode({"a": i}) for i in range(3)]
+    await store.create("early", inputs, RetryPolicy())  # declared; its tasks not written yet
+    append = store._scripts["APPEND"]
+    refused = await append(keys=store.keys("early"), args=[time.time(), "early-1:0", encode({"a": 3})])
+    assert int(refused[0]) == -3
+    assert await store.redis.llen(store.key("early", "in")) == 0  # what it pushed, it took back
+    await store.submit("early", inputs)
+    assert (await store.append("early", [encode({"a": 3})]))[0] == [3]
+    assert [decode(v) for v in await store.redis.lrange(store.key("early", "in"), 0, -1)] == [{"a": i} for i in range(4)]
+
+
+@BOTH_PLANES
+async def test_a_report_is_applied_once_however_it_is_repeated(store: TaskStore) -> None:
+    await declare(store, "once", [encode({"a": i}) for i in range(3)], RetryPolicy())
+    claimed = await store.claim("once", "w", 3, 30)
+    ok = [Outcome(t.index, t.token, "ok", encode(t.index)) for t in claimed]
+    assert await store.complete("once", [ok[0], ok[0]]) == (1, 1)  # the same task twice in one report
+    assert await store.complete("once", [ok[0], ok[1]]) == (1, 1)  # a replay, with a new task
+    late = Outcome(claimed[1].index, claimed[1].token, "error", "too late")
+    assert await store.complete("once", [late, ok[2]]) == (1, 1)  # already finished: its failure is stale
+    assert await store.complete("once", ok) == (0, 3)  # the claim is over
+    counts = await store.counts("once")
+    assert (counts["finished"], counts["processing"], counts["failed"]) == (3, 0, 0)
+    assert [decode(o) for o in await store.outputs("once", [0, 1, 2])] == [0, 1, 2]
+    assert await store.redis.zcard(store.key("once", "lease")) == 0
+    assert await store.redis.hlen(store.key("once", "cn")) == 0
+
+
+async def test_a_claim_live_when_an_earlier_gridop_wrote_it_is_reported_as_before(store: TaskStore) -> None:
+    """An earlier gridop kept a live claim as a bare count (its runs in the claim record): claims
+    made before an upgrade are still reported, task by task, and then released."""
+    await declare(store, "upgrade", [encode({"a": i}) for i in range(2)], RetryPolicy())
+    claimed = await store.claim("upgrade", "w", 2, 30)
+    await store.redis.hset(store.key("upgrade", "cn"), claimed[0].token, 2)
+    ok = [Outcome(t.index, t.token, "ok", encode(t.index)) for t in claimed]
+    assert await store.complete("upgrade", [ok[0]]) == (1, 0)
+    assert await store.redis.hget(store.key("upgrade", "cn"), claimed[0].token) == b"1"
+    assert await store.complete("upgrade", ok) == (1, 1)
+    assert (await store.counts("upgrade"))["finished"] == 2
+    assert await store.redis.zcard(store.key("upgrade", "lease")) == 0
+
+
 # -- the fast lane: hot commands off the client's per-command machinery, never at the cost of a fault --
 
 

@@ -41,9 +41,11 @@ local function hmget_all(key, fields)
   end)
   return values
 end
--- ARGV[from..#ARGV] pushed onto a list, 4,000 at a time (Lua's stack limit).
+-- ARGV[from..#ARGV] pushed onto a list, 4,000 at a time (Lua's stack limit); returns its length.
 local function push_args(key, from)
-  for lo = from, #ARGV, 4000 do redis.call('RPUSH', key, unpack(ARGV, lo, math.min(lo + 3999, #ARGV))) end
+  local len
+  for lo = from, #ARGV, 4000 do len = redis.call('RPUSH', key, unpack(ARGV, lo, math.min(lo + 3999, #ARGV))) end
+  return len
 end
 local function nudge()
   redis.call('RPUSH', wake, 1)
@@ -54,17 +56,30 @@ local function parse_run(e)
   local lo, hi, a, sub, qd = string.match(e, '^(%d+):(%d+):(%d+):([^:]*):([^:]*)$')
   return tonumber(lo), tonumber(hi), tonumber(a), sub, qd
 end
--- A claim record: "worker|claimed|run;run;..." -> list of {lo, hi, attempt, submitted}.
-local function runs_of(claim)
-  local rec = redis.call('HGET', ch, claim)
+-- "run;run;..." -> list of {lo, hi, attempt, submitted}.
+local function parse_runs(body)
   local runs = {}
-  if not rec then return runs end
-  local body = string.match(rec, '^[^|]*|[^|]*|(.*)$')
   for e in string.gmatch(body, '[^;]+') do
     local lo, hi, a, sub = parse_run(e)
     runs[#runs + 1] = {lo, hi, a, sub}
   end
   return runs
+end
+-- A claim's runs, from its record ("worker|claimed|run;run;...", kept after the claim ends).
+local function runs_of(claim)
+  local rec = redis.call('HGET', ch, claim)
+  if not rec then return {} end
+  return parse_runs(string.match(rec, '^[^|]*|[^|]*|(.*)$'))
+end
+-- A live claim, from its entry in cn ("left|run;run;..."): how many of its tasks are not reported
+-- yet, its runs, and the runs' text; nil if the claim is not live. (An entry that is a bare count
+-- was written by an earlier gridop: its runs are read from the claim's record.)
+local function live_claim(claim)
+  local entry = redis.call('HGET', cn, claim)
+  if not entry then return nil end
+  local left, body = string.match(entry, '^(%d+)|(.*)$')
+  if not left then return tonumber(entry), runs_of(claim), nil end
+  return tonumber(left), parse_runs(body), body
 end
 local function run_of(runs, i)
   i = tonumber(i)
@@ -112,7 +127,7 @@ local function claim_work(worker, count, now, deadline)
   if taken == 0 then return nil end
   local claim = worker .. ':' .. redis.call('HINCRBY', meta, 'claims', 1)
   redis.call('HSET', ch, claim, worker .. '|' .. now .. '|' .. table.concat(runs, ';'))
-  redis.call('HSET', cn, claim, taken)
+  redis.call('HSET', cn, claim, taken .. '|' .. table.concat(runs, ';'))
   redis.call('ZADD', lease, deadline, claim)
   redis.call('HINCRBY', n, 'pending', -taken)
   redis.call('HINCRBY', n, 'processing', taken)
@@ -169,11 +184,13 @@ local function retry_or_fail(i, r, claim, started, now, kind, message, from)
   fail(i, claim, started, now)
   return 'failed'
 end
--- A claim is over when its last task has been reported: its lease goes.
-local function release(claim, reported)
-  if reported > 0 and redis.call('HINCRBY', cn, claim, -reported) <= 0 then
+-- `reported` more tasks of a live claim were reported; once the last one is, its lease goes.
+local function release(claim, left, body, reported)
+  if left - reported <= 0 then
     redis.call('HDEL', cn, claim)
     redis.call('ZREM', lease, claim)
+  elseif reported > 0 then
+    redis.call('HSET', cn, claim, body and ((left - reported) .. '|' .. body) or (left - reported))
   end
 end
 """
@@ -231,20 +248,31 @@ return claim_work(ARGV[4], tonumber(ARGV[1]), ARGV[2], ARGV[3]) or {}
 # or, when there are none and idle_ttl > 0, register it for direct handoff.
 # Returns {applied, stale, idle entry or false, then a claim or nothing}.
 COMPLETE = _script("""
-local now, next_count, worker, lease_s, idle_ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local now, next_count, worker, lease_s, idle_ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5])
 local claim, n_ok = ARGV[6], tonumber(ARGV[7])
 local first_failure = 8 + n_ok * 3
 local applied, stale, finished, failed_now = 0, 0, 0, 0
-local live = redis.call('HEXISTS', cn, claim) == 1
-local runs = live and runs_of(claim) or {}
+local left, runs, body = live_claim(claim)
+local live = left ~= nil
+runs = runs or {}
+-- While no task of the claim has been reported (the claim's size is left), none of these can
+-- have been: only a replayed or repeated report needs to look (a task's record says it was).
+local size = 0
+for _, r in ipairs(runs) do size = size + r[2] - r[1] + 1 end
+local fresh, now_seen = live and left == size, {}
+local function reported_before(i)
+  if fresh then return now_seen[i] end
+  return redis.call('HGET', t, i)
+end
 if live and n_ok > 0 then
   local ids = {}
   for k = 8, first_failure - 1, 3 do ids[#ids + 1] = ARGV[k] end
-  local seen = hmget_all(t, ids)
+  local seen = fresh and {} or hmget_all(t, ids)
   local set_t = {}
   for j, i in ipairs(ids) do
     local k = 8 + (j - 1) * 3
-    if not seen[j] and run_of(runs, i) then
+    if not seen[j] and not now_seen[i] and run_of(runs, i) then
+      now_seen[i] = true
       local output = ARGV[k + 2]
       set_t[#set_t + 1] = i
       set_t[#set_t + 1] = 'f|' .. claim .. '|' .. ARGV[k + 1] .. '|' .. now .. '|' .. output
@@ -263,7 +291,8 @@ end
 for k = first_failure, #ARGV, 4 do
   local i, outcome, message, started = ARGV[k], ARGV[k + 1], ARGV[k + 2], ARGV[k + 3]
   local r = live and run_of(runs, i)
-  if r and not redis.call('HGET', t, i) then
+  if r and not reported_before(i) then
+    now_seen[i] = true
     local kind = 'application'
     if outcome == 'timeout' or outcome == 'fatal-timeout' then kind = 'timeout' end
     if outcome == 'error' or outcome == 'timeout' then
@@ -282,11 +311,11 @@ if finished > 0 then
   redis.call('HINCRBY', n, 'processing', -finished)
   redis.call('HINCRBY', n, 'finished', finished)
 end
-if live then release(claim, applied) end
+if live then release(claim, left, body, applied) end
 emit()
 local result = {applied, stale, false}
 if next_count > 0 and is_open() then
-  local got = claim_work(worker, next_count, now, tonumber(now) + lease_s)
+  local got = claim_work(worker, next_count, now, tonumber(now) + tonumber(lease_s))
   if got then
     for _, v in ipairs(got) do result[#result + 1] = v end
   elseif idle_ttl > 0 then
@@ -389,9 +418,11 @@ if m[2] == '1' then return {-2} end
 local seen = redis.call('HGET', apx, ARGV[2])
 if seen then return {tonumber(seen), '0-0'} end
 local first = tonumber(m[1])
-if redis.call('LLEN', inl) ~= first then return {-3} end
 local now, count = ARGV[1], #ARGV - 2
-push_args(inl, 3)
+if push_args(inl, 3) ~= first + count then
+  redis.call('LTRIM', inl, 0, -count - 1)  -- the first submission is still being written: not yet
+  return {-3}
+end
 redis.call('HSET', apx, ARGV[2], first)
 local i, last, handed, claims = first, first + count - 1, 0, tonumber(m[5] or '0')
 while m[3] ~= '1' and i <= last do
@@ -404,7 +435,7 @@ while m[3] ~= '1' and i <= last do
     claims = claims + 1
     local claim = worker .. ':' .. claims
     redis.call('HSET', ch, claim, worker .. '|' .. now .. '|' .. run)
-    redis.call('HSET', cn, claim, 1)
+    redis.call('HSET', cn, claim, '1|' .. run)
     redis.call('ZADD', lease, tonumber(now) + tonumber(lease_s), claim)
     redis.call('RPUSH', hand, claim .. '\\n' .. now .. '\\n' .. run .. '\\n' .. ARGV[3 + i - first])
     i = i + 1

@@ -9,7 +9,8 @@ Layout for batch `sid` (every key carries the `{sid}` hash tag: one batch, one c
     gridop:{sid}:q      list   runs of pending tasks, `lo:hi:attempt:submitted:queued`, in order
     gridop:{sid}:q1     list   single-task runs whose last worker died under them: claimed alone
     gridop:{sid}:ch     hash   claim id -> `worker|claimed|run;run...` (every claim ever made)
-    gridop:{sid}:cn     hash   live claim -> tasks of it not yet reported
+    gridop:{sid}:cn     hash   live claim -> `left|run;run...`: how many of its tasks are not yet
+                               reported, and its runs (a report reads this one field)
     gridop:{sid}:lease  zset   live claim -> lease deadline (one entry per claim, not per task)
     gridop:{sid}:t      hash   index -> record, once the task left its claim:
                                `f|claim|started|finished|output`, `x|claim|started|finished` (failed),
