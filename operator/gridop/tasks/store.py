@@ -48,6 +48,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import itertools
+import os
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -57,7 +59,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from . import scripts
-from .connection import FastLane, LaneClosed, clone_client, connect
+from .connection import FastLane, Head, LaneClosed, clone_client, connect
 from .codec import PayloadError, decode, encode
 from .states import ERROR_KINDS, STAGES, TaskState
 
@@ -103,6 +105,11 @@ class RetryPolicy:
 
 def _num(value: float) -> str:
     return repr(float(value))
+
+
+def _whole(value: float) -> float:
+    """A whole number of seconds as an int: hiredis packs an int several times faster than a float."""
+    return int(value) if value == int(value) else value
 
 
 @dataclasses.dataclass(slots=True)
@@ -200,9 +207,25 @@ def _claimed(reply: Sequence[Any], start: int = 0) -> list[ClaimedTask]:
     return tasks
 
 
+class _AppendIds:
+    """Ids for appends: random per process, then a sequence (a uuid4 per call would read the OS's
+    entropy on every round trip). A forked child draws a new prefix: it shares no ids with its parent."""
+
+    def __init__(self) -> None:
+        self.prefix = uuid.uuid4().hex
+        self.count = itertools.count()
+
+
+_APPENDS = _AppendIds()
+os.register_at_fork(after_in_child=_APPENDS.__init__)
+
+
 def _handed(item: bytes) -> ClaimedTask:
+    """A task handed over to an idle worker: `claim\\nclaimed\\nrun\\ninput`, its run one task long."""
     claim, claimed, run, payload = item.split(b"\n", 3)
-    return _claimed([claim, claimed, b"1", run, payload])[0]
+    index, _, attempt, submitted, queued = run.split(b":")
+    return ClaimedTask(int(index), claim.decode(), int(attempt), payload, float(submitted), float(queued),
+                       float(claimed))
 
 
 class TaskStore:
@@ -210,6 +233,7 @@ class TaskStore:
         self.redis = redis  # redis.asyncio.Redis or redis.asyncio.RedisCluster
         self.prefix = prefix
         self._keys: dict[str, list[str]] = {}
+        self._heads: dict[tuple[str, str], Head] = {}  # (script, batch) -> its packed EVALSHA, SHA1 and keys
         self._scripts = {
             name: redis.register_script(getattr(scripts, name))
             for name in ("CLAIM", "COMPLETE", "HEARTBEAT", "SWEEP", "CANCEL", "APPEND", "UNIDLE", "CREATE", "SUBMIT",
@@ -233,17 +257,25 @@ class TaskStore:
 
     async def _hot(self, name: str, sid: str, args: Sequence[Any]) -> Any:
         """A script a task's round trip waits on: on the fast lane when it can take it."""
-        keys = self.keys(sid)
         script = self._scripts[name]
-        taken, reply = await self._lane_read("EVALSHA", script.sha, len(keys), *keys, *args)
-        return reply if taken else await script(keys=keys, args=args)
+        if self._lane.enabled:
+            head = self._heads.get((name, sid))
+            if head is None:
+                if len(self._heads) > 4096:
+                    self._heads.clear()
+                keys = self.keys(sid)
+                head = self._heads[name, sid] = Head("EVALSHA", script.sha, len(keys), *keys)
+            taken, reply = await self._lane_read(*args, head=head)
+            if taken:
+                return reply
+        return await script(keys=self.keys(sid), args=args)
 
-    async def _lane_read(self, *args: Any, blocking: float | None = None) -> tuple[bool, Any]:
+    async def _lane_read(self, *args: Any, blocking: float | None = None, head: Head | None = None) -> tuple[bool, Any]:
         """A command a task's round trip waits on, on the fast lane: (taken, raw reply).
         `blocking`: how long a blocking read may wait in Redis, in seconds."""
         if self._lane.enabled:
             try:
-                return True, await self._lane.call(*args, blocking=blocking)
+                return True, await self._lane.call(*args, blocking=blocking, head=head)
             except (LaneClosed, NoScriptError):
                 pass  # the regular path loads the script, or rides out the outage
         return False, None
@@ -311,7 +343,7 @@ class TaskStore:
         Each chunk carries an id of its own, so a replay after a lost reply appends nothing."""
         indices: list[int] = []
         position = "0-0"
-        call = uuid.uuid4().hex
+        call = f"{_APPENDS.prefix}.{next(_APPENDS.count)}"
         for lo in range(0, len(payloads), SUBMIT_CHUNK):
             chunk = payloads[lo:lo + SUBMIT_CHUNK]
             for delay in (0.01, 0.05, 0.2, 1.0, 0.0):
@@ -385,12 +417,13 @@ class TaskStore:
         for o in outcomes:
             by_claim.setdefault(o.token, []).append(o)
         groups = list(by_claim.items()) or [("", [])]
+        lease, ttl = _whole(lease_seconds), _whole(idle_ttl)
         applied = stale = 0
         for n, (claim, group) in enumerate(groups):
             last = n == len(groups) - 1
             ok = [o for o in group if o.outcome == "ok"]
-            args: list[Any] = [time.time(), next_count if last else 0, worker, lease_seconds, idle_ttl if last else 0,
-                               claim, len(ok)]
+            args: list[Any] = [time.time(), next_count if last else 0, worker, lease, ttl if last else 0, claim,
+                               len(ok)]
             for o in ok:
                 args += (o.index, "" if o.started is None else o.started, o.payload)
             if len(ok) < len(group):

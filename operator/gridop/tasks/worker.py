@@ -258,17 +258,14 @@ class Worker:
                     self.sid, outcomes, worker=self.worker_id, next_count=0 if stopping else self.claim_size(),
                     lease_seconds=self.lease_seconds, idle_ttl=0 if stopping else self.idle_wait + 1,
                 )
-                self._count(outcomes, stale)
-                self._let_go(claimed)
+                self._done_with(claimed, outcomes, stale)
                 claimed = following
             if idle_entry is not None:
                 # Stopping while offered for handoff: withdraw, and finish a task handed over meanwhile.
                 handed = await self.store.unidle(self.sid, idle_entry)
                 if handed is not None:
-                    self._held[handed.index] = handed.token
-                    outcomes = await self._run_batch([handed])
-                    self._count(outcomes, (await self.store.complete(self.sid, outcomes))[1])
-                    self._held.pop(handed.index, None)
+                    outcomes = await self._work_on([handed])
+                    self._done_with([handed], outcomes, (await self.store.complete(self.sid, outcomes))[1])
         finally:
             stop_watch.cancel()
             if self._withdrawing is not None:
@@ -279,10 +276,9 @@ class Worker:
         return self.stats
 
     async def _work_on(self, claimed: list[ClaimedTask]) -> list[Outcome]:
-        """Hold a claim, run it and time it; returns the outcomes not reported on the way."""
-        self.stats.claimed += len(claimed)
-        self.stats.batches += 1
-        self._observe_claim(claimed)
+        """Hold a claim, run it and time it; returns the outcomes not reported on the way. (Its
+        metrics wait for `_done_with`, after the report: they are not on the round trip's path.)"""
+        self._current = {t.index: t for t in claimed}
         self._held.update({t.index: t.token for t in claimed})
         self._lost.difference_update(t.index for t in claimed)  # a new claim supersedes old news
         started = time.monotonic()
@@ -292,7 +288,12 @@ class Worker:
         self._input_bytes = size if not self._input_bytes else 0.7 * self._input_bytes + 0.3 * size
         return outcomes
 
-    def _let_go(self, claimed: list[ClaimedTask]) -> None:
+    def _done_with(self, claimed: list[ClaimedTask], outcomes: list[Outcome], stale: int) -> None:
+        """A claim was run and reported: its metrics and stats; its tasks are no longer held."""
+        self.stats.claimed += len(claimed)
+        self.stats.batches += 1
+        self._observe_claim(claimed)
+        self._count(outcomes, stale)
         for t in claimed:
             self._held.pop(t.index, None)
             self._lost.discard(t.index)
@@ -322,7 +323,6 @@ class Worker:
     def _observe_claim(self, claimed: list[ClaimedTask]) -> None:
         """Queue wait (once per run of tasks queued together) and retries, for the metrics."""
         m = METRICS.batch(self.sid)
-        self._current = {t.index: t for t in claimed}
         for (queued, at, attempt), run in itertools.groupby(claimed, lambda t: (t.queued, t.claimed, t.attempt)):
             n = sum(1 for _ in run)
             if queued and at:
@@ -393,8 +393,7 @@ class Worker:
                         sid, outcomes, worker=self.worker_id, next_count=self.claim_size() if more else 0,
                         lease_seconds=self.lease_seconds,
                     )
-                    self._count(outcomes, stale)
-                    self._let_go(claimed)
+                    self._done_with(claimed, outcomes, stale)
                     claimed = following
                 estimates[sid] = self._per_task
         finally:
