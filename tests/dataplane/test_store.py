@@ -350,6 +350,32 @@ async def test_a_fast_lane_call_that_gets_no_reply_gives_up(monkeypatch: pytest.
         await server.wait_closed()
 
 
+async def test_a_fast_lane_reply_gets_its_full_wait_whenever_it_was_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One watchdog per connection: a command sent while an earlier one's wait runs still gets
+    the whole of its own, and still gives up when its reply does not come."""
+    monkeypatch.setattr(connection, "SOCKET_TIMEOUT_SECONDS", 0.4)
+
+    async def answers_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"PING\r\n")
+        writer.write(b"+PONG\r\n")
+        await writer.drain()
+        await reader.read()  # then silent
+
+    server = await asyncio.start_server(answers_once, "127.0.0.1", 0)
+    lane = FastLane(aioredis.Redis.from_url(f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0"))
+    try:
+        assert await lane.call("PING") == b"PONG"  # the watchdog is set for this one's wait
+        await asyncio.sleep(0.25)
+        sent = time.monotonic()
+        with pytest.raises(LaneClosed, match="no reply within"):
+            await lane.call("ECHO", "x")
+        assert 0.35 <= time.monotonic() - sent < 3  # its own wait, not what was left of the first's
+    finally:
+        await lane.aclose()
+        server.close()
+        await server.wait_closed()
+
+
 def _self_signed(directory: Path) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1 and its key (the certificate is its own CA)."""
     key = ec.generate_private_key(ec.SECP256R1())

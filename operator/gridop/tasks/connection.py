@@ -419,12 +419,17 @@ class _LaneTarget:
 
 
 class _LaneConnection(asyncio.Protocol):
-    """One connection of the lane: commands written as they come, replies matched in order."""
+    """One connection of the lane: commands written as they come, replies matched in order.
+
+    A reply owed past its deadline fails the connection. One watchdog timer per connection checks
+    the deadlines, rather than a timer per command (set and cancelled on every round trip)."""
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._reader = hiredis.Reader()
-        self._waiting: collections.deque[tuple[asyncio.Future[Any], asyncio.TimerHandle]] = collections.deque()
+        # (caller's future, deadline by the loop's clock, the wait it was given), in the order sent
+        self._waiting: collections.deque[tuple[asyncio.Future[Any], float, float]] = collections.deque()
+        self._watchdog: asyncio.TimerHandle | None = None
         self._transport: asyncio.Transport | None = None
         self._lost = False
 
@@ -448,7 +453,9 @@ class _LaneConnection(asyncio.Protocol):
         if self._lost:
             future.set_exception(LaneClosed("connection closed"))
         else:
-            self._waiting.append((future, self._loop.call_later(timeout, self._stalled, timeout)))
+            self._waiting.append((future, self._loop.time() + timeout, timeout))
+            if self._watchdog is None:
+                self._watchdog = self._loop.call_later(timeout, self._watch)
         return future
 
     def send(self, packed: bytes, timeout: float) -> asyncio.Future[Any]:
@@ -466,8 +473,7 @@ class _LaneConnection(asyncio.Protocol):
                 return
             if reply is False:
                 return
-            future, timer = self._waiting.popleft()
-            timer.cancel()
+            future = self._waiting.popleft()[0]
             if future.done():  # its caller gave up waiting
                 continue
             if isinstance(reply, hiredis.ReplyError):
@@ -481,16 +487,26 @@ class _LaneConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(LaneClosed(f"connection lost ({exc})" if exc else "connection closed"))
 
-    def _stalled(self, timeout: float) -> None:
-        self._fail(LaneClosed(f"no reply within {timeout:.0f}s"))
+    def _watch(self) -> None:
+        self._watchdog = None
+        if not self._waiting or self._lost:
+            return
+        now = self._loop.time()
+        for _, deadline, timeout in self._waiting:
+            if deadline <= now:
+                self._fail(LaneClosed(f"no reply within {timeout:.0f}s"))
+                return
+        self._watchdog = self._loop.call_later(min(d for _, d, _ in self._waiting) - now, self._watch)
 
     def _fail(self, error: Exception) -> None:
         self._lost = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self._transport is not None:
             self._transport.abort()
         while self._waiting:
-            future, timer = self._waiting.popleft()
-            timer.cancel()
+            future = self._waiting.popleft()[0]
             if not future.done():
                 future.set_exception(error)
 
