@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import datetime
 import ipaddress
+import json
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -76,6 +77,52 @@ async def test_results_have_the_htc_grid_shape(redis_url: str, store: TaskStore)
         assert results["metadata"]["tasks_in_response"] == 3
     record = await store.record("s2", 0)
     assert record.output == {"r": 0} and set(record.timestamps) == {"submitted", "queued", "claimed", "started", "finished"}
+
+
+@contextlib.asynccontextmanager
+async def echo_worker(store: TaskStore, sid: str) -> AsyncIterator[None]:
+    """A worker that echoes its tasks and waits for more, until the block ends."""
+    from gridop.tasks.worker import Worker
+
+    from . import handlers
+
+    stop = asyncio.Event()
+    running = asyncio.ensure_future(Worker(store, sid, handlers.echo, exit_when_done=False).run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 30)
+
+
+async def test_each_send_on_a_session_gets_its_own_results_whatever_came_after(redis_url: str, store: TaskStore) -> None:
+    async with connector(redis_url) as c, echo_worker(store, "many"):
+        first = await c.send([{"n": 0}], session_id="many", append=True)
+        assert (await c.get_results(first, timeout_sec=10))["finished"] == ["many_0"]
+        second = await c.send([{"n": 1}], session_id="many", append=True)
+        third = await c.send([{"n": 2}, {"n": 3}], session_id="many", append=True)
+        # Asked in any order, and again: each send's results, not the latest send's.
+        for sub, ids in ((first, ["many_0"]), (third, ["many_2", "many_3"]), (second, ["many_1"]), (first, ["many_0"])):
+            results = await c.get_results(sub, timeout_sec=10)
+            assert results["finished"] == ids
+            assert [json.loads(o)["echo"] for o in results["finished_OUTPUT"]] == [{"n": int(i.rsplit("_", 1)[1])} for i in ids]
+
+
+async def test_results_asked_at_once_or_later_are_each_sends_own(redis_url: str, store: TaskStore) -> None:
+    async with connector(redis_url, results_poll_interval_sec=0.3) as c, echo_worker(store, "rounds"):
+        await c.get_results(await c.send([{"n": -1}], session_id="rounds", append=True), timeout_sec=10)
+        for n in range(20):  # the round trip of a task at a time, as an interactive client makes it
+            results = await c.get_results(await c.send([{"n": n}], session_id="rounds", append=True), timeout_sec=10)
+            assert [json.loads(o)["echo"] for o in results["finished_OUTPUT"]] == [{"n": n}]
+        later = await c.send([{"n": 100}], session_id="rounds", append=True)  # asked for last
+        newer = await c.send([{"n": 101}], session_id="rounds", append=True)
+        assert (await c.get_results(newer, timeout_sec=10))["finished"] == ["rounds_22"]
+        hasty = await c.send([{"n": 102}], session_id="rounds", append=True)
+        started = time.monotonic()
+        await c.get_results(hasty, wait=False)  # what has ended now, without waiting
+        assert time.monotonic() - started < 0.25
+        assert (await c.get_results(hasty, timeout_sec=10))["finished"] == ["rounds_23"]
+        assert (await c.get_results(later, timeout_sec=10))["finished"] == ["rounds_21"]
 
 
 @BOTH_PLANES

@@ -13,6 +13,7 @@ the data plane, exactly as there. `AsyncGridConnector` is the same API for async
 from __future__ import annotations
 
 import asyncio
+import collections
 import getpass
 import itertools
 import logging
@@ -135,9 +136,14 @@ class AsyncGridConnector:
     """The HTC-Grid connector for asyncio. Configure it in the constructor or, as HTC-Grid's
     `AWSConnector()` is, with no arguments and then `init(config, username=..., password=...)`."""
 
+    TRACKED = 10_000  # sends whose start in the event stream is remembered (older ones read it from the top)
+
     def __init__(self, client_config_data: Mapping[str, Any] | None = None):
         self._store_: TaskStore | None = None
-        self._positions: dict[str, str] = {}
+        # Where each send's results begin in its session's terminal-event stream, by (session, first
+        # task index): get_results() for that send follows the stream from there, however many sends
+        # came after it.
+        self._starts: collections.OrderedDict[tuple[str, int], str] = collections.OrderedDict()
         if client_config_data is not None:
             self.init(client_config_data)
 
@@ -211,6 +217,16 @@ class AsyncGridConnector:
         if self._store_ is not None:
             await self._store_.close()
 
+    def _started_at(self, sid: str, first: int, position: str) -> None:
+        """Remember where the send whose first task is `first` begins in the event stream."""
+        self._starts[sid, first] = position
+        if len(self._starts) > self.TRACKED:
+            self._starts.popitem(last=False)
+
+    def _start_of(self, sid: str, indices: Sequence[int]) -> str:
+        """Where a send's results begin in its session's event stream (from the top if not known)."""
+        return self._starts.get((sid, indices[0]), "0-0") if len(indices) else "0-0"
+
     async def __aenter__(self) -> AsyncGridConnector:
         return self
 
@@ -264,7 +280,7 @@ class AsyncGridConnector:
             appended = await store.append(sid, payloads)
             if appended is not None:
                 indices, position = appended
-                self._positions[sid] = position
+                self._started_at(sid, indices[0], position)
                 return {"session_id": sid, "task_ids": [task_id(sid, i) for i in indices]}
         start = await store.create(sid, payloads, self.retry_policy)
         if start < len(payloads):
@@ -317,7 +333,7 @@ class AsyncGridConnector:
             raise ValueError("tasks_list is empty")
         if not appending:
             await store.close_stream(sid)
-            self._positions[sid] = "0-0"
+            self._starts.pop((sid, 0), None)  # a new session: its stream starts empty
         log.info("streamed %d tasks to session %s", sent, sid)
         return {"session_id": sid, "task_ids": TaskIds(sid, _merge(ranges))}
 
@@ -326,7 +342,8 @@ class AsyncGridConnector:
         if appended is None:
             raise BatchClosed(f"session {sid!r} disappeared while tasks were being appended to it")
         indices, position = appended
-        self._positions.setdefault(sid, position)
+        if not ranges:
+            self._started_at(sid, indices[0], position)
         ranges.append(range(indices[0], indices[-1] + 1))
 
     @staticmethod
@@ -365,7 +382,7 @@ class AsyncGridConnector:
         sid, indices = self._submission(submission_response)
         timeout = float(timeout_sec)
         deadline = time.monotonic() + (0.0 if not wait else timeout if timeout > 0 else math.inf)
-        position = self._positions.pop(sid, "0-0")
+        position = self._start_of(sid, indices)
         tracker = _Tracker(indices, keep_outputs=True)
         while tracker.remaining:
             remaining = deadline - time.monotonic()
@@ -431,7 +448,7 @@ class AsyncGridConnector:
         sid, indices = self._submission(submission_response)
         tracker = _Tracker(indices, keep_outputs=False)
         deadline = None if timeout_sec is None else time.monotonic() + timeout_sec
-        position = self._positions.get(sid, "0-0")
+        position = self._start_of(sid, indices)
         while tracker.remaining:
             block = 1000 if deadline is None else int(max(1, min(1.0, deadline - time.monotonic()) * 1000))
             position, events = await self._store.events(sid, position, block_ms=block)
