@@ -100,6 +100,11 @@ local function is_open()
   local flags = redis.call('HMGET', meta, 'cancelled', 'suspended')
   return flags[1] ~= '1' and flags[2] ~= '1'
 end
+-- Whether any task is queued (an empty list does not exist): one command where an idle worker's
+-- claim would make three (the batch's state, then both queues).
+local function queued()
+  return redis.call('EXISTS', q1, q) > 0
+end
 -- Claim up to `count` pending tasks for `worker`: a lone task whose last worker died under it
 -- (q1) is claimed alone, so if it is what kills workers it takes no neighbour down with it.
 -- Returns {claim, claimed, #runs, runs..., inputs...} or nil.
@@ -235,7 +240,7 @@ def _script(body: str) -> str:
 
 # ARGV: count, now, lease_deadline, worker. Returns a claim (see claim_work) or {}.
 CLAIM = _script("""
-if not is_open() then return {} end
+if not queued() or not is_open() then return {} end
 return claim_work(ARGV[4], tonumber(ARGV[1]), ARGV[2], ARGV[3]) or {}
 """)
 
@@ -245,7 +250,7 @@ return claim_work(ARGV[4], tonumber(ARGV[1]), ARGV[2], ARGV[3]) or {}
 # *timeout ones, else application. Results of a claim that is no longer live (its lease lapsed
 # and was swept, or the batch was cancelled) or of tasks already reported are stale and dropped.
 # After recording, the worker's next step happens in the same call: claim up to next_count more,
-# or, when there are none and idle_ttl > 0, register it for direct handoff.
+# or, when none can be claimed and idle_ttl > 0, register it for direct handoff.
 # Returns {applied, stale, idle entry or false, then a claim or nothing}.
 COMPLETE = _script("""
 local now, next_count, worker, lease_s, idle_ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5])
@@ -314,8 +319,10 @@ end
 if live then release(claim, left, body, applied) end
 emit()
 local result = {applied, stale, false}
-if next_count > 0 and is_open() then
-  local got = claim_work(worker, next_count, now, tonumber(now) + tonumber(lease_s))
+if next_count > 0 then
+  -- (no task queued: offered for hand-off, whatever the batch's state -- an append hands over
+  -- nothing while it is suspended, and refuses tasks once it is cancelled)
+  local got = queued() and is_open() and claim_work(worker, next_count, now, tonumber(now) + tonumber(lease_s))
   if got then
     for _, v in ipairs(got) do result[#result + 1] = v end
   elseif idle_ttl > 0 then
