@@ -16,6 +16,11 @@ from .worker import Worker, load_handler
 
 log = logging.getLogger(__name__)
 
+# After a stop signal, a worker holding no task has only bookkeeping left (withdrawing its offer
+# to take hand-offs), which takes milliseconds with Redis up. Past this, it is waiting on an
+# unreachable Redis for nothing: it stops (a worker still running tasks drains as long as it takes).
+IDLE_DRAIN_SECONDS = 5.0
+
 
 @dataclasses.dataclass
 class WorkerOptions:
@@ -65,6 +70,14 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event | None = None) 
             main.cancel()  # a second signal: stop now (even mid-outage); our leases lapse and others retry
         else:
             stop.set()  # drain: finish the batch in hand, claim no more
+            loop.call_later(IDLE_DRAIN_SECONDS, cut_idle_drain)
+
+    def cut_idle_drain() -> None:
+        if main is not None and not main.done() and not worker.holding:
+            log.warning("worker %s: Redis did not answer within %.0fs of the stop signal, with no task in hand; "
+                        "stopping without withdrawing its hand-off offer (it expires on its own)",
+                        worker.worker_id, IDLE_DRAIN_SECONDS)
+            main.cancel()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
@@ -84,8 +97,9 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event | None = None) 
         else:
             stats = await worker.run(stop)
     except asyncio.CancelledError:
-        log.warning("worker %s stopped without draining: its tasks return to the queue when their leases lapse",
-                    worker.worker_id)
+        if worker.holding:
+            log.warning("worker %s stopped without draining: its tasks return to the queue when their leases lapse",
+                        worker.worker_id)
         return dataclasses.asdict(worker.stats)
     finally:
         with contextlib.suppress(Exception):

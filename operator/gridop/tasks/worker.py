@@ -222,6 +222,12 @@ class Worker:
         self._cut_by_stop = False  # the wait was cancelled by a stop (not by anyone else)
         self._current: dict[int, ClaimedTask] = {}  # the claim in hand, by index (for the metrics)
         self._executor = self._new_executor()
+        self._beat: tuple[asyncio.AbstractEventLoop, asyncio.Task[Any] | None] | None = None  # the heartbeat's loop, task
+
+    @property
+    def holding(self) -> bool:
+        """Whether the worker holds claimed tasks (running them, or about to report them)."""
+        return bool(self._held)
 
     async def run(self, stop: asyncio.Event | None = None) -> WorkerStats:
         stop = stop or asyncio.Event()
@@ -268,12 +274,24 @@ class Worker:
                     self._done_with([handed], outcomes, (await self.store.complete(self.sid, outcomes))[1])
         finally:
             stop_watch.cancel()
-            if self._withdrawing is not None:
-                await asyncio.gather(self._withdrawing, return_exceptions=True)
-            beating.set()
-            await asyncio.to_thread(heartbeats.join, 10)
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            await self._wind_down(beating, heartbeats)
         return self.stats
+
+    async def _wind_down(self, beating: threading.Event, heartbeats: threading.Thread) -> None:
+        """The worker is done (or cut short): a withdrawal in flight gets a moment to finish, the
+        heartbeat thread stops -- within a second, even when a Redis outage holds its sweep -- and
+        the handler threads go."""
+        if self._withdrawing is not None:
+            await asyncio.wait([self._withdrawing], timeout=5)
+            self._withdrawing.cancel()
+        beating.set()
+        await asyncio.to_thread(heartbeats.join, 1)
+        if heartbeats.is_alive() and self._beat is not None:
+            loop, task = self._beat
+            with contextlib.suppress(RuntimeError):  # (its loop has closed already)
+                loop.call_soon_threadsafe(task.cancel)
+            await asyncio.to_thread(heartbeats.join, 10)
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _work_on(self, claimed: list[ClaimedTask]) -> list[Outcome]:
         """Hold a claim, run it and time it; returns the outcomes not reported on the way. (Its
@@ -397,9 +415,7 @@ class Worker:
                     claimed = following
                 estimates[sid] = self._per_task
         finally:
-            beating.set()
-            await asyncio.to_thread(heartbeats.join, 10)
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            await self._wind_down(beating, heartbeats)
         return self.stats
 
     async def _wait_for_pool(self, pool: str, stop: asyncio.Event) -> None:
@@ -458,6 +474,7 @@ class Worker:
         """Renew our leases every heartbeat from a thread of our own (with its own connections)."""
 
         async def beat() -> None:
+            self._beat = (asyncio.get_running_loop(), asyncio.current_task())
             store = self.store.clone()
             try:
                 while not stop.wait(self.heartbeat_seconds):
@@ -489,7 +506,8 @@ class Worker:
             finally:
                 await store.close()
 
-        asyncio.run(beat())
+        with contextlib.suppress(asyncio.CancelledError):  # (stopped by _wind_down)
+            asyncio.run(beat())
 
     def _cancel_async(self, index: int) -> None:
         task = self._async_tasks.get(index)
