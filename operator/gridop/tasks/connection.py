@@ -491,12 +491,12 @@ class _LaneConnection(asyncio.Protocol):
         self._watchdog = None
         if not self._waiting or self._lost:
             return
+        _, deadline, timeout = min(self._waiting, key=lambda waiting: waiting[1])
         now = self._loop.time()
-        for _, deadline, timeout in self._waiting:
-            if deadline <= now:
-                self._fail(LaneClosed(f"no reply within {timeout:.0f}s"))
-                return
-        self._watchdog = self._loop.call_later(min(d for _, d, _ in self._waiting) - now, self._watch)
+        if deadline <= now:
+            self._fail(LaneClosed(f"no reply within {timeout:.0f}s"))
+        else:
+            self._watchdog = self._loop.call_later(deadline - now, self._watch)
 
     def _fail(self, error: Exception) -> None:
         self._lost = True

@@ -61,6 +61,13 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event | None = None) 
     # Workers wait out any Redis outage: their claims stay meaningful (tokens, leases), and a
     # worker that exited instead would only be restarted into the same outage.
     store = TaskStore.from_url(options.redis_url, prefix=options.key_prefix, outage_budget=None, retry_auth=True)
+    worker = Worker(
+        store, options.session_id, handler,
+        batch_size=options.batch_size, heartbeat_seconds=options.heartbeat_seconds,
+        lease_seconds=options.lease_seconds, task_timeout=options.task_timeout,
+        retry_on_error=options.retry_on_error, exit_when_done=options.exit_when_done,
+        claim_seconds=options.claim_seconds,
+    )
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
@@ -84,13 +91,6 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event | None = None) 
             loop.add_signal_handler(sig, on_signal)
         except (RuntimeError, ValueError):
             pass  # not the main thread
-    worker = Worker(
-        store, options.session_id, handler,
-        batch_size=options.batch_size, heartbeat_seconds=options.heartbeat_seconds,
-        lease_seconds=options.lease_seconds, task_timeout=options.task_timeout,
-        retry_on_error=options.retry_on_error, exit_when_done=options.exit_when_done,
-        claim_seconds=options.claim_seconds,
-    )
     try:
         if options.pool:
             stats = await worker.serve_pool(options.pool, stop, retention=options.retention_seconds)

@@ -207,6 +207,9 @@ def _claimed(reply: Sequence[Any], start: int = 0) -> list[ClaimedTask]:
     return tasks
 
 
+_ROLE = {role: k for k, role in enumerate(scripts.KEYS)}  # a key's place in TaskStore.keys()
+
+
 class _AppendIds:
     """Ids for appends: random per process, then a sequence (a uuid4 per call would read the OS's
     entropy on every round trip). A forked child draws a new prefix: it shares no ids with its parent."""
@@ -378,7 +381,8 @@ class TaskStore:
     async def wait_for_work(self, sid: str, timeout: float) -> ClaimedTask | None:
         """Block until a task is handed over to an idle worker of the batch (returned, already
         claimed), or its wake list is nudged (None: go and claim), or the timeout passes (None)."""
-        keys = [self.key(sid, "hand"), self.key(sid, "wake")]
+        batch = self.keys(sid)
+        keys = [batch[_ROLE["hand"]], batch[_ROLE["wake"]]]
         taken, reply = await self._lane_read("BLPOP", *keys, timeout, blocking=timeout)
         if not taken:
             reply = await self.redis.blpop(keys, timeout=timeout)
@@ -628,7 +632,7 @@ class TaskStore:
     async def events(self, sid: str, after: str = "0-0", block_ms: int | None = None,
                      count: int = 1000) -> tuple[str, list[TerminalEvent]]:
         """Terminal events after stream position `after`: (new position, events)."""
-        key = self.key(sid, "done")
+        key = self.keys(sid)[_ROLE["done"]]
         block = () if block_ms is None else ("BLOCK", block_ms)
         taken, reply = await self._lane_read("XREAD", "COUNT", count, *block, "STREAMS", key, after,
                                              blocking=None if block_ms is None else block_ms / 1000)
