@@ -62,6 +62,6 @@ clean:
 bench: venv
 	$(BIN)/pip install -q -e '.[test,bench]'
 	$(BIN)/python -m bench.tasks --tasks 100000 --celery-tasks 10000 --latency 1000 --shards 1 2 3
-	$(BIN)/python -m bench.rtt_floor --round-trips 1000 --rounds 3
+	$(BIN)/python -m bench.rtt_floor --round-trips 1000 --rounds 5 --baseline 86efa6c
 	$(BIN)/python -m bench.session_start --sessions 20
 	$(BIN)/python -m bench.console

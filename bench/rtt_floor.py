@@ -10,7 +10,14 @@ machine, interleaved (A B C A B C ...) so the machine's drift hits each alike.
   COMPLETE records its result and emits the event, the client reads it from the stream -- still
   driven by bare protocol code, with no gridop Python in the loop: the floor of gridop's design here.
 - gridop: AsyncGridConnector.send() then get_results(), 2 `gridop worker` processes with default
-  options, as bench.tasks measures it.
+  options, as bench.tasks measures it (the client in a process of its own).
+- with --baseline REVISION: the same for gridop as it was at that git revision (unpacked from this
+  checkout's history, run by this harness), interleaved with the rest. The ratio of each round's
+  pair says how much faster the round trip got, whatever the machine's speed that day:
+
+    .venv/bin/python -m bench.rtt_floor --round-trips 1000 --rounds 5 --baseline 86efa6c
+
+  (86efa6c: the data plane as it was when the work on its speed began.)
 
 The floors run one worker process (gridop's second worker is idle and waits in Redis).
 """
@@ -20,11 +27,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import io
+import json
 import os
+import pathlib
 import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import uuid
@@ -34,7 +45,7 @@ from typing import Any
 import hiredis
 
 from bench.localredis import free_port, start_redis
-from bench.tasks import ROOT, cpu_seconds, gridop_workers, pct, run_loop, stop
+from bench.tasks import ROOT, cpu_seconds, gridop_workers, pct, run_loop, stop, tree_env
 
 WARM_UP = 50  # round trips before the timed ones (connections made, workers waiting)
 
@@ -209,23 +220,58 @@ async def gridop_client(url: str, n: int, sid: str) -> AsyncIterator[list[float]
             yield timed
 
 
+def client_child(tree: str, url: str, n: int, sid: str, pids: list[int]) -> None:
+    """The gridop client of one round, in a process of its own that imports gridop from `tree`:
+    prints its samples and the CPU µs per round trip of the processes `pids` and itself."""
+    import gridop
+
+    if not pathlib.Path(gridop.__file__).resolve().is_relative_to(pathlib.Path(tree).resolve()):
+        raise SystemExit(f"bench.rtt_floor: the client imported gridop from {gridop.__file__}, not from {tree}")
+
+    async def measured() -> dict[str, list[float]]:
+        before: list[float] = []
+        async for phase in gridop_client(url, n, sid):
+            if phase is None:  # warmed up: the timed round trips start
+                before = [*(cpu_seconds(pid) for pid in pids), time.process_time()]
+            else:
+                after = [*(cpu_seconds(pid) for pid in pids), time.process_time()]
+                return {"samples": phase, "cpu": [(b - a) / len(phase) * 1e6 for a, b in zip(before, after)]}
+        raise AssertionError("timing() ends with the samples")
+
+    print(json.dumps(run_loop()(measured())))
+
+
 def child(kind: str, port: int) -> None:
     run_loop()(redis_worker(port) if kind == "redis" else script_worker(port))
 
 
-def one_round(kind: str, port: int, redis_pid: int, n: int, run: int) -> tuple[list[float], list[float]]:
-    """Round-trip times, and CPU µs per round trip spent by Redis, the worker(s) and the client."""
+def gridop_round(tree: pathlib.Path, port: int, redis_pid: int, n: int, sid: str) -> tuple[list[float], list[float]]:
+    """A round of gridop from `tree`: its 2 workers, and its client in a process of its own (this
+    checkout's harness, the tree's gridop), so a baseline revision runs exactly as this one does."""
     url = f"redis://127.0.0.1:{port}/0"
-    if kind == "gridop":
-        sid = f"rtt-{run}"
-        procs = gridop_workers(url, "--session", sid, "--keep-running")
-        timed = gridop_client(url, n, sid)
-    else:
-        env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'operator'}"}
-        procs = [subprocess.Popen([sys.executable, "-m", "bench.rtt_floor", "--child", kind, str(port)], cwd=ROOT,
-                                  env=env, stdin=subprocess.DEVNULL)]
-        time.sleep(0.5)  # connected and waiting
-        timed = (redis_client if kind == "redis" else script_client)(port, n)
+    procs = gridop_workers(url, "--session", sid, "--keep-running", tree=tree)
+    try:
+        out = subprocess.run([sys.executable, "-m", "bench.rtt_floor", "--client", str(tree), url, str(n), sid,
+                              str(redis_pid), *(str(p.pid) for p in procs)],
+                             cwd=ROOT, env=tree_env(tree, bench=ROOT), capture_output=True, text=True)
+    finally:
+        stop(procs)
+    if out.returncode:
+        raise SystemExit(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"client exit {out.returncode}")
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    redis_cpu, *worker_cpu, client_cpu = got["cpu"]
+    return got["samples"], [redis_cpu, sum(worker_cpu), client_cpu]
+
+
+def one_round(kind: str, port: int, redis_pid: int, n: int, run: int,
+              trees: dict[str, pathlib.Path]) -> tuple[list[float], list[float]]:
+    """Round-trip times, and CPU µs per round trip spent by Redis, the worker(s) and the client."""
+    if kind in trees:
+        return gridop_round(trees[kind], port, redis_pid, n, f"rtt-{kind}-{run}")
+    procs = [subprocess.Popen([sys.executable, "-m", "bench.rtt_floor", "--child", kind, str(port)], cwd=ROOT,
+                              env=tree_env(), stdin=subprocess.DEVNULL)]
+    time.sleep(0.5)  # connected and waiting
+    timed = (redis_client if kind == "redis" else script_client)(port, n)
 
     async def measured() -> tuple[list[float], list[float]]:
         samples: list[float] = []
@@ -244,31 +290,61 @@ def one_round(kind: str, port: int, redis_pid: int, n: int, run: int) -> tuple[l
         stop(procs)
 
 
+def unpack(revision: str, into: pathlib.Path) -> pathlib.Path:
+    """This repository's tree at `revision`, written under `into` (git archive: no worktree to clean up)."""
+    try:
+        tar = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", revision], capture_output=True,
+                             check=True).stdout
+    except FileNotFoundError:
+        raise SystemExit("bench.rtt_floor: --baseline needs git on PATH; run without --baseline") from None
+    except subprocess.CalledProcessError as e:
+        why = e.stderr.decode(errors="replace").strip().splitlines()[-1] if e.stderr.strip() else "git archive failed"
+        raise SystemExit(f"bench.rtt_floor: --baseline {revision}: {why} (give a revision of this git checkout)") from None
+    tree = into / "baseline"
+    tree.mkdir()
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        archive.extractall(tree, filter="data")
+    if not (tree / "operator" / "gridop").is_dir():
+        raise SystemExit(f"bench.rtt_floor: --baseline {revision} has no operator/gridop to run")
+    return tree
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--round-trips", type=int, default=1000, help="timed round trips per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--baseline", metavar="REVISION",
+                        help="also run gridop as it was at this git revision (same harness, interleaved)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--client", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child[0], int(args.child[1]))
         return
+    if args.client:
+        tree, url, n, sid, *pids = args.client
+        client_child(tree, url, int(n), sid, [int(pid) for pid in pids])
+        return
     kinds = {"redis": "redis, 4 trivial hops (bare)", "scripts": "gridop's scripts and hops (bare)",
              "gridop": "gridop client + 2 workers"}
-    p50s: dict[str, list[float]] = {kind: [] for kind in kinds}
-    p99s: dict[str, list[float]] = {kind: [] for kind in kinds}
-    cpus: dict[str, list[list[float]]] = {kind: [] for kind in kinds}
+    p50s: dict[str, list[float]] = {}
+    p99s: dict[str, list[float]] = {}
+    cpus: dict[str, list[list[float]]] = {}
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
+        trees = {"gridop": ROOT}
+        if args.baseline:
+            trees["baseline"] = unpack(args.baseline, pathlib.Path(tmp))
+            kinds["baseline"] = f"gridop at {args.baseline}"
         redis_proc = start_redis(port, tmp)
         try:
             run_loop()(declare_batch(f"redis://127.0.0.1:{port}/0"))
             for run in range(args.rounds):
                 for kind in kinds:
-                    samples, cpu = one_round(kind, port, redis_proc.pid, args.round_trips, run)
-                    cpus[kind].append(cpu)
-                    p50s[kind].append(statistics.median(samples) * 1000)
-                    p99s[kind].append(pct(samples, 0.99) * 1000)
+                    samples, cpu = one_round(kind, port, redis_proc.pid, args.round_trips, run, trees)
+                    cpus.setdefault(kind, []).append(cpu)
+                    p50s.setdefault(kind, []).append(statistics.median(samples) * 1000)
+                    p99s.setdefault(kind, []).append(pct(samples, 0.99) * 1000)
         finally:
             stop([redis_proc])
     print(f"Single-task round trip, {args.round_trips:,} per round, {args.rounds} interleaved rounds, "
@@ -280,6 +356,11 @@ def main() -> None:
         cpu = " / ".join(f"{statistics.median(part):.0f}" for part in zip(*cpus[kind]))
         print(f"{label:36}{v[0]:>10.3f} / {statistics.median(v):.3f} / {v[-1]:.3f}{statistics.median(p99s[kind]):>12.3f}"
               f"   {cpu}")
+    if args.baseline:
+        # Each round's pair ran back to back, so its ratio is what the machine's drift leaves alone.
+        ratios = sorted(a / b for a, b in zip(p50s["gridop"], p50s["baseline"]))
+        print(f"gridop / gridop at {args.baseline}, p50 of each round: min / median / max "
+              f"{ratios[0]:.2f} / {statistics.median(ratios):.2f} / {ratios[-1]:.2f}")
 
 
 if __name__ == "__main__":

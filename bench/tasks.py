@@ -109,12 +109,18 @@ async def gridop_run(url: str, n: int, latency_n: int, redis_pid: int) -> dict[s
     return result
 
 
-def gridop_workers(url: str, *args: str, handler: str = "zero") -> list[subprocess.Popen[bytes]]:
+def tree_env(tree: pathlib.Path = ROOT, bench: pathlib.Path | None = None) -> dict[str, str]:
+    """The environment that runs gridop from `tree` (this checkout, or an older revision of it
+    unpacked elsewhere), ahead of the installed gridop, and `bench` from `bench` (default: `tree`)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree / "operator"), str(bench or tree)])}
+
+
+def gridop_workers(url: str, *args: str, handler: str = "zero",
+                   tree: pathlib.Path = ROOT) -> list[subprocess.Popen[bytes]]:
     """2 `gridop worker` processes with default options (but `args`), running bench.handlers:<handler>."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return [subprocess.Popen([sys.executable, "-m", "gridop", "worker", "--redis-url", url, "--handler",
-                              f"bench.handlers:{handler}", "--log-level", "WARNING", *args], cwd=ROOT, env=env,
-                             stdin=subprocess.DEVNULL) for _ in range(2)]
+                              f"bench.handlers:{handler}", "--log-level", "WARNING", *args], cwd=tree,
+                             env=tree_env(tree), stdin=subprocess.DEVNULL) for _ in range(2)]
 
 
 def streamed_run(url: str, n: int, sid: str) -> dict[str, float]:
@@ -124,7 +130,7 @@ def streamed_run(url: str, n: int, sid: str) -> dict[str, float]:
     workers = gridop_workers(url, "--session", sid)
     try:
         out = subprocess.run([sys.executable, "-m", "bench.tasks", "--stream-child", url, str(n), sid], cwd=ROOT,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True, capture_output=True, text=True)
+                             env=tree_env(), check=True, capture_output=True, text=True)
     finally:
         stop(workers)
     rate, rss = out.stdout.split()
