@@ -55,12 +55,11 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from . import scripts
-from .connection import FastLane, Head, LaneClosed, clone_client, connect
 from .codec import PayloadError, decode, encode
+from .connection import FastLane, Head, LaneClosed, clone_client, connect
 from .states import ERROR_KINDS, STAGES, TaskState
 
 SUBMIT_CHUNK = 5000
