@@ -105,7 +105,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-async def operator(crds: None, namespace: str) -> AsyncIterator[None]:
+def operator_env() -> dict[str, str]:
+    """Settings a test module gives the operator this suite runs (GRIDOP_* variables)."""
+    return {}
+
+
+@pytest.fixture
+async def operator(crds: None, namespace: str, operator_env: dict[str, str]) -> AsyncIterator[None]:
     if os.environ.get("GRIDOP_E2E_EXTERNAL_OPERATOR"):
         yield
         return
@@ -115,6 +121,7 @@ async def operator(crds: None, namespace: str) -> AsyncIterator[None]:
         "GRIDOP_METRICS_PORT": str(_free_port()),
         "GRIDOP_LOG_FORMAT": "text",
         "GRIDOP_RESYNC_SECONDS": "10",
+        **operator_env,
     }
     log_path = pathlib.Path(tempfile.gettempdir()) / f"gridop-operator-{namespace}.log"
     log = log_path.open("w")
