@@ -5,7 +5,7 @@ namespace `gridop-e2e-<random>` (deleted afterwards), and label one schedulable 
 `gridop.io/resource-node=true` if none is labelled yet (the label is removed afterwards).
 They run `gridop operator` as a subprocess watching only that namespace; set
 GRIDOP_E2E_EXTERNAL_OPERATOR=1 to test an operator that is already installed (e.g. `make up`).
-The TaskBatch test starts a redis-server on this machine for the operator it runs (it is skipped
+The TaskBatch test gives the operator it runs the suite's redis-server on this machine (it is skipped
 with an external operator, whose data plane it cannot reach).
 """
 
