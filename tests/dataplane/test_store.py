@@ -421,6 +421,31 @@ async def test_a_fast_lane_reply_gets_its_full_wait_whenever_it_was_sent(monkeyp
         await server.wait_closed()
 
 
+async def test_a_short_wait_after_a_long_one_gives_up_on_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A blocking read's connection is used again for reads of other lengths: one that waits less
+    than the read before it still gives up at its own deadline, not at what was left of the other's."""
+    monkeypatch.setattr(connection, "SOCKET_TIMEOUT_SECONDS", 0.3)
+
+    async def answers_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"BLPOP\r\n")
+        writer.write(b"*-1\r\n")  # the first read times out in Redis at once: no item
+        await writer.drain()
+        await reader.read()  # then silent
+
+    server = await asyncio.start_server(answers_once, "127.0.0.1", 0)
+    lane = FastLane(aioredis.Redis.from_url(f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0"))
+    try:
+        assert await lane.call("BLPOP", "k", 60, blocking=60) is None
+        sent = time.monotonic()
+        with pytest.raises(LaneClosed, match="no reply within"):
+            await lane.call("BLPOP", "k", 0.1, blocking=0.1)  # on the same, kept connection
+        assert time.monotonic() - sent < 5  # not the first read's 60 s
+    finally:
+        await lane.aclose()
+        server.close()
+        await server.wait_closed()
+
+
 def _self_signed(directory: Path) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1 and its key (the certificate is its own CA)."""
     key = ec.generate_private_key(ec.SECP256R1())

@@ -453,9 +453,13 @@ class _LaneConnection(asyncio.Protocol):
         if self._lost:
             future.set_exception(LaneClosed("connection closed"))
         else:
-            self._waiting.append((future, self._loop.time() + timeout, timeout))
-            if self._watchdog is None:
-                self._watchdog = self._loop.call_later(timeout, self._watch)
+            deadline = self._loop.time() + timeout
+            self._waiting.append((future, deadline, timeout))
+            # (a connection's commands may wait for different times: a blocking read's wait is its own)
+            if self._watchdog is None or deadline < self._watchdog.when():
+                if self._watchdog is not None:
+                    self._watchdog.cancel()
+                self._watchdog = self._loop.call_at(deadline, self._watch)
         return future
 
     def send(self, packed: bytes, timeout: float) -> asyncio.Future[Any]:
