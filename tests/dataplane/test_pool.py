@@ -7,7 +7,7 @@ import subprocess
 from typing import Any
 
 from gridop.client.tasks import AsyncGridConnector
-from gridop.tasks.store import TaskStore
+from gridop.tasks.store import RetryPolicy, TaskStore, encode_tasks
 
 from ..waiting import eventually
 from .conftest import worker_process
@@ -114,3 +114,34 @@ async def test_pool_turns_alternate_owners_then_their_sessions(store: TaskStore)
     picks = [await store.pool_pick("p") for _ in range(12)]
     assert picks.count("b0") == 6 and {p for p in picks if p != "b0"} == {"a0", "a1", "a2"}
     assert "low" not in picks  # a lower priority waits while a higher one is ready
+
+
+async def test_streamed_sends_of_any_size_are_never_left_out_of_the_ready_set(redis_url: str, store: TaskStore) -> None:
+    """A session with queued tasks stays ready in its pool whatever the order of chunk writes, worker
+    wake-ups and idle checks: many concurrent streamed sends (one chunk, chunk-sized, several chunks)
+    against a 2-worker pool all finish, round after round."""
+    workers = [worker_process(redis_url, "--pool", "default", "--heartbeat", "0.3", "--lease", "2",
+                              handler="echo") for _ in range(2)]
+    sizes = [1, 7, 300, 4999, 5000, 5001, 12_000]
+    try:
+        async with AsyncGridConnector({"redis_url": redis_url}) as c:
+            for _ in range(3):
+                subs = await asyncio.gather(*(c.send({"i": i} for i in range(n)) for n in sizes))
+                results = await asyncio.wait_for(
+                    asyncio.gather(*(c.get_results(s, timeout_sec=60) for s in subs)), 90)
+                assert [len(r["finished"]) for r in results] == sizes
+    finally:
+        await _stop(workers)
+
+
+async def test_a_pool_sweep_puts_back_a_session_with_queued_tasks_that_lost_its_ready_mark(store: TaskStore) -> None:
+    """Self-healing: a session whose submitter died between queueing and marking it ready is found
+    by the pool's next sweep."""
+    await store.create("s1", encode_tasks([{"i": 1}, {"i": 2}], 1 << 20), RetryPolicy())
+    await store.submit("s1", encode_tasks([{"i": 1}, {"i": 2}], 1 << 20))
+    await store.pool_join("p", "s1", owner="ann")
+    await store.redis.delete(store.pool_key("p", "ready"), store.pool_key("p", "wake"))
+    assert await store.pool_pick("p") is None
+    assert await store.pool_sweep("p", "w1", interval=1, retention=60)
+    assert await store.pool_pick("p") == "s1"
+    assert await store.redis.llen(store.pool_key("p", "wake")) == 1

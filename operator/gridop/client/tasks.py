@@ -310,18 +310,14 @@ class AsyncGridConnector:
                     break
                 if sent == 0 and not appending:
                     await store.create_stream(sid, self.retry_policy, uuid.uuid4().hex)
-                    if pool:
-                        await store.pool_join(pool, sid, owner=self.owner, priority=priority)
                 if appending:
                     writing = asyncio.ensure_future(self._append_chunk(sid, chunk, ranges))
                 else:
                     ranges.append(range(cursor, cursor + len(chunk)))
-                    writing = asyncio.ensure_future(store.submit_chunk(sid, cursor, chunk))
+                    writing = asyncio.ensure_future(self._submit_chunk(sid, cursor, chunk, pool, priority, first=sent == 0))
                     cursor += len(chunk)
                 sent += len(chunk)
                 await asyncio.sleep(0)  # let the write go out before encoding the next chunk
-                if pool and sent > len(chunk):
-                    await store.pool_ready(pool, sid, owner=self.owner, priority=priority)
         except ValueError as exc:
             if writing is not None and not writing.done():
                 await asyncio.gather(writing, return_exceptions=True)
@@ -336,6 +332,19 @@ class AsyncGridConnector:
             self._starts.pop((sid, 0), None)  # a new session: its stream starts empty
         log.info("streamed %d tasks to session %s", sent, sid)
         return {"session_id": sid, "task_ids": TaskIds(sid, _merge(ranges))}
+
+    async def _submit_chunk(self, sid: str, position: int, chunk: list[bytes], pool: str, priority: int, *,
+                            first: bool) -> None:
+        """Write a chunk, then (in a pool) mark the session ready. Ready strictly after the tasks are
+        queued: a worker's idle check removes the session from the ready set and then looks at the
+        queue, so whichever of the two runs first, the other sees the tasks."""
+        await self._store.submit_chunk(sid, position, chunk)
+        if not pool:
+            return
+        if first:
+            await self._store.pool_join(pool, sid, owner=self.owner, priority=priority)
+        else:
+            await self._store.pool_ready(pool, sid, owner=self.owner, priority=priority)
 
     async def _append_chunk(self, sid: str, chunk: list[bytes], ranges: list[range]) -> None:
         appended = await self._store.append(sid, chunk)

@@ -742,6 +742,11 @@ class TaskStore:
                 pipe = self.redis.pipeline(transaction=False)
                 self._pool_ready(pipe, pool, sid, owner, priority)
                 await pipe.execute()
+            elif counts.get("pending") and meta.get("cancelled") != "1" and meta.get("suspended") != "1":
+                # A session with queued tasks is never left out of the ready set for longer than a
+                # sweep, whatever a submitter that died between its write and its ready did.
+                if await self.redis.zadd(self.pool_key(pool, "ready"), {f"{owner}/{sid}": priority}, nx=True):
+                    await self.redis.lpush(self.pool_key(pool, "wake"), 1)
         return True
 
     async def pool_counts(self, pool: str) -> tuple[int, dict[str, int]]:
