@@ -72,6 +72,7 @@ def build_registry() -> kopf.OperatorRegistry:
             private_key_data=access.client_key_data,
             default_namespace=access.namespace,
             expiration=access.token_expires,
+            proxy_url=access.proxy_url,
         )
 
     @kopf.daemon(**TB, id="batch-loop", cancellation_timeout=5.0, registry=registry)

@@ -38,6 +38,8 @@ class ClusterAccess:
     client_key_data: bytes | None = None
     exec_config: dict[str, Any] | None = None
     token_expires: datetime.datetime | None = None
+    tls_server_name: str | None = None  # the name to check the server's certificate against
+    proxy_url: str | None = None
     _token_read_at: float = 0.0
 
     async def bearer_token(self) -> str | None:
@@ -108,36 +110,71 @@ def _data_or_file(section: dict[str, Any], key: str, base: pathlib.Path) -> byte
     return None
 
 
-def from_kubeconfig(path: pathlib.Path, context: str | None = None) -> ClusterAccess:
+def _read_kubeconfig(path: pathlib.Path) -> dict[str, Any]:
     try:
         doc = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise AccessError(f"cannot read kubeconfig {path}: {exc}") from exc
-    name = context or doc.get("current-context")
-    contexts = {c["name"]: c.get("context", {}) for c in doc.get("contexts") or []}
-    if name not in contexts:
-        raise AccessError(f"kubeconfig {path}: context {name!r} not found (have: {sorted(contexts)})")
-    ctx = contexts[name]
-    clusters = {c["name"]: c.get("cluster", {}) for c in doc.get("clusters") or []}
-    users = {u["name"]: u.get("user", {}) or {} for u in doc.get("users") or []}
-    if ctx.get("cluster") not in clusters:
-        raise AccessError(f"kubeconfig {path}: cluster {ctx.get('cluster')!r} of context {name!r} not found")
-    cluster = clusters[ctx["cluster"]]
-    user = users.get(ctx.get("user"), {})
-    base = path.parent
+    except OSError as exc:
+        raise AccessError(f"cannot read kubeconfig {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise AccessError(f"kubeconfig {path} is not valid YAML{where}: fix the file or point KUBECONFIG elsewhere") from exc
+    if not isinstance(doc, dict):
+        raise AccessError(f"kubeconfig {path} is not a kubeconfig (a YAML mapping with clusters, contexts and users)")
+    return doc
+
+
+def from_kubeconfig(path: pathlib.Path | list[pathlib.Path], context: str | None = None) -> ClusterAccess:
+    """Load a kubeconfig the way kubectl does. Several files (KUBECONFIG=a:b) are merged: the first
+    file to name a cluster, user or context wins, and the first non-empty current-context is used;
+    relative file paths resolve against the file that holds them."""
+    paths = [path] if isinstance(path, pathlib.Path) else list(path)
+    current: str | None = None
+    entries: dict[str, dict[str, tuple[dict[str, Any], pathlib.Path]]] = {"clusters": {}, "users": {}, "contexts": {}}
+    inner = {"clusters": "cluster", "users": "user", "contexts": "context"}
+    for file in paths:
+        if not file.exists() and len(paths) > 1:
+            continue  # kubectl skips the missing files of a list
+        doc = _read_kubeconfig(file)
+        current = current or doc.get("current-context") or None
+        for kind, field in inner.items():
+            for item in doc.get(kind) or []:
+                if isinstance(item, dict) and item.get("name") is not None:
+                    entries[kind].setdefault(str(item["name"]), (item.get(field) or {}, file.parent))
+    where = paths[0] if len(paths) == 1 else os.pathsep.join(map(str, paths))
+    name = context or current
+    if name is None:
+        raise AccessError(f"kubeconfig {where}: no current-context; run `kubectl config use-context NAME`")
+    if name not in entries["contexts"]:
+        raise AccessError(f"kubeconfig {where}: context {name!r} not found (have: {sorted(entries['contexts'])})")
+    ctx, _ = entries["contexts"][name]
+    if ctx.get("cluster") not in entries["clusters"]:
+        raise AccessError(f"kubeconfig {where}: cluster {ctx.get('cluster')!r} of context {name!r} not found")
+    cluster, cluster_base = entries["clusters"][ctx["cluster"]]
+    user, user_base = entries["users"].get(ctx.get("user"), ({}, paths[0].parent))
+    if not cluster.get("server"):
+        raise AccessError(f"kubeconfig {where}: cluster {ctx['cluster']!r} has no server")
     token = user.get("token")
+    token_file = None
     if not token and user.get("tokenFile"):
-        token = pathlib.Path(user["tokenFile"]).read_text().strip()
-    return ClusterAccess(
-        server=cluster["server"].rstrip("/"),
-        namespace=ctx.get("namespace") or "default",
-        ca_data=_data_or_file(cluster, "certificate-authority", base),
-        insecure=bool(cluster.get("insecure-skip-tls-verify")),
-        token=token,
-        client_cert_data=_data_or_file(user, "client-certificate", base),
-        client_key_data=_data_or_file(user, "client-key", base),
-        exec_config=user.get("exec"),
-    )
+        token_file = pathlib.Path(user["tokenFile"])
+        token_file = token_file if token_file.is_absolute() else user_base / token_file
+    try:
+        return ClusterAccess(
+            server=str(cluster["server"]).rstrip("/"),
+            namespace=ctx.get("namespace") or "default",
+            ca_data=_data_or_file(cluster, "certificate-authority", cluster_base),
+            insecure=bool(cluster.get("insecure-skip-tls-verify")),
+            token=token,
+            token_file=token_file,
+            client_cert_data=_data_or_file(user, "client-certificate", user_base),
+            client_key_data=_data_or_file(user, "client-key", user_base),
+            exec_config=user.get("exec"),
+            tls_server_name=cluster.get("tls-server-name") or None,
+            proxy_url=cluster.get("proxy-url") or None,
+        )
+    except OSError as exc:
+        raise AccessError(f"kubeconfig {where}: cannot read {exc.filename}: {exc.strerror}") from exc
 
 
 def in_cluster() -> ClusterAccess:
@@ -160,8 +197,8 @@ def load_cluster_access(kubeconfig: str | os.PathLike[str] | None = None, contex
         candidates = [str(kubeconfig)]
     elif os.environ.get("KUBECONFIG"):
         candidates = [p for p in os.environ["KUBECONFIG"].split(os.pathsep) if p]
-    for candidate in candidates:
-        return from_kubeconfig(pathlib.Path(candidate).expanduser(), context)
+    if candidates:
+        return from_kubeconfig([pathlib.Path(c).expanduser() for c in candidates], context)
     if os.environ.get("KUBERNETES_SERVICE_HOST"):
         return in_cluster()
     default = pathlib.Path("~/.kube/config").expanduser()

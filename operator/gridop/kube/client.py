@@ -147,6 +147,15 @@ class KubeClient:
         if self._streams is not None:
             await self._streams.close()
 
+    def _route(self) -> dict[str, Any]:
+        """Per-request connection options from the kubeconfig: a proxy, the certificate's name."""
+        route: dict[str, Any] = {}
+        if self.access.proxy_url:
+            route["proxy"] = self.access.proxy_url
+        if self.access.tls_server_name and self.access.server.startswith("https"):
+            route["server_hostname"] = self.access.tls_server_name
+        return route
+
     async def _auth_headers(self) -> dict[str, str]:
         token = await self.access.bearer_token()
         return {"Authorization": f"Bearer {token}"} if token else {}
@@ -169,7 +178,8 @@ class KubeClient:
         if accept:
             headers["Accept"] = accept
         _count("GET", path, watch=bool(params and params.get("watch")))
-        resp = await self._stream_session().get(self.access.server + path, params=params, headers=headers)
+        resp = await self._stream_session().get(self.access.server + path, params=params, headers=headers,
+                                               **self._route())
         if resp.status >= 400:
             text = await resp.text()
             resp.release()
@@ -188,7 +198,7 @@ class KubeClient:
         try:
             return await self._stream_session().ws_connect(
                 url, params=params, protocols=protocols, headers=await self._auth_headers(),
-                heartbeat=heartbeat, max_msg_size=0, autoping=True,
+                heartbeat=heartbeat, max_msg_size=0, autoping=True, **self._route(),
             )
         except aiohttp.WSServerHandshakeError as exc:
             raise _error_for(exc.status, {"message": exc.message or "websocket upgrade refused"}) from exc
@@ -217,7 +227,8 @@ class KubeClient:
         if body is not None:
             headers["Content-Type"] = content_type
             data = json.dumps(body)
-        async with self._session.request(method, self.access.server + path, params=params, data=data, headers=headers) as resp:
+        async with self._session.request(method, self.access.server + path, params=params, data=data, headers=headers,
+                                         **self._route()) as resp:
             text = await resp.text()
             try:
                 payload = json.loads(text) if text else {}
