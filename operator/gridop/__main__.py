@@ -1,45 +1,45 @@
-"""The one wiring point: `gridop operator | gateway | worker | crds`."""
+"""The one wiring point: `gridop operator | gateway | worker | crds`.
+
+Every mistake a user can make starting a process (a flag, a GRIDOP_* setting, a kubeconfig, a Redis
+URL, a handler) ends in one line that names it, and exit code 2; exit 1 means the process started
+and could not go on (the API server or Redis refused); 0 a clean stop.
+"""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import pathlib
 import sys
+from typing import Any
+
+import click
+
+CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "show_default": True,
+                                    "max_content_width": 100}
+USAGE, UNFINISHED = 2, 1
 
 
-def _operator(args: argparse.Namespace) -> int:
-    import aiohttp
+class StartError(Exception):
+    """The process cannot start; the message names the culprit (exit 2)."""
 
-    from .kube import KubeError
-    from .kube.access import AccessError, load_cluster_access
-    from .logs import setup_logging
-    from .operator_main import LeadershipLost, run_operator
-    from .settings import Settings
 
-    settings = Settings()
-    if args.namespace:
-        settings.watch_namespaces = list(args.namespace)
-    setup_logging(settings.log_format, settings.log_level)
+def _settings() -> Any:
+    """The one settings object, from GRIDOP_* variables; a bad value is one line naming the variable."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    from .settings import Settings, describe_error
+
     try:
-        access = load_cluster_access()
-    except AccessError as exc:
-        print(f"gridop operator: {exc}", file=sys.stderr)
-        return 2
-    try:
-        asyncio.run(run_operator(settings, access))
-    except LeadershipLost as exc:
-        print(f"gridop operator: {exc}; exiting to restart as a standby", file=sys.stderr)
-        return 1
-    except KubeError as exc:
-        print(f"gridop operator: the Kubernetes API refused start-up: {exc.api_message or exc} "
-              f"(does namespace {settings.namespace!r} exist, and may the operator use it?)", file=sys.stderr)
-        return 1
-    except (OSError, aiohttp.ClientError) as exc:
-        print(f"gridop operator: cannot reach the Kubernetes API at {access.server}: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return Settings()
+    except ValidationError as exc:
+        raise StartError(describe_error(exc)) from None
+    except SettingsError as exc:  # a value the settings source could not even parse
+        import re
+
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = f"GRIDOP_{field.group(1).upper()}" if field else "a GRIDOP_* variable"
+        raise StartError(f"{name} cannot be read ({exc}); lists are JSON, e.g. [\"sh\", \"-l\"]") from None
 
 
 def _masked(url: str) -> str:
@@ -53,65 +53,129 @@ def _masked(url: str) -> str:
     return url
 
 
-def _check_worker_options(args: argparse.Namespace) -> str | None:
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
+def _check_worker_options(opts: dict[str, Any]) -> str | None:
     """Why the worker cannot start (one line naming the culprit), or None; checked before any process starts."""
     import redis
 
-    from .tasks.connection import node_url
+    from .tasks.connection import is_cluster_url, node_url
     from .tasks.worker import load_handler
 
-    if args.batch_size < 1:
-        return f"--batch-size must be at least 1, got {args.batch_size}"
-    if not 0 <= args.metrics_port <= 65535 - max(0, args.processes - 1):
-        return f"--metrics-port must be a port number (0: metrics not served), got {args.metrics_port}"
-    if args.claim_seconds < 0:
-        return f"--claim-seconds must be 0 (fixed claims of --batch-size) or more, got {args.claim_seconds:g}"
-    if args.lease <= args.heartbeat:
-        return f"--lease ({args.lease:g}s) must be longer than --heartbeat ({args.heartbeat:g}s), or leases lapse between heartbeats"
+    if opts["lease"] <= opts["heartbeat"]:
+        return (f"--lease ({opts['lease']:g}s) must be longer than --heartbeat ({opts['heartbeat']:g}s), "
+                "or leases lapse between heartbeats")
+    if opts["metrics_port"] and opts["metrics_port"] + opts["processes"] - 1 > 65535:
+        return f"--metrics-port {opts['metrics_port']} leaves no port for each of the {opts['processes']} processes"
+    for k in range(opts["processes"] if opts["metrics_port"] else 0):
+        if not _port_free(opts["metrics_port"] + k):
+            return (f"--metrics-port: port {opts['metrics_port'] + k} is already in use (another worker on this "
+                    "machine?); give each worker its own --metrics-port, or 0 to serve no metrics")
     try:
-        load_handler(args.handler)
+        load_handler(opts["handler"])
     except ValueError as exc:
         return str(exc)
+    url = opts["redis_url"]
     try:
-        client = redis.Redis.from_url(node_url(args.redis_url), socket_connect_timeout=5, socket_timeout=5)
+        client = redis.Redis.from_url(node_url(url), socket_connect_timeout=5, socket_timeout=5)
     except ValueError as exc:
-        return (f"--redis-url {_masked(args.redis_url)!r} is not a Redis URL ({exc}); use redis://[:password@]host:port/db "
+        return (f"--redis-url {_masked(url)!r} is not a Redis URL ({exc}); use redis://[:password@]host:port/db "
                 "(redis+cluster://host:port for a Redis Cluster)")
     try:
         client.ping()
+        if is_cluster_url(url) and client.info("cluster").get("cluster_enabled") != 1:
+            return (f"--redis-url {_masked(url)!r} names a Redis Cluster, but that server is a plain Redis; "
+                    "use redis:// for it")
+        client.exists(f"{opts['key_prefix']}:{{probe}}:meta")
+    except redis.exceptions.NoPermissionError:
+        return (f"the Redis user of --redis-url {_masked(url)} may not use keys under {opts['key_prefix']!r}; use the "
+                "URL of the namespace's data-plane Secret with --key-prefix gridop:<that namespace>")
     except redis.RedisError as exc:
-        return f"cannot reach the data plane at {_masked(args.redis_url)} ({exc}); check --redis-url and that Redis runs"
+        return f"cannot reach the data plane at {_masked(url)} ({exc}); check --redis-url and that Redis runs"
     finally:
         client.close()
     return None
 
 
-def _gateway(args: argparse.Namespace) -> int:
-    import signal
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(package_name="gridop", prog_name="gridop")
+def cli() -> None:
+    """gridop: a Kubernetes operator that turns a cluster into a grid.
 
-    from pydantic import ValidationError
+    Settings come from GRIDOP_* environment variables (see docs/operations.md); lists
+    (GRIDOP_WATCH_NAMESPACES=team-a,team-b) are comma-separated or JSON.
+    """
 
-    from .gateway.app import run_gateway
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.option("-n", "--namespace", "namespaces", multiple=True, metavar="NS",
+              help="watch only this namespace (repeatable)  [default: GRIDOP_WATCH_NAMESPACES, else all]")
+def operator(namespaces: tuple[str, ...]) -> int:
+    """Run the operator (kopf) against the current cluster."""
+    import aiohttp
+
+    from .kube import KubeError
     from .kube.access import AccessError, load_cluster_access
     from .logs import setup_logging
-    from .settings import Settings
+    from .operator_main import LeadershipLost, run_operator
 
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        print(f"gridop gateway: GRIDOP_{str(first['loc'][0]).upper()}: {first['msg']}", file=sys.stderr)
-        return 2
-    if args.namespace:
-        settings.watch_namespaces = list(args.namespace)
-    if args.port:
-        settings.gateway_port = args.port
+    settings = _settings()
+    if namespaces:
+        settings.watch_namespaces = list(namespaces)
     setup_logging(settings.log_format, settings.log_level)
     try:
         access = load_cluster_access()
     except AccessError as exc:
-        print(f"gridop gateway: {exc}", file=sys.stderr)
-        return 2
+        raise StartError(str(exc)) from None
+    try:
+        asyncio.run(run_operator(settings, access))
+    except LeadershipLost as exc:
+        click.echo(f"gridop operator: {exc}; exiting to restart as a standby", err=True)
+        return UNFINISHED
+    except KubeError as exc:
+        click.echo(f"gridop operator: the Kubernetes API refused start-up: {exc.api_message or exc} "
+                   f"(does namespace {settings.namespace!r} exist, and may the operator use it?)", err=True)
+        return UNFINISHED
+    except (OSError, aiohttp.ClientError) as exc:
+        click.echo(f"gridop operator: cannot reach the Kubernetes API at {access.server}: {exc}", err=True)
+        return UNFINISHED
+    return 0
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.option("-n", "--namespace", "namespaces", multiple=True, metavar="NS",
+              help="serve only this namespace (repeatable)  [default: GRIDOP_WATCH_NAMESPACES, else all]")
+@click.option("--port", type=click.IntRange(1, 65535), help="listen port  [default: GRIDOP_GATEWAY_PORT, else 8000]")
+@click.option("--host", help="listen address  [default: GRIDOP_GATEWAY_HOST, else every address]")
+def gateway(namespaces: tuple[str, ...], port: int | None, host: str | None) -> int:
+    """Run the console gateway (websocket interact and tail)."""
+    import signal
+
+    from .gateway.app import run_gateway
+    from .kube.access import AccessError, load_cluster_access
+    from .logs import setup_logging
+
+    settings = _settings()
+    if namespaces:
+        settings.watch_namespaces = list(namespaces)
+    if port:
+        settings.gateway_port = port
+    if host:
+        settings.gateway_host = host
+    setup_logging(settings.log_format, settings.log_level)
+    try:
+        access = load_cluster_access()
+    except AccessError as exc:
+        raise StartError(str(exc)) from None
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -123,97 +187,127 @@ def _gateway(args: argparse.Namespace) -> int:
     try:
         asyncio.run(main())
     except OSError as exc:
-        print(f"gridop gateway: cannot listen on port {settings.gateway_port}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        click.echo(f"gridop gateway: cannot listen on {settings.gateway_host or '*'}:{settings.gateway_port}: "
+                   f"{exc.strerror or exc}", err=True)
+        return UNFINISHED
     return 0
 
 
-def _worker(args: argparse.Namespace) -> int:
+def _env(name: str) -> dict[str, Any]:
+    return {"envvar": f"GRIDOP_{name}", "show_envvar": True}
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--redis-url", metavar="URL", help="the data plane: redis://[:password@]host:port/db, "
+              "or redis+cluster://host:port for a Redis Cluster", **_env("REDIS_URL"))
+@click.option("--session", metavar="ID", help="run the tasks of this batch (a TaskBatch's session id)",
+              **_env("SESSION_ID"))
+@click.option("--pool", metavar="NAME", help="serve every session sent to this pool (a TaskPool) instead of one batch",
+              **_env("POOL"))
+@click.option("--handler", metavar="MODULE:FUNCTION", help="the task handler, called as function(event, context)",
+              **_env("HANDLER"))
+@click.option("--batch-size", type=click.IntRange(min=1), default=1024, help="most tasks claimed at once",
+              **_env("BATCH_SIZE"))
+@click.option("--claim-seconds", type=click.FloatRange(min=0), default=0.1, metavar="SECONDS",
+              help="claim about this much work at a time, by the measured time per task; 0: always --batch-size",
+              **_env("CLAIM_SECONDS"))
+@click.option("--heartbeat", type=click.FloatRange(min=0, min_open=True), default=5.0, metavar="SECONDS",
+              help="how often the worker renews its leases (and a cancellation is noticed)",
+              **_env("HEARTBEAT_SECONDS"))
+@click.option("--lease", type=click.FloatRange(min=0, min_open=True), default=30.0, metavar="SECONDS",
+              help="how long a claimed task stays the worker's without a heartbeat (then it is retried)",
+              **_env("LEASE_SECONDS"))
+@click.option("--timeout", type=click.FloatRange(min=0), default=0.0, metavar="SECONDS",
+              help="per-task timeout; 0: none", **_env("TASK_TIMEOUT_SECONDS"))
+@click.option("--fail-on-error", is_flag=True, help="fail a task whose handler raises instead of retrying it")
+@click.option("--retry-on-error", type=bool, default=True, hidden=True, **_env("RETRY_ON_ERROR"))
+@click.option("--key-prefix", default="gridop:default", metavar="PREFIX",
+              help="data-plane key prefix; the operator's workers use gridop:<namespace>", **_env("KEY_PREFIX"))
+@click.option("--retention", type=click.IntRange(min=1), default=86400, metavar="SECONDS",
+              help="with --pool: how long a finished session's results are kept", **_env("RESULT_RETENTION_SECONDS"))
+@click.option("--keep-running", is_flag=True, help="keep waiting for work when the batch is done")
+@click.option("--processes", type=click.IntRange(min=1), default=1, help="worker processes (one event loop each)",
+              **_env("PROCESSES"))
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=0, metavar="PORT",
+              help="serve Prometheus task metrics here (process k of --processes uses PORT+k); 0: not served",
+              **_env("METRICS_PORT"))
+@click.option("--log-format", type=click.Choice(["json", "text"]), default="json", **_env("LOG_FORMAT"))
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              default="INFO", **_env("LOG_LEVEL"))
+def worker(**opts: Any) -> int:
+    """Run task workers for one TaskBatch (--session) or a TaskPool (--pool)."""
     from .logs import setup_logging
     from .tasks.runtime import WorkerOptions, run_processes
 
-    setup_logging(args.log_format, args.log_level)
-    missing = [flag for flag, value in (("--redis-url", args.redis_url), ("--session or --pool", args.session or args.pool),
-                                        ("--handler", args.handler)) if not value]
+    missing = [flag for flag, value in (("--redis-url", opts["redis_url"]),
+                                        ("--session or --pool", opts["session"] or opts["pool"]),
+                                        ("--handler", opts["handler"])) if not value]
     if missing:
-        print(f"gridop worker: missing {', '.join(missing)} (or their GRIDOP_* environment variables)", file=sys.stderr)
-        return 2
-    if args.session and args.pool:
-        print("gridop worker: give --session (one batch) or --pool (every session sent to the pool), not both",
-              file=sys.stderr)
-        return 2
-    problem = _check_worker_options(args)
+        raise StartError(f"missing {', '.join(missing)} (or their GRIDOP_* environment variables)")
+    if opts["session"] and opts["pool"]:
+        raise StartError("give --session (one batch) or --pool (every session sent to the pool), not both")
+    problem = _check_worker_options(opts)
     if problem is not None:
-        print(f"gridop worker: {problem}", file=sys.stderr)
-        return 2
+        raise StartError(problem)
+    setup_logging(opts["log_format"], opts["log_level"].upper())
     options = WorkerOptions(
-        redis_url=args.redis_url, session_id=args.session or "", pool=args.pool,
-        retention_seconds=args.retention, handler=args.handler, batch_size=args.batch_size,
-        heartbeat_seconds=args.heartbeat, lease_seconds=args.lease, task_timeout=args.timeout,
-        retry_on_error=not args.fail_on_error, exit_when_done=not args.keep_running, key_prefix=args.key_prefix,
-        claim_seconds=args.claim_seconds, metrics_port=args.metrics_port,
+        redis_url=opts["redis_url"], session_id=opts["session"] or "", pool=opts["pool"],
+        retention_seconds=opts["retention"], handler=opts["handler"], batch_size=opts["batch_size"],
+        heartbeat_seconds=opts["heartbeat"], lease_seconds=opts["lease"], task_timeout=opts["timeout"] or None,
+        retry_on_error=opts["retry_on_error"] and not opts["fail_on_error"], exit_when_done=not opts["keep_running"],
+        key_prefix=opts["key_prefix"], claim_seconds=opts["claim_seconds"], metrics_port=opts["metrics_port"],
     )
-    return run_processes(options, args.processes)
+    return run_processes(options, opts["processes"])
 
 
-def _crds(args: argparse.Namespace) -> int:
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.option("-o", "--output", default="crds", metavar="DIR", help="directory to write into")
+def crds(output: str) -> int:
+    """Write the CustomResourceDefinitions generated from the API models."""
     from .api import crdgen
 
-    for path in crdgen.write(pathlib.Path(args.output)):
-        print(path)
+    for path in crdgen.write(pathlib.Path(output)):
+        click.echo(path)
     return 0
 
 
+def _bad_parameter(exc: click.BadParameter) -> str:
+    """'--batch-size (from GRIDOP_BATCH_SIZE): ...': the flag, and the variable when the value came from there."""
+    param, ctx = exc.param, exc.ctx
+    if not isinstance(param, click.Option) or ctx is None or param.name is None:
+        return exc.format_message()
+    name = max(param.opts, key=len)
+    if ctx.get_parameter_source(param.name) == click.core.ParameterSource.ENVIRONMENT:
+        name = f"{param.envvar} (for {name})"
+    return f"invalid value for {name}: {exc.message}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="gridop", description="gridop: a Kubernetes operator that turns a cluster into a grid.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    op = sub.add_parser("operator", help="run the operator (kopf) against the current cluster")
-    op.add_argument("-n", "--namespace", action="append", help="watch only this namespace (repeatable); default: all")
-    op.set_defaults(func=_operator)
-
-    gw = sub.add_parser("gateway", help="run the console gateway (websocket interact/tail)")
-    gw.add_argument("-n", "--namespace", action="append", help="serve only this namespace (repeatable); default: all")
-    gw.add_argument("--port", type=int, help="listen port (default: GRIDOP_GATEWAY_PORT or 8000)")
-    gw.set_defaults(func=_gateway)
-
-    env = os.environ.get
-    wk = sub.add_parser("worker", help="run task workers for one TaskBatch (session)")
-    wk.add_argument("--redis-url", default=env("GRIDOP_REDIS_URL"), help="data plane URL [GRIDOP_REDIS_URL]")
-    wk.add_argument("--session", default=env("GRIDOP_SESSION_ID"), help="the batch (session id) [GRIDOP_SESSION_ID]")
-    wk.add_argument("--pool", default=env("GRIDOP_POOL"),
-                    help="serve every session sent to this pool (a TaskPool) instead of one batch [GRIDOP_POOL]")
-    wk.add_argument("--retention", type=int, default=int(env("GRIDOP_RESULT_RETENTION_SECONDS", "86400")),
-                    help="with --pool: seconds a finished session's results are kept (default: 86400)")
-    wk.add_argument("--handler", default=env("GRIDOP_HANDLER"), help="module:function [GRIDOP_HANDLER]")
-    wk.add_argument("--batch-size", type=int, default=int(env("GRIDOP_BATCH_SIZE", "1024")),
-                    help="most tasks claimed at once [GRIDOP_BATCH_SIZE] (default: 1024)")
-    wk.add_argument("--claim-seconds", type=float, default=float(env("GRIDOP_CLAIM_SECONDS", "0.1")),
-                    help="claim about this much work at a time, by the measured time per task; 0: always "
-                         "--batch-size [GRIDOP_CLAIM_SECONDS] (default: 0.1)")
-    wk.add_argument("--heartbeat", type=float, default=float(env("GRIDOP_HEARTBEAT_SECONDS", "5")))
-    wk.add_argument("--lease", type=float, default=float(env("GRIDOP_LEASE_SECONDS", "30")))
-    wk.add_argument("--timeout", type=float, default=float(env("GRIDOP_TASK_TIMEOUT_SECONDS", "0")) or None,
-                    help="per-task timeout in seconds (default: none)")
-    wk.add_argument("--fail-on-error", action="store_true", default=env("GRIDOP_RETRY_ON_ERROR") == "false",
-                    help="fail tasks whose handler raises instead of retrying them")
-    wk.add_argument("--key-prefix", default=env("GRIDOP_KEY_PREFIX", "gridop:default"),
-                    help="data-plane key prefix [GRIDOP_KEY_PREFIX]; the operator uses gridop:<namespace>")
-    wk.add_argument("--keep-running", action="store_true", help="keep waiting for work when the batch is done")
-    wk.add_argument("--processes", type=int, default=int(env("GRIDOP_PROCESSES", "1")))
-    wk.add_argument("--metrics-port", type=int, default=int(env("GRIDOP_METRICS_PORT", "0")),
-                    help="serve Prometheus task metrics (per-stage latency histograms) on this port; process k of "
-                         "--processes uses port+k [GRIDOP_METRICS_PORT] (default: 0, not served)")
-    wk.add_argument("--log-format", default=env("GRIDOP_LOG_FORMAT", "json"), choices=["json", "text"])
-    wk.add_argument("--log-level", default=env("GRIDOP_LOG_LEVEL", "INFO"))
-    wk.set_defaults(func=_worker)
-
-    crds = sub.add_parser("crds", help="write the CustomResourceDefinitions generated from the API models")
-    crds.add_argument("--output", "-o", default="crds", help="directory to write into (default: crds)")
-    crds.set_defaults(func=_crds)
-
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    """Run gridop; return its exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    command = next((a for a in args if not a.startswith("-")), "")
+    prog = f"gridop {command}" if command in cli.commands else "gridop"
+    try:
+        code = cli.main(args=args, prog_name="gridop", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        return USAGE
+    except click.BadParameter as exc:
+        click.echo(f"{prog}: {_bad_parameter(exc)}", err=True)
+        return USAGE
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        click.echo(f"{prog}: {exc.format_message()}{hint}", err=True)
+        return USAGE
+    except StartError as exc:
+        click.echo(f"{prog}: {exc}", err=True)
+        return USAGE
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.Abort:
+        click.echo(f"{prog}: interrupted", err=True)
+        return 130
+    return int(code or 0)
 
 
 if __name__ == "__main__":

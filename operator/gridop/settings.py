@@ -2,15 +2,44 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import json
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field, ValidationError
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _list(value: Any) -> Any:
+    """A list setting from the environment: JSON (`["a","b"]`, as the chart writes it) or a plain
+    comma-separated list (`a,b`, as people type it); empty means none."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not a JSON list ({exc.msg}); write a,b or [\"a\",\"b\"]") from None
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+StrList = Annotated[list[str], NoDecode, BeforeValidator(_list)]
+
+
+def describe_error(exc: ValidationError) -> str:
+    """One line naming the environment variable at fault, its value and what it must be."""
+    first = exc.errors()[0]
+    field = str(first["loc"][0]) if first["loc"] else "?"
+    value = first.get("input")
+    shown = f"={value!r}" if isinstance(value, str | int | float) else ""
+    return f"GRIDOP_{field.upper()}{shown}: {first['msg']} (fix or unset the environment variable)"
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GRIDOP_", env_nested_delimiter="__", extra="ignore")
 
     namespace: str = Field(default="gridop-system", description="Where the operator keeps its own objects (signing keys, leases).")
-    watch_namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch; empty means cluster-wide.")
+    watch_namespaces: StrList = Field(default_factory=list, description="Namespaces to watch; empty means cluster-wide.")
 
     signing_secret: str = Field(default="gridop-signing-keys", description="Secret with the JWT signing keys.")
     token_issuer: str = "gridop"
@@ -34,12 +63,13 @@ class Settings(BaseSettings):
     pod_name: str = Field(default_factory=lambda: __import__("socket").gethostname(), description="Identity in the Lease.")
 
     # The console gateway (`gridop gateway`).
+    gateway_host: str = Field(default="", description="Address the gateway listens on; empty: every address.")
     gateway_port: int = Field(default=8000, ge=1, le=65535, description="Where the gateway serves websockets.")
     gateway_default_namespace: str = Field(default="default", description="Namespace of the single-segment paths /interact/{session}.")
-    gateway_allowed_origins: list[str] = Field(
+    gateway_allowed_origins: StrList = Field(
         default_factory=list, description="Browser origins allowed besides the gateway's own; '*' allows any."
     )
-    gateway_token_audiences: list[str] = Field(
+    gateway_token_audiences: StrList = Field(
         default_factory=list, description="Audiences a Kubernetes token must carry (TokenReview); empty: the API server's."
     )
     gateway_console_container: str = Field(default="session", description="The session pod's container to attach to.")

@@ -40,6 +40,19 @@ WORKER = ["worker", "--session", "s"]
      "gridop operator: cannot read kubeconfig /nonexistent/kubeconfig"),
     (["gateway"], {"KUBECONFIG": "/nonexistent/kubeconfig"},
      "gridop gateway: cannot read kubeconfig /nonexistent/kubeconfig"),
+    (["operator"], {"GRIDOP_RESYNC_SECONDS": "abc"},
+     "gridop operator: GRIDOP_RESYNC_SECONDS='abc': Input should be a valid number"),
+    (["operator"], {"GRIDOP_RESYNC_SECONDS": "-1"},
+     "gridop operator: GRIDOP_RESYNC_SECONDS='-1': Input should be greater than 0"),
+    (["gateway"], {"GRIDOP_GATEWAY_CONSOLE_COMMAND": "sh -l"},
+     "gridop gateway: GRIDOP_GATEWAY_CONSOLE_COMMAND cannot be read"),
+    # A plain comma list is a list: the operator gets past its settings to the (missing) kubeconfig.
+    (["operator"], {"GRIDOP_WATCH_NAMESPACES": "team-a,team-b", "KUBECONFIG": "/nonexistent/kubeconfig"},
+     "gridop operator: cannot read kubeconfig /nonexistent/kubeconfig"),
+    (WORKER, {"GRIDOP_BATCH_SIZE": "abc"},
+     "gridop worker: invalid value for GRIDOP_BATCH_SIZE (for --batch-size): 'abc' is not a valid integer"),
+    ([*WORKER, "--batch-size", "0"], {}, "gridop worker: invalid value for --batch-size: 0 is not in the range x>=1"),
+    (["nosuch"], {}, "gridop: No such command 'nosuch'."),
 ])
 def test_one_line_and_exit_2(args: list[str], env: dict[str, str], message: str) -> None:
     result = gridop(*args, **env)
@@ -47,3 +60,56 @@ def test_one_line_and_exit_2(args: list[str], env: dict[str, str], message: str)
     assert result.stderr.startswith(message), result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert "hunter2" not in result.stderr
+
+
+@pytest.fixture
+def redis_with_a_team_user(redis_url: str) -> str:
+    """The admin URL; the ACL user `team-a` reaches only gridop:team-a:* keys (as the operator's per-namespace users do)."""
+    import redis
+
+    admin = redis.Redis.from_url(redis_url)
+    admin.acl_setuser("team-a", enabled=True, passwords=["+pw"], keys=["gridop:team-a:*"], commands=["+@all"])
+    admin.close()
+    return redis_url
+
+
+def test_data_plane_mistakes_are_one_line(redis_with_a_team_user: str) -> None:
+    port = redis_with_a_team_user.rsplit(":", 1)[1].split("/")[0]
+    handler = ["--handler", "gridop.tasks.examples:square"]
+    cases = [
+        ([*WORKER, *handler, "--redis-url", f"redis+cluster://127.0.0.1:{port}"],
+         "gridop worker: --redis-url 'redis+cluster://127.0.0.1:%s' names a Redis Cluster, but that server is a plain "
+         "Redis; use redis:// for it" % port),
+        ([*WORKER, *handler, "--redis-url", f"redis://team-a:pw@127.0.0.1:{port}/0"],
+         "gridop worker: the Redis user of --redis-url redis://team-a:***@127.0.0.1:%s/0 may not use keys under "
+         "'gridop:default'" % port),
+    ]
+    for args, message in cases:
+        result = gridop(*args)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith(message), result.stderr
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_a_metrics_port_in_use_is_named(redis_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = gridop(*WORKER, "--handler", "gridop.tasks.examples:square", "--redis-url", redis_url,
+                        "--metrics-port", str(port))
+    assert result.returncode == 2
+    assert result.stderr == (f"gridop worker: --metrics-port: port {port} is already in use (another worker on this "
+                             "machine?); give each worker its own --metrics-port, or 0 to serve no metrics\n")
+
+
+def test_version_and_help() -> None:
+    version = gridop("--version")
+    assert version.returncode == 0 and version.stdout.startswith("gridop, version ")
+    from gridop.__main__ import cli
+
+    for command in cli.commands.values():  # every option says what it does
+        undocumented = [p.name for p in command.params if not getattr(p, "help", None) and not getattr(p, "hidden", False)
+                        and p.name not in ("log_format", "log_level")]
+        assert undocumented == [], command.name
+    assert "GRIDOP_HEARTBEAT_SECONDS" in gridop("worker", "--help").stdout

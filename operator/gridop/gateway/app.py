@@ -550,13 +550,14 @@ async def run_gateway(
     *,
     stop_flag: asyncio.Event | None = None,
     ready_flag: asyncio.Event | None = None,
-    host: str = "0.0.0.0",
+    host: str | None = None,
     with_metrics: bool = True,
 ) -> None:
     """Serve until `stop_flag` (or SIGTERM/SIGINT when run from the command line)."""
     from ..kube import load_cluster_access
 
     access = access or load_cluster_access()
+    host = host or settings.gateway_host or None  # None: every address, IPv4 and IPv6
     client = await KubeClient.connect(access)
     gateway = Gateway(settings, client)
     stop = stop_flag or asyncio.Event()
@@ -568,7 +569,7 @@ async def run_gateway(
         await web.TCPSite(runner, host, settings.gateway_port).start()
         if with_metrics:
             metrics_runner = await metrics.serve_health(settings.metrics_port, lambda: gateway.ready)
-        log.info("console gateway listening on %s:%d", host, settings.gateway_port)
+        log.info("console gateway listening on %s:%d", host or "*", settings.gateway_port)
         if ready_flag is not None:
             ready_flag.set()
         await stop.wait()
