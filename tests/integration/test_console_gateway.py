@@ -491,13 +491,13 @@ async def test_gridctl_console_tail_interact_and_errors(env: ConsoleEnv, gateway
 
     code, out, err = await _gridctl("-n", NS, "console", "interact", "cli", "--gateway-url", gateway.url, "--token", "eve-k8s")
     assert code == 1 and out == ""
-    assert err == "ERROR: user 'eve' may not create gridsessions/console 'cli' in namespace 'grid'\n"
+    assert err == "Error: user 'eve' may not create gridsessions/console 'cli' in namespace 'grid'\n"
 
     code, out, err = await _gridctl("-n", NS, "console", "tail", "Bad_Name", *common)
     assert code == 2 and err.startswith("Error: session_id 'Bad_Name' is not a valid session name") and "Traceback" not in err
 
     code, out, err = await _gridctl("-n", NS, "console", "tail", "cli", "--gateway-url", "ws://127.0.0.1:1", "--token", "x")
-    assert code == 1 and err.startswith("ERROR: cannot reach the console gateway at ws://127.0.0.1:1") and "Traceback" not in err
+    assert code == 1 and err.startswith("Error: cannot reach the console gateway at ws://127.0.0.1:1") and "Traceback" not in err
 
 
 async def test_gridctl_console_replay_plays_a_recording(env: ConsoleEnv, gateway: GatewayProcess, http: aiohttp.ClientSession) -> None:

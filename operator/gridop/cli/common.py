@@ -56,7 +56,7 @@ def exit_code_for(exc: BaseException) -> int:
     """Print the one line that names what went wrong; return the exit code. None of these is a
     bug in gridctl, so none shows a traceback."""
     if isinstance(exc, ConsoleError):
-        error(exc.message, "ERROR: ")
+        error(exc.message)
         return UNFINISHED
     if isinstance(exc, AccessError):
         error(str(exc))

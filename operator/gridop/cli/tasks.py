@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 from ..client.tasks import AsyncGridConnector
 from ..tasks.connection import address_of, node_url
 from ..tasks.states import TaskState
-from ..tasks.store import task_id
+from ..tasks.store import BatchExists, task_id
 from ..tasks.sweeper import Sweeper
 from ..tasks.worker import load_handler
 from .common import (
@@ -145,7 +145,7 @@ async def print_results(connector: AsyncGridConnector, sid: str, output: str) ->
         for row in result_rows(results):
             sys.stdout.write(json.dumps(row) + "\n")
         sys.stdout.flush()
-    return 0 if not results["failed"] else FAILED
+    return 0 if not results["failed"] and not results["cancelled"] else FAILED
 
 
 @dataclasses.dataclass
@@ -165,7 +165,11 @@ def spawn_workers(run: LocalRun, sid: str, prefix: str) -> list[subprocess.Popen
     if run.timeout_per_task:
         command += ["--timeout", str(run.timeout_per_task)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
-    return [subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL) for _ in range(run.workers)]
+    # A process group of their own: Ctrl-C reaches gridctl alone, which cancels what is left and
+    # then stops them (a worker interrupted by the terminal first would race that, and report the
+    # run as "every worker exited").
+    return [subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+            for _ in range(run.workers)]
 
 
 def stop_workers(workers: list[subprocess.Popen[bytes]], grace: float) -> None:
@@ -236,25 +240,33 @@ def _follow_options(fn: Any) -> Any:
 @click.option("--session", metavar="ID",
               help="session id (a TaskBatch's name); re-submitting the same file under it resumes  "
                    "[default: a UUID, run by the namespace's TaskPool 'default']")
+@click.option("--append", is_flag=True, help="add the tasks to the existing --session instead of starting it")
 @click.option("--wait", is_flag=True, help="follow with a progress bar until every task is done")
 @_follow_options
 @runs_async
-async def submit(file: str, session: str | None, wait: bool, timeout: float | None, quiet: bool) -> int:
+async def submit(file: str, session: str | None, append: bool, wait: bool, timeout: float | None, quiet: bool) -> int:
     """Submit the tasks of FILE (JSON lines, one event object per line; - reads standard input).
 
     Prints the session id. With --wait: exit 0 when every task finished, 3 when some failed or
     were cancelled, 1 at --timeout (the batch carries on)."""
     plane = _data_plane()
     positive("timeout", timeout)
+    if append and not session:
+        raise ValueError("--append needs --session: the session to add the tasks to")
     task_list = read_jsonl(file)
     async with await _connector(plane) as connector:
-        sub = await connector.send(task_list, session_id=session)
+        try:
+            sub = await connector.send(task_list, session_id=session, append=append)
+        except BatchExists as exc:
+            raise ValueError(f"session {session!r} already holds {exc.held} different tasks; give another --session, "
+                             "or --append to add these tasks to it") from None
         sid = sub["session_id"]
         click.echo(sid)
         if not wait:
             return 0
         try:
-            counts = await follow(connector, sid, len(task_list), timeout, quiet)
+            total = len(task_list) if not append else int((await connector.store.meta(sid)).get("total", 0))
+            counts = await follow(connector, sid, total, timeout, quiet)
         except (asyncio.CancelledError, KeyboardInterrupt):
             error(f"stopped following; session {sid!r} carries on", "")
             raise
@@ -294,7 +306,7 @@ async def status(session: str, output: str) -> int:
 @_follow_options
 @runs_async
 async def results(session: str, output: str, wait: bool, timeout: float | None, quiet: bool) -> int:
-    """Print each task's result. Exit 3 when some tasks failed."""
+    """Print each task's result. Exit 3 when some tasks failed or were cancelled."""
     plane = _data_plane()
     positive("timeout", timeout)
     async with await _connector(plane) as connector:
@@ -313,6 +325,9 @@ async def cancel(session: str, output: str) -> int:
     """Cancel every task of SESSION not yet finished; print what was cancelled."""
     plane = _data_plane()
     async with await _connector(plane) as connector:
+        if not await connector.store.exists(session):
+            error(f"no session {session!r} in the data plane (namespace {plane.namespace!r}); check -n and --redis-url")
+            return UNFINISHED
         report = await connector.cancel_sessions([session])
     print_document(report, output)
     return 0

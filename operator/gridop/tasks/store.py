@@ -165,6 +165,10 @@ Report = tuple[TaskState | None, bytes | None, str | None]
 class BatchExists(ValueError):
     """The session id already holds different tasks."""
 
+    def __init__(self, message: str, *, session_id: str = "", held: int = 0):
+        super().__init__(message)
+        self.session_id, self.held = session_id, held
+
 
 class BatchClosed(ValueError):
     """The batch was cancelled: it takes no more tasks."""
@@ -321,7 +325,7 @@ class TaskStore:
         if int(cursor) < 0:
             raise BatchExists(
                 f"session {sid!r} already holds {int(held)} different tasks; use a new session id, "
-                "or send(..., append=True) to add tasks to it"
+                "or send(..., append=True) to add tasks to it", session_id=sid, held=int(held),
             )
         return int(cursor)
 
