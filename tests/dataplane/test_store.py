@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from gridop.client.tasks import AsyncGridConnector
+from gridop.client.tasks import AsyncGridConnector, UnknownSession
 from gridop.tasks import connection
 from gridop.tasks.codec import decode, encode
 from gridop.tasks.connection import FastLane, LaneClosed
@@ -491,3 +491,29 @@ async def test_the_fast_lane_speaks_tls(tls_redis_url: str) -> None:
         await finish_first_task_on_the_lane(store, "tls")
     finally:
         await store.close()
+
+
+async def test_waiting_on_what_cannot_come_ends_with_a_reason(redis_url: str) -> None:
+    """A wrong address fails within seconds (the outage budget is for a Redis that was there); an
+    unknown session id, or one whose keys vanish while waited on, ends the wait with UnknownSession."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    began = time.monotonic()
+    async with AsyncGridConnector({"redis_url": f"redis://127.0.0.1:{closed}/0"}) as nowhere:
+        with pytest.raises(connection.DataPlaneUnavailable, match=f"nothing answers at Redis 127.0.0.1:{closed}"):
+            await nowhere.authenticate()
+    assert time.monotonic() - began < 15
+
+    async with AsyncGridConnector({"redis_url": redis_url}) as c:
+        ghost = {"session_id": "never-sent", "task_ids": ["never-sent_0"]}
+        with pytest.raises(UnknownSession, match="no session 'never-sent' in the data plane"):
+            await asyncio.wait_for(c.get_results(ghost), 10)
+        with pytest.raises(UnknownSession):
+            await asyncio.wait_for(anext(aiter(c.iter_results(ghost))), 10)
+        sub = await c.send([{"x": 1}], session_id="vanishing")  # no worker: it stays pending
+        waiting = asyncio.ensure_future(c.get_results(sub))
+        await asyncio.sleep(0.5)
+        await c.store.delete("vanishing")
+        with pytest.raises(UnknownSession):
+            await asyncio.wait_for(waiting, 10)

@@ -183,3 +183,29 @@ async def test_gridctl_start_list_get_stop(
 async def _phase(api: KubeClient, name: str, phase: str) -> bool:
     gs = await api.get(resources.GRIDSESSIONS, name, NAMESPACE)
     return (gs or {}).get("status", {}).get("phase") == phase
+
+
+async def test_a_start_that_is_stalled_returns_at_once_with_the_reason(
+    emulator: kmock.KubernetesEmulator, operator, api: KubeClient, kubeconfig: pathlib.Path,
+    session_config: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A session on a node that does not exist is Stalled (NodeNotFound): the SDK and `--wait` say so
+    at once instead of waiting out their 300-second default."""
+    config = tmp_path / "resources.json"
+    config.write_text(json.dumps({"tokens": {"n": ""}, "resources": {"n": "no-such-node"}, "namespace": NAMESPACE}))
+    access = ClusterAccess(server=str(emulator.url).rstrip("/"), namespace=NAMESPACE)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    async with GridSessionManager("alice", str(config), access=access) as manager:
+        assert manager.start_timeout >= 300
+        assert await manager.start_session("stuck-1", "n", str(session_config)) is False
+    assert loop.time() - began < 30
+    assert "Stalled: NodeNotFound" in caplog.text and "no-such-node" in caplog.text
+
+    began = loop.time()
+    rc = await asyncio.to_thread(gridctl, ["--kubeconfig", str(kubeconfig), "session", "start", "stuck-2", "--node",
+                                           "no-such-node", "--config", str(session_config), "--wait"])
+    assert rc == 1 and loop.time() - began < 30
+    err = capsys.readouterr().err
+    assert err.startswith("Error: stuck-2 did not start: Stalled: NodeNotFound: ") and "no-such-node" in err

@@ -17,6 +17,7 @@ import click
 from redis.exceptions import RedisError
 
 from ..client.console import ConsoleError
+from ..client.tasks import UnknownSession
 from ..kube import KubeError
 from ..kube.access import AccessError
 
@@ -62,6 +63,9 @@ def exit_code_for(exc: BaseException) -> int:
         error(str(exc))
         return USAGE
     if isinstance(exc, Unfinished):
+        error(str(exc))
+        return UNFINISHED
+    if isinstance(exc, UnknownSession):
         error(str(exc))
         return UNFINISHED
     if isinstance(exc, ValueError):

@@ -23,7 +23,7 @@ import click
 
 from ..api.v1alpha1 import API_VERSION, GridSessionSpec, Phase
 from ..api.v1alpha1.gridsession import KIND
-from ..client.sessions import validate_session_id
+from ..client.sessions import start_verdict, validate_session_id
 from ..kube import KubeClient, load_cluster_access, resources
 from ..sessions.config import read_session_config_file
 from . import console as console_cli
@@ -133,19 +133,15 @@ async def _wait_running(kube: KubeClient, name: str, ns: str, timeout: float) ->
     deadline = loop.time() + timeout
     with stderr().status(f"waiting for {name} to run") as status:
         while loop.time() < deadline:
-            gs = await kube.get(resources.GRIDSESSIONS, name, ns) or {}
-            st = gs.get("status") or {}
-            phase = st.get("phase", Phase.PENDING.value)
-            if phase == Phase.RUNNING.value:
+            started, why = start_verdict(await kube.get(resources.GRIDSESSIONS, name, ns))
+            if started is not None:
                 status.stop()
-                click.echo(f"{name} is running on {st.get('nodeName')} ({st.get('nodeIP')})")
-                return 0
-            if phase in (Phase.FAILED.value, Phase.STOPPED.value):
-                status.stop()
-                ready = _ready(gs)
-                error(f"{name} {phase.lower()}: {ready.get('reason')}: {ready.get('message')}", "")
+                if started:
+                    click.echo(f"{name} is {why}")
+                    return 0
+                error(f"{name} did not start: {why} (see: gridctl session get {name} -o yaml)")
                 return UNFINISHED
-            status.update(f"waiting for {name} to run: {phase} {_ready(gs).get('reason') or ''}".rstrip())
+            status.update(f"waiting for {name} to run: {why}")
             await asyncio.sleep(1)
     error(f"{name} did not start within {timeout:g}s (see: gridctl session get {name} -o yaml)")
     return UNFINISHED

@@ -68,6 +68,27 @@ def _placement(name: str, entry: Any) -> dict[str, Any]:
     )
 
 
+def start_verdict(gs: dict[str, Any] | None) -> tuple[bool | None, str]:
+    """Has a starting session reached a verdict? (True, where) once it runs; (False, why) when it
+    cannot run without someone acting: deleted, Failed, Stopped or Stopping, or Stalled (an unknown
+    node, a pod the API server refuses); (None, phase and reason) while it is still on its way."""
+    if gs is None:
+        return False, "it was deleted"
+    status = gs.get("status") or {}
+    phase = status.get("phase") or Phase.PENDING.value
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    ready = conditions.get("Ready", {})
+    if phase == Phase.RUNNING.value:
+        return True, f"running on {status.get('nodeName')} ({status.get('nodeIP')})"
+    if phase in (Phase.FAILED.value, Phase.STOPPED.value, Phase.STOPPING.value):
+        return False, f"{phase}: {ready.get('reason')}: {ready.get('message')}"
+    stalled = conditions.get("Stalled", {})
+    current = status.get("observedGeneration") == gs.get("metadata", {}).get("generation")
+    if stalled.get("status") == "True" and current:
+        return False, f"Stalled: {stalled.get('reason')}: {stalled.get('message')}"
+    return None, f"{phase} {ready.get('reason') or ''}".rstrip()
+
+
 class GridSessionManager:
     def __init__(
         self,
@@ -203,21 +224,16 @@ class GridSessionManager:
         raise SessionStartError(f"session {session_id!r}: the leftover session was not removed within {REPLACE_TIMEOUT:.0f}s")
 
     async def wait_started(self, session_id: str) -> bool:
-        """Wait until the session runs (True), or fails, stops or does not start in time (False)."""
+        """Wait until the session runs (True), or fails, stops, is stalled or does not start in time (False)."""
         kube = await self._kube()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.start_timeout
         while loop.time() < deadline:
-            gs = await kube.get(resources.GRIDSESSIONS, session_id, self.namespace)
-            phase = (gs or {}).get("status", {}).get("phase")
-            if phase == Phase.RUNNING.value:
-                return True
-            if gs is None or phase in (Phase.FAILED.value, Phase.STOPPED.value, Phase.STOPPING.value):
-                reason = next((c for c in (gs or {}).get("status", {}).get("conditions") or []
-                               if c.get("type") == "Ready"), {})
-                log.warning("session %r did not start: %s", session_id,
-                            "it was deleted" if gs is None else f"{phase}: {reason.get('reason')}: {reason.get('message')}")
-                return False
+            started, why = start_verdict(await kube.get(resources.GRIDSESSIONS, session_id, self.namespace))
+            if started is not None:
+                if not started:
+                    log.warning("session %r did not start: %s", session_id, why)
+                return started
             await asyncio.sleep(0.5)
         log.warning("session %r did not start within %ss", session_id, self.start_timeout)
         return False

@@ -132,6 +132,10 @@ def default_namespace() -> str:
         return "default"
 
 
+class UnknownSession(ValueError):
+    """No session of that id in the data plane (never sent, another namespace, or its results expired)."""
+
+
 class AsyncGridConnector:
     """The HTC-Grid connector for asyncio. Configure it in the constructor or, as HTC-Grid's
     `AWSConnector()` is, with no arguments and then `init(config, username=..., password=...)`."""
@@ -393,6 +397,7 @@ class AsyncGridConnector:
         deadline = time.monotonic() + (0.0 if not wait else timeout if timeout > 0 else math.inf)
         position = self._start_of(sid, indices)
         tracker = _Tracker(indices, keep_outputs=True)
+        await self._require(sid)
         while tracker.remaining:
             remaining = deadline - time.monotonic()
             block = int(max(1, min(remaining, self.poll_interval) * 1000)) if remaining > 0 else None
@@ -401,7 +406,16 @@ class AsyncGridConnector:
                 tracker.apply(event)
             if not events and remaining <= 0:
                 break
+            if not events:
+                await self._require(sid)  # a quiet poll: make sure there is still something to wait for
         return self._shape(sid, *await tracker.report(self._store, sid))
+
+    async def _require(self, sid: str) -> None:
+        """Waiting on a session that is not there would never end: say so instead."""
+        if not await self._store.exists(sid):
+            raise UnknownSession(
+                f"no session {sid!r} in the data plane (namespace {self.namespace!r}): check the session id, the "
+                "namespace and redis_url (a finished session's results are kept for its retention, then expire)")
 
     @staticmethod
     def _shape(sid: str, indices: Sequence[int], report: list[Report]) -> dict[str, Any]:
@@ -458,9 +472,12 @@ class AsyncGridConnector:
         tracker = _Tracker(indices, keep_outputs=False)
         deadline = None if timeout_sec is None else time.monotonic() + timeout_sec
         position = self._start_of(sid, indices)
+        await self._require(sid)
         while tracker.remaining:
             block = 1000 if deadline is None else int(max(1, min(1.0, deadline - time.monotonic()) * 1000))
             position, events = await self._store.events(sid, position, block_ms=block)
+            if not events:
+                await self._require(sid)
             for event in events:
                 ended = tracker.apply(event, collect=True)
                 finished = [i for i, state, output in ended if state == TaskState.FINISHED and output is None]

@@ -57,6 +57,9 @@ T = TypeVar("T")
 RETRIABLE = (ConnectionError, TimeoutError, BusyLoadingError, ReadOnlyError)
 HEALTH_CHECK_SECONDS = 15
 SOCKET_TIMEOUT_SECONDS = 60.0  # a half-open connection is given up on after this (blocking reads wait ≤ 5 s)
+# A client whose Redis has never answered gives up after this, whatever its outage budget: the
+# budget rides out a server that was there, not a wrong address or a Redis that is not running.
+FIRST_CONTACT_SECONDS = 3.0
 
 
 class DataPlaneUnavailable(ConnectionError):
@@ -114,6 +117,7 @@ class RideOut(Retry):
         # A refused password is a mistake to report at once, except for workers: after a Redis
         # restart their per-namespace user exists again only once the operator re-creates it.
         self.retry_auth = retry_auth
+        self.answered = False  # has this client's Redis ever answered?
 
     async def call_with_retry(
         self,
@@ -134,12 +138,19 @@ class RideOut(Retry):
                 failures += 1
                 await (fail(error, failures) if with_failure_count else fail(error))
                 down_for = OUTAGES.failed(self.address, error)
+                if self.budget_seconds is not None and not self.answered and down_for > min(
+                        self.budget_seconds, FIRST_CONTACT_SECONDS):
+                    raise DataPlaneUnavailable(
+                        f"nothing answers at Redis {self.address} ({type(error).__name__}: {error}); check the "
+                        "data plane's URL (redis_url, GRIDOP_REDIS_URL or --redis-url) and that Redis runs"
+                    ) from error
                 if self.budget_seconds is not None and down_for > self.budget_seconds:
                     raise DataPlaneUnavailable(
                         f"Redis at {self.address} unreachable for {down_for:.0f}s ({type(error).__name__}: {error})"
                     ) from error
                 await asyncio.sleep(self._backoff.compute(min(failures, 16)))
             else:
+                self.answered = True
                 OUTAGES.recovered(self.address)
                 return result
 
