@@ -9,6 +9,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 from typing import Any
 
 from .store import TaskStore
@@ -40,6 +41,10 @@ class WorkerOptions:
     metrics_port: int = 0  # serve Prometheus metrics here (0: not served); process k of N uses port + k
 
 
+class WorkerStartError(Exception):
+    """The worker cannot start; the message names the culprit (exit 2)."""
+
+
 def serve_metrics(port: int) -> None:
     """Serve this process's task metrics (per-stage histograms) on `port`, at /metrics."""
     from prometheus_client import REGISTRY, start_http_server
@@ -50,7 +55,11 @@ def serve_metrics(port: int) -> None:
         REGISTRY.register(METRICS)
     except ValueError:
         pass  # already registered in this process
-    start_http_server(port)
+    try:
+        start_http_server(port)
+    except OSError as exc:
+        raise WorkerStartError(f"--metrics-port: cannot serve metrics on port {port} ({exc.strerror or exc}); give "
+                               "each worker on a machine its own --metrics-port, or 0 to serve no metrics") from None
     log.info("serving task metrics on :%d/metrics", port)
 
 
@@ -117,15 +126,23 @@ def _event_loop_runner() -> Any:
     return uvloop.run
 
 
+def _run_one(options: WorkerOptions) -> int:
+    try:
+        _event_loop_runner()(run_worker(options))
+    except WorkerStartError as exc:
+        print(f"gridop worker: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _process_main(options: WorkerOptions) -> None:
-    _event_loop_runner()(run_worker(options))
+    sys.exit(_run_one(options))
 
 
 def run_processes(options: WorkerOptions, processes: int) -> int:
     """Run `processes` worker processes (one event loop each); returns the worst exit code."""
     if processes <= 1:
-        _event_loop_runner()(run_worker(options))
-        return 0
+        return _run_one(options)
     ctx = multiprocessing.get_context("spawn")
     children = [
         ctx.Process(target=_process_main, daemon=False, args=(
