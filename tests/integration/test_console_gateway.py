@@ -527,3 +527,40 @@ async def test_an_idle_connection_is_closed(env: ConsoleEnv, tmp_path_factory: p
             assert (ws.close_code, msg.extra) == (wire.CLOSE_POLICY, "idle for 1s")
     finally:
         assert await asyncio.to_thread(idle.stop) == 0
+
+
+async def test_gridctl_console_as_the_readme_runs_it_with_a_kind_kubeconfig(
+    env: ConsoleEnv, gateway: GatewayProcess, tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """kind's kubeconfig authenticates with a client certificate: no bearer token. gridctl then uses
+    the session's own token Secret, and the tenant from the session: the README's command works as
+    written, with only GRIDOP_GATEWAY_URL set (the port-forward)."""
+    import base64
+    import os
+    import sys
+
+    import yaml
+
+    console = env.session(NS, "kindly", user="carol", tenant="acme")
+    assert console is not None
+    console.write(b"echo kind-ok\r")
+    await eventually(lambda: b"kind-ok\r\n" in console.log)
+    token = env.session_token(NS, "kindly", user="carol", tenant="acme")
+    await env.arun(env.api.create(resources.SECRETS, {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kindly-token"},
+        "data": {"token": base64.b64encode(token.encode()).decode()}}, NS))
+    kubeconfig = tmp_path_factory.mktemp("kind") / "config"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "kind-gridop",
+        "clusters": [{"name": "kind-gridop", "cluster": {"server": env.front.url}}],
+        "users": [{"name": "kind-gridop", "user": {}}],  # a client certificate, over TLS, on a real kind
+        "contexts": [{"name": "kind-gridop", "context": {"cluster": "kind-gridop", "user": "kind-gridop", "namespace": NS}}],
+    }))
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("GRIDOP_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gridop.cli.gridctl", "console", "tail", "kindly", "-n", "2",
+        env={**environ, "KUBECONFIG": str(kubeconfig), "GRIDOP_GATEWAY_URL": gateway.url},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert (proc.returncode, err.decode()) == (0, "")
+    assert out.decode().endswith("kind-ok\r\n$ ")

@@ -5,23 +5,29 @@
     gridctl console replay FILE [--speed 2] [--max-idle 1]
 
 The gateway URL comes from --gateway-url, $GRIDOP_GATEWAY_URL, or the session's own
-status.console; the token from --token, $GRIDOP_TOKEN, or the kubeconfig user's token.
+status.console; the token from --token, $GRIDOP_TOKEN, the kubeconfig user's token, or else (a
+kubeconfig that authenticates with a client certificate, as kind's does) the session's own token
+Secret `<name>-token`; the tenant from --tenant, $GRIDOP_TENANT, or the session's spec.tenant.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
 import pathlib
 import sys
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import click
 
 from ..client.console import ConsoleClient
 from ..client.sessions import validate_session_id
-from ..kube import KubeClient, load_cluster_access, resources
+from ..kube import KubeClient, KubeError, load_cluster_access, resources
+from ..kube.access import AccessError
 from .common import Globals, error, pass_globals, runs_async
 
 
@@ -36,9 +42,9 @@ def _connection(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--gateway-url", envvar="GRIDOP_GATEWAY_URL", show_envvar=True, metavar="URL",
                      help="the console gateway  [default: the session's status.console]"),
         click.option("--token", envvar="GRIDOP_TOKEN", show_envvar=True,
-                     help="bearer token  [default: the kubeconfig user's token]"),
+                     help="bearer token  [default: the kubeconfig user's token, else the session's token Secret]"),
         click.option("--tenant", envvar="GRIDOP_TENANT", show_envvar=True,
-                     help="tenant (sent as Cray-Tenant-Name)  [default: none]"),
+                     help="tenant (sent as Cray-Tenant-Name)  [default: the session's spec.tenant]"),
     ]):
         fn = option(fn)
     return fn
@@ -46,24 +52,48 @@ def _connection(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 async def _resolve(g: Globals, name: str, url: str | None, token: str | None,
                    tenant: str | None) -> tuple[ConsoleClient, str]:
+    """The gateway, token, tenant and namespace for session NAME: what is given, and the rest from
+    the cluster (the session object, and its token Secret when the kubeconfig holds no token)."""
     name = validate_session_id(name)
     namespace = g.namespace
-    if url is None or token is None or namespace is None:
+    if url is not None and token is not None and (tenant is not None or namespace is not None):
+        # Everything needed is given; the session's tenant, when there is a cluster to ask.
+        if tenant is None:
+            with contextlib.suppress(AccessError, KubeError, OSError, aiohttp.ClientError):
+                access = await asyncio.to_thread(load_cluster_access, g.kubeconfig, g.context)
+                async with await KubeClient.connect(access) as kube:
+                    tenant = ((await kube.get(resources.GRIDSESSIONS, name, namespace) or {}).get("spec") or {}).get("tenant")
+        return ConsoleClient(url, token, tenant=tenant or None, namespace=namespace), name
+    if url is None or token is None or tenant is None or namespace is None:
         access = await asyncio.to_thread(load_cluster_access, g.kubeconfig, g.context)
         namespace = namespace or access.namespace
         token = token or await access.bearer_token()
-        if url is None:
-            async with await KubeClient.connect(access) as kube:
-                gs = await kube.get(resources.GRIDSESSIONS, name, namespace)
+        async with await KubeClient.connect(access) as kube:
+            gs = await kube.get(resources.GRIDSESSIONS, name, namespace)
             if gs is None:
-                raise ValueError(f"session {name!r} not found in namespace {namespace!r}")
+                raise ValueError(f"session {name!r} not found in namespace {namespace!r} (see: gridctl session list)")
+            if not token:
+                token = await _session_token(kube, name, namespace)
+        tenant = tenant if tenant is not None else (gs.get("spec") or {}).get("tenant")
+        if url is None:
             interact_url = ((gs.get("status") or {}).get("console") or {}).get("interact")
             if not interact_url:
                 raise ValueError("the session reports no console URL: pass --gateway-url or set GRIDOP_GATEWAY_URL")
             url = interact_url.split("/interact/")[0]
     if not token:
         raise ValueError("no token: pass --token, set GRIDOP_TOKEN, or use a kubeconfig user with a token")
-    return ConsoleClient(url, token, tenant=tenant, namespace=namespace), name
+    return ConsoleClient(url, token, tenant=tenant or None, namespace=namespace), name
+
+
+async def _session_token(kube: KubeClient, name: str, namespace: str) -> str | None:
+    """The session's own JWT (its Secret `<name>-token`), for a kubeconfig without a bearer token:
+    reading it takes `get` on that Secret, which the session's owner usually has in their namespace."""
+    secret = await kube.get(resources.SECRETS, f"{name}-token", namespace)
+    raw = ((secret or {}).get("data") or {}).get("token")
+    if not raw:
+        raise ValueError(f"no token: the kubeconfig has none, and session {name!r} has no token Secret "
+                         f"{name}-token yet; pass --token or set GRIDOP_TOKEN")
+    return base64.b64decode(raw).decode()
 
 
 @console.command()
