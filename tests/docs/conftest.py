@@ -82,38 +82,66 @@ async def kind_nodes(emulator: kmock.KubernetesEmulator, api: KubeClient) -> Asy
         await task
 
 
-async def worker_env(api: KubeClient, namespace: str, deployment: str) -> dict[str, str]:  # noqa: F811
-    """The environment the Deployment's pods get: its values, and its Secret references resolved."""
-    dep = await api.get(resources.DEPLOYMENTS, deployment, namespace)
-    assert dep is not None, f"no Deployment {namespace}/{deployment}"
+async def pod_env(api: KubeClient, namespace: str, template: dict[str, Any]) -> dict[str, str]:  # noqa: F811
+    """The environment a pod of this template gets: its values, and its Secret references resolved."""
     env: dict[str, str] = {}
-    for item in dep["spec"]["template"]["spec"]["containers"][0].get("env", []):
+    for item in template["spec"]["containers"][0].get("env", []):
         if "value" in item:
             env[item["name"]] = str(item["value"])
         elif "secretKeyRef" in item.get("valueFrom", {}):
             ref = item["valueFrom"]["secretKeyRef"]
             secret = await api.get(resources.SECRETS, ref["name"], namespace)
-            assert secret is not None, f"the Deployment reads Secret {ref['name']}, which does not exist"
+            assert secret is not None, f"the pods read Secret {ref['name']}, which does not exist"
             env[item["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
     return env
 
 
-def pods_as_processes(env: dict[str, str], count: int) -> list[subprocess.Popen[bytes]]:
-    """The Deployment's pods: `gridop worker` (the container's args) with the pod's environment."""
+def pod_process(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A pod of gridop's worker image: `gridop worker` (the container's args) with the pod's environment."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("GRIDOP_")}
-    return [subprocess.Popen([sys.executable, "-m", "gridop", "worker"], cwd=ROOT, stdin=subprocess.DEVNULL,
-                             # pods have a network of their own each; processes on one machine share one,
-                             # so the pods' metrics port is left unserved here
-                             env={**base, **env, "GRIDOP_METRICS_PORT": "0", "GRIDOP_LOG_LEVEL": "WARNING",
-                                  "PYTHONPATH": str(ROOT)})
-            for _ in range(count)]
+    # Pods have a network of their own each; processes on one machine share one, so the pods'
+    # metrics port is left unserved here.
+    return subprocess.Popen([sys.executable, "-m", "gridop", "worker"], cwd=ROOT, stdin=subprocess.DEVNULL,
+                            env={**base, **env, "GRIDOP_METRICS_PORT": "0", "GRIDOP_LOG_LEVEL": "WARNING",
+                                 "PYTHONPATH": str(ROOT)})
 
 
-async def stop(workers: list[subprocess.Popen[bytes]]) -> None:
-    for w in workers:
-        w.terminate()
-    for w in workers:
-        await asyncio.to_thread(w.wait, 30)
+@pytest.fixture
+async def worker_pods(api: KubeClient) -> AsyncIterator[dict[str, list[subprocess.Popen[bytes]]]]:  # noqa: F811
+    """Plays the scheduler and kubelet for the operator's worker Jobs and Deployments: keeps as many
+    local `gridop worker` processes running per workload as it asks for (Job parallelism, Deployment
+    replicas), each with its pods' environment."""
+    running: dict[str, list[subprocess.Popen[bytes]]] = {}
+
+    async def play() -> None:
+        while True:
+            wanted: dict[str, tuple[int, str, dict[str, Any]]] = {}
+            for res, field in ((resources.JOBS, "parallelism"), (resources.DEPLOYMENTS, "replicas")):
+                for obj in await api.list(res):
+                    meta = obj["metadata"]
+                    key = f"{res.plural}/{meta['namespace']}/{meta['name']}"
+                    wanted[key] = (int(obj["spec"].get(field) or 0), meta["namespace"], obj["spec"]["template"])
+            for key in set(running) | set(wanted):
+                count, namespace, template = wanted.get(key, (0, "", {}))
+                procs = [p for p in running.get(key, []) if p.poll() is None or key.startswith("jobs/")]
+                while len(procs) < count:
+                    procs.append(pod_process(await pod_env(api, namespace, template)))
+                for extra in procs[count:] if not key.startswith("jobs/") else []:
+                    extra.terminate()
+                running[key] = procs[:count] if not key.startswith("jobs/") else procs
+            await asyncio.sleep(0.2)
+
+    task = asyncio.create_task(play())
+    yield running
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    everyone = [p for procs in running.values() for p in procs]
+    for p in everyone:
+        if p.poll() is None:
+            p.terminate()
+    for p in everyone:
+        await asyncio.to_thread(p.wait, 30)
 
 
 def load_yaml(path: pathlib.Path | str) -> list[dict[str, Any]]:

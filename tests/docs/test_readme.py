@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import pathlib
 
@@ -12,7 +13,7 @@ from gridop.kube import KubeClient, resources
 from tests.integration.conftest import eventually
 from tests.unit.test_crd_validation import admit
 
-from .conftest import load_yaml, pods_as_processes, stop, worker_env
+from .conftest import load_yaml
 from .snippets import ROOT, block, run_python, run_shell, user_env
 
 README = "README.md"
@@ -39,22 +40,19 @@ async def test_from_python_sessions(
 
 async def test_tasks_the_htc_grid_way(
     emulator: kmock.KubernetesEmulator, operator, api: KubeClient, redis_url: str, workdir: pathlib.Path,
+    worker_pods: dict,
 ) -> None:
     """`kubectl apply -f examples/htcgrid/taskpool.yaml`, then the Python block with GRIDOP_REDIS_URL
-    from the namespace's Secret (what the shell block before it exports): every task finishes."""
+    from the namespace's Secret (what the shell block before it exports): every task finishes, run
+    by the pool's Deployment, scaled by the operator."""
     (pool,) = load_yaml(ROOT / "examples" / "htcgrid" / "taskpool.yaml")
     await api.create(resources.TASKPOOLS, pool, "default")
-    dep = await eventually(lambda: api.get(resources.DEPLOYMENTS, "default-pool", "default"))
-    assert dep["spec"]["replicas"] == pool["spec"]["workers"]["min"]
-    env = await worker_env(api, "default", "default-pool")
-    workers = pods_as_processes(env, 2)
-    try:
-        b = block(README, "import os")
-        result = await asyncio.to_thread(run_python, b, workdir, user_env(GRIDOP_REDIS_URL=env["GRIDOP_REDIS_URL"]))
-    finally:
-        await stop(workers)
+    secret = await eventually(lambda: api.get(resources.SECRETS, "gridop-data-plane", "default"))
+    url = base64.b64decode(secret["data"]["url"]).decode()
+    result = await asyncio.to_thread(run_python, block(README, "import os"), workdir, user_env(GRIDOP_REDIS_URL=url))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+    assert len(worker_pods["deployments/default/default-pool"]) > 1, "the pool did not scale with its queue"
 
 
 def test_a_handler_without_a_cluster(redis_url: str, workdir: pathlib.Path) -> None:
