@@ -49,6 +49,8 @@ def blocks(page: str) -> list[Block]:
 def block(page: str, first: str) -> Block:
     """The one block of `page` whose first line starts with `first`."""
     matches = [b for b in blocks(page) if b.first.startswith(first)]
+    exact = [b for b in matches if b.first == first]
+    matches = exact if len(exact) == 1 else matches
     assert len(matches) == 1, f"{page}: {len(matches)} blocks start with {first!r}"
     return matches[0]
 
