@@ -6,6 +6,7 @@ import collections
 import datetime
 import itertools
 import pathlib
+import re
 import uuid
 from typing import Any
 
@@ -41,6 +42,8 @@ class ApiServer(kmock.KubernetesEmulator):
         self.counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
         # (User-Agent, resource plural) -> the label selectors its lists and watches asked for.
         self.selectors: dict[tuple[str, str], set[str | None]] = collections.defaultdict(set)
+        # Namespaces being deleted: a real API server refuses every create in them (403).
+        self.terminating: set[str] = set()
 
     def count(self, agent: str, action: str, resource: str | None = None) -> int:
         return sum(n for (a, act, res), n in self.counts.items()
@@ -55,6 +58,8 @@ class ApiServer(kmock.KubernetesEmulator):
                 self.selectors[(agent, plural)].add((request.params or {}).get("labelSelector"))
         if len(self._requests) > 2 * self.request_log_limit:
             del self._requests[: -self.request_log_limit]
+        if request.action == kmock.action.CREATE and request.resource is not None:
+            self._admit(request)
         if request.resource is not None and request.data is not None:
             self._stamp(request)
         try:
@@ -66,6 +71,33 @@ class ApiServer(kmock.KubernetesEmulator):
         if request.action == kmock.action.DELETE and request.resource is not None and request.name:
             await self._collect_garbage()
         return response
+
+    def _admit(self, request: kmock.Request) -> None:
+        """The refusals of a real API server that gridop must answer to: a create in a namespace
+        being deleted (403), and a pod whose spec fails validation (400 for a malformed quantity,
+        422 for duplicate port names), with the real messages."""
+        namespace = request.namespace or ((request.data or {}).get("metadata") or {}).get("namespace")
+        if namespace in self.terminating:
+            raise kmock.KubernetesError(status=403, reason="Forbidden", message=(
+                f"{request.resource.plural} \"{(request.data or {}).get('metadata', {}).get('name')}\" is forbidden: "
+                f"unable to create new content in namespace {namespace} because it is being terminated"))
+        if str(request.resource.plural) != "pods":
+            return
+        name = (request.data or {}).get("metadata", {}).get("name")
+        for i, container in enumerate(((request.data or {}).get("spec") or {}).get("containers") or []):
+            for kind in ("requests", "limits"):
+                for resource, value in ((container.get("resources") or {}).get(kind) or {}).items():
+                    if not re.fullmatch(r"[+-]?[0-9.]+([eEinumkKMGTP]*[-+]?[0-9]*)", str(value)):
+                        raise kmock.KubernetesError(status=400, reason="BadRequest", message=(
+                            f"quantities must match the regular expression "
+                            f"'^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$' (spec.containers[{i}].resources.{kind}.{resource})"))
+            seen: set[str] = set()
+            for j, port in enumerate(container.get("ports") or []):
+                if port.get("name") in seen:
+                    raise kmock.KubernetesError(status=422, reason="Invalid", message=(
+                        f"Pod \"{name}\" is invalid: spec.containers[{i}].ports[{j}].name: "
+                        f"Duplicate value: \"{port['name']}\""))
+                seen.add(port.get("name"))
 
     async def _collect_garbage(self) -> None:
         """What kube-controller-manager's garbage collector does (background propagation): delete

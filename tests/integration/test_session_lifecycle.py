@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import logging
 import json
 
 import jwt
@@ -226,3 +228,61 @@ async def test_an_unusable_signing_key_is_reported_and_picked_up_once_fixed(
         stop.set()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 20)
+
+
+@pytest.mark.parametrize(("workload", "reason", "refusal"), [
+    # the operator's own model refuses it: nothing is created
+    ({"resources": {"requests": {"cpu": "lots"}}}, "InvalidSpec", "spec.workload.resources.requests.cpu"),
+    # the API server refuses the pod
+    ({"ports": [{"name": "a", "containerPort": 80}, {"name": "a", "containerPort": 81}]}, "SpecRejected",
+     'spec.containers[0].ports[1].name: Duplicate value: "a"'),
+])
+async def test_a_spec_that_cannot_be_run_is_reported_as_stalled_once(
+    emulator, nodes: None, operator, api: KubeClient, caplog: pytest.LogCaptureFixture, workload: dict, reason: str,
+    refusal: str,
+) -> None:
+    """Objects admitted before the schema checked these (or by a laxer schema): the session says why
+    it cannot run (Stalled, with the model's or the API server's message), the operator stops trying
+    until the spec changes, and logs no traceback."""
+    await api.create(resources.GRIDSESSIONS, gridsession("bad-pod", node="worker-1", workload=workload), NAMESPACE)
+    gs = await eventually(lambda: _ready_reason(api, "bad-pod", reason))
+    assert gs["status"]["phase"] == "Pending" and refusal in ready(gs)["message"], ready(gs)
+    stalled = next(c for c in gs["status"]["conditions"] if c["type"] == "Stalled")
+    assert stalled["status"] == "True" and stalled["reason"] == reason
+    tries = emulator.count("gridop-operator", "CREATE", "pods")
+    await asyncio.sleep(3)
+    assert emulator.count("gridop-operator", "CREATE", "pods") == tries, "the operator kept creating a refused pod"
+    assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.levelname == "ERROR"]
+
+    # Fixed: the new generation gets its pod.
+    await api.patch(resources.GRIDSESSIONS, "bad-pod", {"spec": {"workload": None}}, NAMESPACE)
+    await eventually(lambda: api.get(resources.PODS, "bad-pod", NAMESPACE))
+
+
+async def test_a_namespace_being_deleted_gets_nothing_new_and_no_alarm(
+    emulator, nodes: None, operator, api: KubeClient, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A namespace being deleted refuses every create with 403 "being terminated": the operator
+    stops creating there, and logs it once, at INFO."""
+    caplog.set_level(logging.INFO, logger="gridop")
+    for i in range(5):
+        await api.create(resources.GRIDSESSIONS, gridsession(f"doomed-{i}", node="worker-1"), NAMESPACE)
+    for i in range(5):
+        await eventually(lambda i=i: api.get(resources.PODS, f"doomed-{i}", NAMESPACE))
+    # `kubectl delete namespace`: the namespace starts terminating and its pods go first.
+    emulator.terminating.add(NAMESPACE)
+    before = emulator.count("gridop-operator", "CREATE", "pods")
+    for i in range(5):
+        await api.delete(resources.PODS, f"doomed-{i}", NAMESPACE)
+    await eventually(lambda: _tried(emulator, before + 5))
+    await asyncio.sleep(2)
+    refused = emulator.count("gridop-operator", "CREATE")
+    await asyncio.sleep(3)
+    assert emulator.count("gridop-operator", "CREATE") - refused <= 5, "the operator kept creating in a dying namespace"
+    assert "Traceback" not in caplog.text
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "WARNING") and r.name.startswith("gridop")]
+    assert caplog.text.count("is being deleted: creating nothing more there") == 1
+
+
+async def _tried(emulator, n: int) -> bool:
+    return emulator.count("gridop-operator", "CREATE", "pods") >= n

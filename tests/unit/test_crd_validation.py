@@ -67,6 +67,27 @@ def cel_errors(schema: dict[str, Any], obj: Any, old: Any, path: str) -> list[st
     return errors
 
 
+def list_map_errors(schema: dict[str, Any], obj: Any, path: str) -> list[str]:
+    """A list of type `map` holds each key once: the API server refuses a duplicate."""
+    errors = []
+    if isinstance(obj, list) and schema.get("x-kubernetes-list-type") == "map":
+        keys = schema["x-kubernetes-list-map-keys"]
+        seen = set()
+        for i, item in enumerate(obj):
+            key = tuple(item.get(k) for k in keys) if isinstance(item, dict) else (item,)
+            if key in seen:
+                errors.append(f"{path}[{i}]: Duplicate value: {dict(zip(keys, key))}")
+            seen.add(key)
+    if isinstance(obj, dict):
+        for key, sub in schema.get("properties", {}).items():
+            if key in obj:
+                errors += list_map_errors(sub, obj[key], f"{path}.{key}")
+    if isinstance(obj, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(obj):
+            errors += list_map_errors(schema["items"], item, f"{path}[{i}]")
+    return errors
+
+
 def admit(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
     """The API server's verdict: [] to admit, else the messages it would return."""
     schema = SCHEMAS[obj["kind"]]
@@ -76,7 +97,7 @@ def admit(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
         f"{'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}"
         for e in jsonschema.Draft4Validator(schema).iter_errors(obj)
     ]
-    return schema_errors or cel_errors(schema, obj, old, "")
+    return schema_errors or list_map_errors(schema, obj, "") or cel_errors(schema, obj, old, "")
 
 
 def session(**spec: Any) -> dict[str, Any]:
@@ -104,6 +125,9 @@ def test_the_example_is_admitted() -> None:
         (session(sharing="Sometimes"), "'Sometimes' is not one of ['Shared', 'Exclusive']"),
         (session(workload={"ports": [{"name": "http", "containerPort": 70000}]}), "70000 is greater than the maximum"),
         (session(workload={"ports": [{"name": "Not_OK", "containerPort": 80}]}), "does not match"),
+        (session(workload={"resources": {"requests": {"cpu": "lots"}}}), "'lots' does not match"),
+        (session(workload={"ports": [{"name": "a", "containerPort": 80}, {"name": "a", "containerPort": 81}]}),
+         ".spec.workload.ports[1]: Duplicate value: {'name': 'a'}"),
     ],
 )
 def test_bad_sessions_are_refused_with_a_readable_message(obj: dict[str, Any], message: str) -> None:

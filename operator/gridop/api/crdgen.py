@@ -38,6 +38,9 @@ def structural(schema: dict[str, Any], defs: dict[str, Any] | None = None, *, ke
         types = sorted(o.get("type", "") for o in options)
         if types == ["integer", "string"]:
             node["x-kubernetes-int-or-string"] = True
+            pattern = next((o["pattern"] for o in options if o.get("type") == "string" and "pattern" in o), None)
+            if pattern is not None:
+                node["pattern"] = pattern  # checked on strings only: a quantity's "100m", never its 2
         elif len(options) == 1:
             inner = structural(options[0], defs, keep_defaults=keep_defaults)
             node = {**inner, **node}

@@ -10,17 +10,21 @@ twice on a view that predates its own write.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import time
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import ValidationError
+
 from .. import metrics
-from ..api.v1alpha1 import GridSession, Phase, utcnow
+from ..api.v1alpha1 import GridSession, GridSessionStatus, Phase, utcnow
+from ..api.v1alpha1.common import set_condition, set_progress
 from ..auth.keystore import KeyringSource
 from ..auth.tokens import SigningKeyError, issue_session_token
-from ..kube import AlreadyExists, Conflict, KubeClient, NotFound, merge_patch, resources
+from ..kube import AlreadyExists, Conflict, KubeClient, KubeError, NotFound, merge_patch, resources
 from ..kube.events import EventRecorder
 from ..kube.informer import Informer
 from ..settings import Settings
@@ -53,6 +57,9 @@ def _rv(obj: Mapping[str, Any] | None) -> str | None:
     return None if obj is None else (obj.get("metadata") or {}).get("resourceVersion")
 
 
+CREATES = frozenset({Do.APPLY_CONFIG_MAP, Do.ISSUE_TOKEN, Do.APPLY_SERVICE, Do.CREATE_POD})
+
+
 class SessionReconciler:
     def __init__(
         self,
@@ -76,6 +83,9 @@ class SessionReconciler:
         self._component = {cache.sessions: "session", cache.pods: "pod", cache.services: "service",
                            cache.config_maps: "config_map", cache.secrets: "secret"}
         self._written: dict[Key, float] = {}  # when the last status write happened (loop time)
+        # Children the API server refused as invalid, by session: (generation, what and why).
+        self._rejected: dict[Key, tuple[Any, str]] = {}
+        self._terminating: set[str] = set()  # namespaces being deleted (creates there are refused)
         self.passes = 0
         self.skipped = 0
 
@@ -109,6 +119,7 @@ class SessionReconciler:
             **{component: _rv(obj) for component, obj in cached.items()},
             "nodes": len(self.cache.nodes) if selecting else None,
             "key_error": key_error,
+            "rejected": self._rejected.get((body["metadata"]["namespace"], body["metadata"]["name"])),
         }
 
     def observe(self, session: GridSession, cached: Mapping[str, Any], key_error: str | None) -> Observed:
@@ -125,7 +136,13 @@ class SessionReconciler:
             pinned_node=cached["pinned"],
             matching_nodes=matching,
             signing_key_error=key_error,
+            rejected=self._rejection(session),
         )
+
+    def _rejection(self, session: GridSession) -> str | None:
+        meta = session.metadata
+        generation, why = self._rejected.get((meta["namespace"], meta["name"]), (None, None))
+        return why if generation == meta.get("generation") else None
 
     def _keep(self, session: GridSession, informer: Informer, answer: dict[str, Any] | None) -> None:
         """Fold the answer to our own write into the cache, and into what this pass has seen."""
@@ -164,10 +181,19 @@ class SessionReconciler:
         self.passes += 1
         self._writes[key] = {}
         try:
-            session = GridSession.model_validate(body)
+            try:
+                session = GridSession.model_validate(body)
+            except ValidationError as exc:
+                await self._report_invalid(body, exc)
+                self._seen[key] = seen
+                return None
             observed = self.observe(session, cached, key_error)
             decision = decide(session, observed, now=self.clock(), settings=self.settings)
             await self.act(session, decision, observed)
+            if observed.rejected is None and self._rejection(session) is not None:
+                # A child was refused as invalid just now: report that, rather than what was tried.
+                observed = self.observe(session, cached, key_error)
+                decision = decide(session, observed, now=self.clock(), settings=self.settings)
             delay = decision.requeue_after if decision.requeue_after is not None else self.settings.resync_seconds
             wait = await self.report(session, body, decision)
             if wait is not None:
@@ -179,6 +205,31 @@ class SessionReconciler:
             self._writes.pop(key, None)
         metrics.RECONCILE_SECONDS.labels("GridSession").observe(time.perf_counter() - started)
         return delay
+
+    async def _report_invalid(self, body: Mapping[str, Any], exc: ValidationError) -> None:
+        """A stored object this operator's model refuses (admitted by an older or laxer schema):
+        say so on the object, once, and wait for a spec that can be acted on."""
+        meta = body["metadata"]
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        message = f"{where}: {first['msg']} (got {first.get('input')!r}); fix the spec"
+        now, generation = self.clock(), meta.get("generation")
+        try:
+            status = GridSessionStatus.model_validate(body.get("status") or {})
+        except ValidationError:
+            status = GridSessionStatus()
+        conditions = set_condition(status.conditions, type="Ready", status=False, reason="InvalidSpec",
+                                   message=message, now=now, generation=generation)
+        conditions = set_progress(conditions, reconciling=None, stalled=("InvalidSpec", message), now=now,
+                                  generation=generation)
+        patch = merge_patch(body.get("status") or {}, status.model_copy(
+            update={"conditions": conditions, "observed_generation": generation}).to_kube())
+        if not patch:
+            return
+        log.warning("session %s/%s: %s", meta["namespace"], meta["name"], message)
+        with contextlib.suppress(Conflict, NotFound):
+            await self.client.patch(resources.GRIDSESSIONS, meta["name"], {"status": patch}, meta["namespace"],
+                                    subresource="status")
 
     async def _release_legacy_finalizer(self, body: Mapping[str, Any]) -> None:
         meta = body["metadata"]
@@ -195,11 +246,33 @@ class SessionReconciler:
 
     async def act(self, session: GridSession, decision: Decision, observed: Observed) -> None:
         """Carry out the actions; the children of a new session are created concurrently."""
-        steps = [self._step(session, decision, observed, a) for a in decision.actions if a != Do.DELETE_SESSION]
+        steps = [self._guarded(session, decision, observed, a) for a in decision.actions if a != Do.DELETE_SESSION]
         if steps:
             await asyncio.gather(*steps)
         if Do.DELETE_SESSION in decision.actions:
             await self.client.delete(resources.GRIDSESSIONS, session.metadata["name"], session.metadata["namespace"])
+
+    async def _guarded(self, session: GridSession, decision: Decision, observed: Observed, action: Do) -> None:
+        """One action, with the API server's refusals that are answers, not failures: an invalid
+        child (400/422) is the spec's fault and is reported on the session; a namespace being deleted
+        (403 "being terminated") takes nothing new, so the operator stops creating, quietly."""
+        meta = session.metadata
+        try:
+            await self._step(session, decision, observed, action)
+        except KubeError as exc:
+            if exc.status == 403 and "being terminated" in (exc.api_message or str(exc)):
+                if meta["namespace"] not in self._terminating:
+                    self._terminating.add(meta["namespace"])
+                    log.info("namespace %s is being deleted: creating nothing more there", meta["namespace"])
+                return
+            if exc.status in (400, 422) and action in CREATES:
+                what = f"{action.value.removeprefix('Create').removeprefix('Apply').lower()}"
+                self._rejected[(meta["namespace"], meta["name"])] = (
+                    meta.get("generation"), f"the session's {what}: {exc.api_message or exc}")
+                log.warning("session %s/%s: the API server refused its %s: %s", meta["namespace"], meta["name"],
+                            what, exc.api_message or exc)
+                return
+            raise
 
     async def _step(self, session: GridSession, decision: Decision, observed: Observed, action: Do) -> None:
         ns = session.metadata["namespace"]
@@ -320,6 +393,7 @@ class SessionReconciler:
         key = (namespace, name)
         self._seen.pop(key, None)
         self._written.pop(key, None)
+        self._rejected.pop(key, None)
         if self._phases.pop(key, None) is not None:
             self._publish_phases()
 

@@ -49,6 +49,7 @@ class Observed:
     pinned_node: dict[str, Any] | None = None  # spec.node's Node
     matching_nodes: int = 0  # nodes matching spec.nodeSelector
     signing_key_error: str | None = None
+    rejected: str | None = None  # the API server refused a child of this generation: what and why
 
 
 @dataclasses.dataclass
@@ -141,7 +142,7 @@ def _lose_pod(
 
 # Ready reasons that mean the operator cannot make progress until someone fixes something.
 STALLED_REASONS = frozenset({
-    "NodeNotFound", "NoMatchingNode", "SigningKeyUnavailable", "NameConflict",
+    "NodeNotFound", "NoMatchingNode", "SigningKeyUnavailable", "NameConflict", "SpecRejected",
     "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError",
 })
 
@@ -257,6 +258,14 @@ def _decide(
         d.requeue(PLACEMENT_RETRY)
         if observed.pod is None:
             return d
+
+    if observed.rejected is not None:
+        # Creating it again would be refused again: wait for a new spec.
+        msg = f"the API server refused {observed.rejected}; fix the session's spec"
+        st.phase = Phase.PENDING if observed.pod is None else st.phase
+        _ready(d, False, "SpecRejected", msg, now, gen)
+        d.events.append(Event("Warning", "SpecRejected", msg))
+        return d
 
     # Children that must exist before the pod can start.
     if not plan.config_map_current(session, observed.config_map):

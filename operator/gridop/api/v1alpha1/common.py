@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import datetime
 import enum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
 GROUP = "gridop.io"
@@ -47,6 +47,16 @@ class Condition(KubeModel):
     message: str = Field(default="", max_length=32768)
     last_transition_time: datetime.datetime
     observed_generation: int | None = Field(default=None, ge=0)
+
+
+#: A list of conditions is a map keyed by type (as metav1.Condition lists are), so server-side
+#: apply merges each condition by its type instead of replacing the whole list.
+CONDITIONS_LIST: dict[str, Any] = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
+
+#: A Kubernetes resource quantity ("100m", "1Gi", 2), as resource.Quantity's schema checks it.
+QUANTITY_PATTERN = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
+                    r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
+Quantity = Annotated[int | Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN)], "quantity"]
 
 
 def utcnow() -> datetime.datetime:

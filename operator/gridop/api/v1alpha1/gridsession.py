@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import Field
 
-from .common import API_VERSION, Condition, KubeModel
+from .common import API_VERSION, CONDITIONS_LIST, Condition, KubeModel, Quantity
 
 KIND = "GridSession"
 PLURAL = "gridsessions"
@@ -76,8 +76,8 @@ class WorkloadPort(KubeModel):
 
 
 class ResourceRequirements(KubeModel):
-    requests: dict[str, int | str] | None = None
-    limits: dict[str, int | str] | None = None
+    requests: dict[str, Quantity] | None = None
+    limits: dict[str, Quantity] | None = None
 
 
 class PullPolicy(str, enum.Enum):
@@ -95,7 +95,11 @@ class Workload(KubeModel):
     args: list[str] | None = None
     env: list[EnvVar] = Field(default_factory=list, max_length=128)
     resources: ResourceRequirements | None = None
-    ports: list[WorkloadPort] = Field(default_factory=list, max_length=32)
+    ports: list[WorkloadPort] = Field(
+        default_factory=list, max_length=32,
+        # keyed by name: a second port of the same name is refused at admission, as a Pod's would be
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
     console_port: int | None = Field(
         default=None, ge=1, le=65535, description="A port the console listens on, exposed on the Service as `console`."
     )
@@ -156,7 +160,7 @@ class GridSessionStatus(KubeModel):
     stop_time: datetime.datetime | None = None
     attached_clients: list[Attachment] = Field(default_factory=list)
     recoveries: int = Field(default=0, ge=0)
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_LIST)
     observed_generation: int | None = Field(default=None, ge=0)
 
 

@@ -11,7 +11,7 @@ import enum
 
 from pydantic import Field
 
-from .common import Condition, KubeModel
+from .common import CONDITIONS_LIST, Condition, KubeModel
 from .gridsession import EnvVar, ResourceRequirements
 
 KIND = "TaskBatch"
@@ -105,7 +105,7 @@ class TaskBatchStatus(KubeModel):
     workers: int = 0
     start_time: datetime.datetime | None = None
     completion_time: datetime.datetime | None = None
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_LIST)
     observed_generation: int | None = Field(default=None, ge=0)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from .common import Condition, KubeModel
+from .common import CONDITIONS_LIST, Condition, KubeModel
 from .taskbatch import WORKER_RULES, OnError, TaskCounts, Workers, name_rules
 
 KIND = "TaskPool"
@@ -51,7 +51,7 @@ class TaskPoolStatus(KubeModel):
     ready_workers: int = Field(default=0, description="Workers running and ready.")
     sessions: int = Field(default=0, description="Sessions in the pool with tasks not yet terminal.")
     counts: TaskCounts = Field(default_factory=TaskCounts)
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_LIST)
     observed_generation: int | None = Field(default=None, ge=0)
 
 
