@@ -219,6 +219,10 @@ def _env(name: str) -> dict[str, Any]:
               **_env("LEASE_SECONDS"))
 @click.option("--timeout", type=click.FloatRange(min=0), default=0.0, metavar="SECONDS",
               help="per-task timeout; 0: none", **_env("TASK_TIMEOUT_SECONDS"))
+@click.option("--isolation", type=click.Choice(["process", "thread"]), default="process",
+              help="where a synchronous handler runs: a child process the worker stops on a timeout, a "
+                   "cancellation or a stop; or a thread (no process hop, but a hung handler runs on)",
+              **_env("HANDLER_ISOLATION"))
 @click.option("--fail-on-error", is_flag=True, help="fail a task whose handler raises instead of retrying it")
 @click.option("--retry-on-error", type=bool, default=True, hidden=True, **_env("RETRY_ON_ERROR"))
 @click.option("--key-prefix", default="gridop:default", metavar="PREFIX",
@@ -256,6 +260,7 @@ def worker(**opts: Any) -> int:
         heartbeat_seconds=opts["heartbeat"], lease_seconds=opts["lease"], task_timeout=opts["timeout"] or None,
         retry_on_error=opts["retry_on_error"] and not opts["fail_on_error"], exit_when_done=not opts["keep_running"],
         key_prefix=opts["key_prefix"], claim_seconds=opts["claim_seconds"], metrics_port=opts["metrics_port"],
+        isolation=opts["isolation"],
     )
     return run_processes(options, opts["processes"])
 

@@ -84,3 +84,17 @@ def sleepy_flaky(event, context):
     if event.get("flaky") and context.attempt == 1:
         raise RuntimeError(f"transient failure on {context.task_id}")
     return {"n": event.get("n")}
+
+
+async def acrashes(event, context):
+    """A poison task of an async handler (on the worker's own loop): it kills the worker process."""
+    if event.get("poison"):
+        os._exit(1)
+    return {"n": event.get("n")}
+
+
+def lambda_context(event, context):
+    """What an HTC-Grid lambda reads from its context object."""
+    return {"aws_request_id": context.aws_request_id, "function_name": context.function_name,
+            "memory_limit_in_mb": context.memory_limit_in_mb, "remaining": context.get_remaining_time_in_millis(),
+            "function_version": context.function_version, "log_stream_name": context.log_stream_name}

@@ -63,9 +63,10 @@ async def test_sys_exit_in_a_handler_fails_that_task_and_the_worker_carries_on(r
 async def test_a_task_that_kills_its_worker_costs_its_neighbours_at_most_one_attempt(
     redis_url: str, store: TaskStore
 ) -> None:
-    """One poison task among 19 healthy ones, all claimed together by a worker it kills: the
-    neighbours are retried once and finish; the poison task is retried alone until its
-    infrastructure budget is spent, then fails as infrastructure."""
+    """One poison task among 19 healthy ones, all claimed together by a worker it kills (a handler
+    run in the worker's own process, `--isolation thread`): the neighbours are retried once and
+    finish; the poison task is retried alone until its infrastructure budget is spent, then fails
+    as infrastructure."""
     tasks = [{"n": i} for i in range(20)]
     tasks[3] = {"poison": True}
     async with conn(redis_url, max_retries=0) as c:  # no application retries at all: infra has its own budget
@@ -76,7 +77,8 @@ async def test_a_task_that_kills_its_worker_costs_its_neighbours_at_most_one_att
         deaths = 0
         try:
             for _ in range(10):  # the Job's restartPolicy, by hand
-                worker = spawn_worker(redis_url, "poison", "crashes", "--batch-size", "256", "--claim-seconds", "0")
+                worker = spawn_worker(redis_url, "poison", "crashes", "--batch-size", "256", "--claim-seconds", "0",
+                                      "--isolation", "thread")
                 await asyncio.to_thread(worker.wait, 60)
                 if worker.returncode == 0:
                     break
@@ -93,6 +95,32 @@ async def test_a_task_that_kills_its_worker_costs_its_neighbours_at_most_one_att
     attempts = [(await store.record("poison", i)).attempts for i in range(20) if i != 3]
     assert max(attempts) <= 2, attempts
     assert await store.error_counts("poison") == {"application": 0, "timeout": 0, "infrastructure": 19 + 3}
+
+
+async def test_a_task_that_kills_its_handler_process_costs_its_neighbours_nothing(
+    redis_url: str, store: TaskStore
+) -> None:
+    """The default: a sync handler runs in a child process. A poison task kills only that child:
+    the worker reports it (an application error, retried by the batch's policy), starts a new
+    child for the rest of the claim, and every neighbour finishes at its first attempt."""
+    tasks = [{"n": i} for i in range(20)]
+    tasks[3] = {"poison": True}
+    async with conn(redis_url, max_retries=1) as c:
+        sub = await c.send(tasks, session_id="poison-iso")
+        worker = spawn_worker(redis_url, "poison-iso", "crashes", "--batch-size", "256", "--claim-seconds", "0")
+        stop = asyncio.Event()
+        sweeper = asyncio.create_task(Sweeper(store, "poison-iso", interval=0.1).run(stop))
+        try:
+            assert await asyncio.to_thread(worker.wait, 60) == 0
+            results = await c.get_results(sub, timeout_sec=10)
+        finally:
+            stop.set()
+            await sweeper
+    assert results["failed"] == ["poison-iso_3"]
+    assert results["metadata"]["errors"]["poison-iso_3"] == "the handler's process died (exit code 1)"
+    assert results["metadata"]["error_kinds"] == {"poison-iso_3": "application"}
+    assert (await store.record("poison-iso", 3)).attempts == 2
+    assert {(await store.record("poison-iso", i)).attempts for i in range(20) if i != 3} == {1}
 
 
 async def test_error_kinds_are_recorded_per_attempt_and_counted(redis_url: str, store: TaskStore) -> None:

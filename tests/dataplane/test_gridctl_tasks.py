@@ -105,7 +105,7 @@ def test_a_local_run_whose_workers_all_die_ends_with_exit_1_and_cancels_the_rest
     redis_url: str, tmp_path: pathlib.Path
 ) -> None:
     result = gridctl("tasks", "--redis-url", redis_url, "run", "--local", "-", "--handler",
-                     "tests.dataplane.handlers:crashes", "--workers", "2", "--session", "dies", "-o", "none",
+                     "tests.dataplane.handlers:acrashes", "--workers", "2", "--session", "dies", "-o", "none",
                      stdin='{"poison": true}\n' * 4)
     assert result.returncode == 1, result.stderr
     assert "all 2 local workers exited (exit codes 1, 1) with 4 tasks unfinished" in result.stderr

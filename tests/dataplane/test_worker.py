@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import subprocess
+import sys
+import time
 
 from gridop.client.tasks import AsyncGridConnector, GridConnector
 from gridop.tasks.store import TaskStore
@@ -13,7 +17,8 @@ from gridop.tasks.worker import Worker, load_handler
 
 from . import handlers
 
-from .conftest import BOTH_PLANES
+from ..waiting import eventually
+from .conftest import BOTH_PLANES, ROOT
 
 
 async def run_batch(store: TaskStore, sid: str, handler, *, workers: int = 1, **options) -> list:
@@ -197,3 +202,61 @@ async def test_cancelling_an_idle_worker_still_cancels_it(redis_url: str, store:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(running, timeout=5)
         assert running.cancelled()
+
+
+ISOLATED = {"handler_ref": "tests.dataplane.handlers:hang", "isolation": "process"}
+
+
+async def test_an_isolated_handler_past_its_timeout_is_stopped_and_the_batch_goes_on(redis_url: str, store: TaskStore) -> None:
+    """In its child process, a hung sync handler is killed at its timeout; the rest of the batch runs in a new child."""
+    async with AsyncGridConnector({"redis_url": redis_url}) as c:
+        sub = await c.send([{"n": 0}, {"hang": True, "seconds": 30}, {"n": 2}], session_id="iso-hang")
+        (stats,) = await run_batch(store, "iso-hang", handlers.hang, task_timeout=0.5, claim_seconds=0,
+                                   retry_on_error=False, **ISOLATED)
+        results = await c.get_results(sub, timeout_sec=5)
+    assert results["finished"] == ["iso-hang_0", "iso-hang_2"]
+    assert results["failed"] == ["iso-hang_1"] and "timed out after 0.5s" in results["metadata"]["errors"]["iso-hang_1"]
+
+
+def _worker_cli(redis_url: str, session: str, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gridop", "worker", "--redis-url", redis_url, "--session", session,
+         "--handler", "tests.dataplane.handlers:hang", "--heartbeat", "0.3", "--lease", "2", "--log-level", "WARNING",
+         *args], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=subprocess.DEVNULL)
+
+
+async def test_a_worker_whose_handler_hung_past_its_timeout_stops_on_sigterm(redis_url: str) -> None:
+    """The reproduction: `time.sleep(40)` with `--timeout 1`; the task fails as timed out, and the
+    worker then exits promptly on SIGTERM (the handler's process was stopped, not abandoned)."""
+    async with AsyncGridConnector({"redis_url": redis_url}) as c:
+        sub = await c.send([{"hang": True, "seconds": 40}], session_id="sigterm-hang")
+        worker = _worker_cli(redis_url, "sigterm-hang", "--timeout", "1", "--fail-on-error", "--keep-running")
+        try:
+            results = await c.get_results(sub, timeout_sec=20)
+            assert results["failed"] == ["sigterm-hang_0"]
+            began = time.monotonic()
+            worker.terminate()
+            assert await asyncio.to_thread(worker.wait, 10) == 0
+            assert time.monotonic() - began < 5
+        finally:
+            worker.kill()
+
+
+async def test_a_cancelled_running_sync_task_is_stopped_within_a_heartbeat(redis_url: str) -> None:
+    async with AsyncGridConnector({"redis_url": redis_url}) as c:
+        sub = await c.send([{"hang": True, "seconds": 40}, {"hang": True, "seconds": 40}], session_id="cancel-hang")
+        worker = _worker_cli(redis_url, "cancel-hang", "--batch-size", "1", "--claim-seconds", "0")
+        try:
+            store = c.store
+            await eventually(lambda: _processing(store, "cancel-hang"), timeout=20)
+            began = time.monotonic()
+            counts = await c.cancel_sessions(["cancel-hang"])
+            assert counts["cancel-hang"]["total_cancelled_tasks"] == 2
+            assert await asyncio.to_thread(worker.wait, 15) == 0  # the batch is done: the worker exits
+            assert time.monotonic() - began < 5, "the cancelled task ran on"
+        finally:
+            worker.kill()
+
+
+async def _processing(store: TaskStore, sid: str) -> bool:
+    return (await store.counts(sid))["processing"] > 0

@@ -69,6 +69,17 @@ DEFAULT_MAX_PAYLOAD = 1024 * 1024
 READ_FROM_DATAPLANE = "read_from_dataplane"  # HTC-Grid's placeholder in failed_OUTPUT and cancelled_OUTPUT
 _logged: set[str] = set()  # what this process has already said about its configuration
 
+# HTC-Grid's module constants, for programs that read them.
+URLOPEN_LAMBDA_INVOKE_TIMEOUT_SEC = 120
+TASK_TIMEOUT_SEC = 3600
+RETRY_COUNT = 5
+TOKEK_REFRESH_INTERVAL_SEC = 200  # (sic: HTC-Grid's name)
+
+
+def get_safe_session_id() -> str:
+    """A fresh session id, as HTC-Grid's (a UUID; valid as a gridop session id too)."""
+    return str(uuid.uuid1())
+
 
 def _log_once(level: int, message: str, *args: Any) -> None:
     text = message % args
@@ -243,7 +254,7 @@ class AsyncGridConnector:
 
     async def send(
         self, tasks_list: Iterable[dict[str, Any]], session_id: str | None = None, *, append: bool = False,
-        priority: int | None = None,
+        priority: int | None = None, in_pool: bool | None = None,
     ) -> dict[str, Any]:
         """Submit tasks; returns {'session_id', 'task_ids'} with ids in submission order.
 
@@ -262,24 +273,30 @@ class AsyncGridConnector:
         (the TaskPool named by the `pool` setting, `default` unless configured): on a cluster a
         plain `send()` runs without a TaskBatch. A named session waits for its own TaskBatch.
         `priority` (default: the `priority` setting, 0) orders sessions in a pool: higher first.
+        `in_pool=True` sends a session with an id of its own to the pool all the same (HTC-Grid's
+        `submit`). An empty list makes an empty session, as in HTC-Grid: its results are there at once.
         """
         store = self._store  # not configured yet: says so
         streamed = not isinstance(tasks_list, list | tuple)
         if streamed and (isinstance(tasks_list, str | bytes | Mapping) or not isinstance(tasks_list, Iterable)):
             raise ValueError(f"tasks_list must be a list of dicts (or an iterable of them), got "
                              f"{type(tasks_list).__name__}")
-        payloads = [] if streamed else encode_tasks(tasks_list, self.max_payload_bytes)
+        payloads = [] if streamed or not tasks_list else encode_tasks(tasks_list, self.max_payload_bytes)
         if session_id is not None:
             sid = _validate_session_id(session_id)
         elif self.session_prefix:
             sid = _validate_session_id(f"{self.session_prefix}-{uuid.uuid4().hex[:12]}", "session_prefix")
         else:
             sid = str(uuid.uuid4())  # a UUID, as HTC-Grid's session ids are
-        pool = self.pool if session_id is None else ""
+        pool = self.pool if (session_id is None if in_pool is None else in_pool) else ""
         priority = self.priority if priority is None else int(priority)
         if streamed:
             return await self._send_stream(sid, iter(tasks_list), append=append, pool=pool, priority=priority)
         log.info("sending %d tasks to session %s", len(payloads), sid)
+        if not payloads:
+            if not append:
+                await store.create(sid, [], self.retry_policy)
+            return {"session_id": sid, "task_ids": []}
         if append:
             appended = await store.append(sid, payloads)
             if appended is not None:
@@ -330,7 +347,9 @@ class AsyncGridConnector:
                 raise ValueError(f"{exc} (session {sid}: the {sent} tasks sent before it were cancelled)") from exc
             raise
         if not sent:
-            raise ValueError("tasks_list is empty")
+            if not appending:
+                await store.create(sid, [], self.retry_policy)  # an empty session, as for an empty list
+            return {"session_id": sid, "task_ids": TaskIds(sid, [])}
         if not appending:
             await store.close_stream(sid)
             self._starts.pop((sid, 0), None)  # a new session: its stream starts empty
@@ -497,6 +516,41 @@ class AsyncGridConnector:
                     yield batch
             if deadline is not None and time.monotonic() >= deadline:
                 return
+
+    # -- the rest of HTC-Grid's connector, for programs that call it -------------------------------
+
+    def refresh(self) -> None:
+        """HTC-Grid refreshes its Cognito token here; gridop's data-plane credentials do not expire."""
+
+    def generate_user_task_json(self, tasks_list: list[Any] | None = None) -> dict[str, Any]:
+        """HTC-Grid's submission object for `tasks_list`, with a fresh session id (what `submit` takes)."""
+        now_ms = int(time.time() * 1000)
+        return {
+            "session_id": get_safe_session_id(),
+            "scheduler_data": {"task_timeout_sec": TASK_TIMEOUT_SEC, "retry_count": RETRY_COUNT,
+                               "tstamp_api_grid_connector_ms": 0, "tstamp_agent_read_from_sqs_ms": 0},
+            "stats": {"stage1_grid_api_01_task_creation_tstmp": {"label": " ", "tstmp": now_ms}},
+            "tasks_list": {"tasks": list(tasks_list or [])},
+        }
+
+    async def submit(self, jobs: Mapping[str, Any]) -> dict[str, Any]:
+        """Send a submission object (`generate_user_task_json`'s) to the pool, under its session id."""
+        if not isinstance(jobs, Mapping) or not isinstance(jobs.get("tasks_list"), Mapping):
+            raise ValueError("jobs must be the dict generate_user_task_json() returned (with 'tasks_list')")
+        sid = jobs.get("session_id")
+        return await self.send(list(jobs["tasks_list"].get("tasks") or []),
+                               None if sid in (None, "None") else str(sid), in_pool=True)
+
+    async def invoke_get_results_lambda(self, session_id: Mapping[str, Any] | str) -> dict[str, Any]:
+        """The results of a whole session as they stand now (HTC-Grid's get-results call, one poll)."""
+        sid = _validate_session_id(session_id.get("session_id") if isinstance(session_id, Mapping) else session_id)
+        await self._require(sid)
+        total = int((await self._store.meta(sid)).get("total", 0))
+        return await self.get_results({"session_id": sid, "task_ids": TaskIds(sid, [range(total)])}, wait=False)
+
+    async def cancel(self, session_id: str) -> dict[str, int]:
+        """Cancel one session (HTC-Grid declares this and does nothing): its `cancel_sessions` entry."""
+        return (await self.cancel_sessions([session_id]))[session_id]
 
     async def cancel_sessions(self, session_ids: list[str]) -> dict[str, dict[str, int]]:
         if not isinstance(session_ids, list | tuple):
@@ -707,6 +761,21 @@ class GridConnector:
 
     def cancel_sessions(self, session_ids: list[str]) -> dict[str, dict[str, int]]:
         return self._run(self._async.cancel_sessions(session_ids))
+
+    def refresh(self) -> None:
+        self._async.refresh()
+
+    def generate_user_task_json(self, tasks_list: list[Any] | None = None) -> dict[str, Any]:
+        return self._async.generate_user_task_json(tasks_list)
+
+    def submit(self, jobs: Mapping[str, Any]) -> dict[str, Any]:
+        return self._run(self._async.submit(jobs))
+
+    def invoke_get_results_lambda(self, session_id: Mapping[str, Any] | str) -> dict[str, Any]:
+        return self._run(self._async.invoke_get_results_lambda(session_id))
+
+    def cancel(self, session_id: str) -> dict[str, int]:
+        return self._run(self._async.cancel(session_id))
 
     def close(self) -> None:
         self._run(self._async.close())

@@ -39,6 +39,7 @@ class WorkerOptions:
     pool: str | None = None  # serve every session of this pool instead of one session
     retention_seconds: int = 86400  # how long a pool keeps a finished session's tasks and results
     metrics_port: int = 0  # serve Prometheus metrics here (0: not served); process k of N uses port + k
+    isolation: str = "process"  # sync handlers in a child process the worker can stop ("thread": in a thread)
 
 
 class WorkerStartError(Exception):
@@ -75,7 +76,7 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event | None = None) 
         batch_size=options.batch_size, heartbeat_seconds=options.heartbeat_seconds,
         lease_seconds=options.lease_seconds, task_timeout=options.task_timeout,
         retry_on_error=options.retry_on_error, exit_when_done=options.exit_when_done,
-        claim_seconds=options.claim_seconds,
+        claim_seconds=options.claim_seconds, handler_ref=options.handler, isolation=options.isolation,
     )
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -54,20 +54,63 @@ class PermanentError(Exception):
     """Raise from a handler to fail the task without retrying it."""
 
 
+#: What get_remaining_time_in_millis() says for a task without a timeout: AWS Lambda's longest run.
+NO_TIMEOUT_MILLIS = 900_000
+
+
 @dataclasses.dataclass
 class Context:
-    """What the handler receives as `context` (Lambda-like)."""
+    """What the handler receives as `context`: gridop's fields, and AWS Lambda's context object's
+    (so an HTC-Grid lambda that reads them runs unchanged)."""
 
     session_id: str
     task_id: str
     attempt: int
     deadline: float | None  # time.monotonic() deadline, None without a timeout
     worker_id: str
+    function_name: str = "handler"  # the handler, as `module:function`
 
-    def get_remaining_time_in_millis(self) -> int | None:
+    @property
+    def aws_request_id(self) -> str:
+        return self.task_id
+
+    @property
+    def function_version(self) -> str:
+        return "$LATEST"
+
+    @property
+    def invoked_function_arn(self) -> str:
+        return f"gridop:function:{self.function_name}"
+
+    @property
+    def memory_limit_in_mb(self) -> int:
+        return _memory_limit_mb()
+
+    @property
+    def log_group_name(self) -> str:
+        return "gridop"
+
+    @property
+    def log_stream_name(self) -> str:
+        return self.worker_id
+
+    def get_remaining_time_in_millis(self) -> int:
+        """Milliseconds before the task's timeout; without one, Lambda's longest run (900,000)."""
         if self.deadline is None:
-            return None
+            return NO_TIMEOUT_MILLIS
         return max(0, int((self.deadline - time.monotonic()) * 1000))
+
+
+def _memory_limit_mb() -> int:
+    """The container's memory limit (cgroup v2, then v1), else the machine's memory, in MiB."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        with contextlib.suppress(OSError, ValueError):
+            text = open(path).read().strip()  # noqa: SIM115 - a one-line sysfs read
+            if text != "max" and int(text) < 1 << 60:
+                return int(text) // (1 << 20)
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
+    return 0
 
 
 def load_handler(spec: str) -> Callable[..., Any]:
@@ -191,6 +234,8 @@ class Worker:
         idle_wait: float = 1.0,
         claim_seconds: float = 0.1,
         report_interval: float = 0.1,
+        handler_ref: str | None = None,
+        isolation: str = "thread",
     ):
         if lease_seconds <= heartbeat_seconds:
             raise ValueError(f"lease_seconds ({lease_seconds}) must exceed heartbeat_seconds ({heartbeat_seconds})")
@@ -198,6 +243,15 @@ class Worker:
         self.sid = session_id
         self.handler = handler
         self.is_async = inspect.iscoroutinefunction(handler)
+        if isolation not in ("thread", "process"):
+            raise ValueError(f"isolation must be 'thread' or 'process', got {isolation!r}")
+        if isolation == "process" and not handler_ref:
+            raise ValueError("isolation='process' needs handler_ref ('module:function'): the child imports it")
+        self.handler_ref = handler_ref or getattr(handler, "__qualname__", "handler")
+        # Sync handlers in a child process the worker can kill (on a timeout, a cancellation, a stop);
+        # async handlers run on the loop, where cancelling them is enough.
+        self.isolated = isolation == "process" and not self.is_async
+        self._child: Any = None  # the HandlerProcess, started on the first claim
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.batch_size = batch_size
         self.heartbeat_seconds = heartbeat_seconds
@@ -292,6 +346,9 @@ class Worker:
                 loop.call_soon_threadsafe(task.cancel)
             await asyncio.to_thread(heartbeats.join, 10)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._child is not None:
+            await self._child.close()
+            self._child = None
 
     async def _work_on(self, claimed: list[ClaimedTask]) -> list[Outcome]:
         """Hold a claim, run it and time it; returns the outcomes not reported on the way. (Its
@@ -516,13 +573,16 @@ class Worker:
 
     def _context(self, task: ClaimedTask) -> Context:
         deadline = time.monotonic() + self.task_timeout if self.task_timeout else None
-        return Context(self.sid, task_id(self.sid, task.index), task.attempt, deadline, self.worker_id)
+        return Context(self.sid, task_id(self.sid, task.index), task.attempt, deadline, self.worker_id, self.handler_ref)
 
     _FATAL = {"error": "fatal", "timeout": "fatal-timeout"}
 
     async def _run_batch(self, claimed: list[ClaimedTask]) -> list[Outcome]:
         """Run a claimed batch; outcomes already reported on the way are not returned."""
         reporter = _Reporter(self, self.report_interval)
+        if self.isolated:
+            await self._run_isolated(claimed, reporter)  # the child decodes the inputs
+            return reporter.pending
         items = []
         for task in claimed:
             try:
@@ -611,6 +671,76 @@ class Worker:
             reporter.add(Outcome(task.index, task.token, "timeout", f"timed out after {self.task_timeout}s"))
             log.warning("task %s hung past its %ss timeout; abandoned its thread", task_id(self.sid, timed_out), self.task_timeout)
             remaining = [(t, e, c) for t, e, c in remaining if t.index not in reporter.seen and t.index not in self._lost]
+
+    async def _run_isolated(self, claimed: list[ClaimedTask], reporter: _Reporter) -> None:
+        """Run a sync handler's batch in the child process, watching it from here: a task past its
+        timeout or cancelled while it runs, and a cancellation of this coroutine (stop now), kill
+        the child; what is left of the batch goes to a new one."""
+        from .isolation import HandlerProcess
+
+        remaining = [t for t in claimed if t.index not in self._lost]
+        while remaining:
+            if self._child is None or not self._child.alive:
+                self._child = HandlerProcess(self.handler_ref, flush_every=self.report_interval)
+                try:
+                    await self._child.ready()
+                except BaseException:
+                    self._child.kill()
+                    self._child = None
+                    raise
+            child = self._child
+            await child.send((self.sid, self.worker_id, self.task_timeout, remaining))
+            ended: Outcome | None = None  # the task the child was killed on, or died on
+            try:
+                while True:
+                    try:
+                        kind, detail = await asyncio.wait_for(child.messages.get(), self._watch_interval())
+                    except TimeoutError:
+                        kind, detail = "", None
+                    if kind in ("outcomes", "done"):
+                        for outcome in detail:
+                            if outcome.index not in reporter.seen and outcome.index not in self._lost:
+                                reporter.add(outcome)
+                        if reporter.due():
+                            await reporter.flush()
+                        if kind == "done":
+                            break
+                        continue
+                    running = child.running
+                    if kind == "exited":
+                        task = next((t for t in remaining if running and t.index == running[0]), None)
+                        if task is not None:
+                            ended = Outcome(task.index, task.token, "error",
+                                            f"the handler's process died (exit code {detail})")
+                        break
+                    if running is None:
+                        continue
+                    task = next((t for t in remaining if t.index == running[0]), None)
+                    if task is None:
+                        continue
+                    if self.task_timeout and time.monotonic() - running[1] > self.task_timeout:
+                        ended = Outcome(task.index, task.token, "timeout", f"timed out after {self.task_timeout}s")
+                        log.warning("task %s ran past its %ss timeout; stopped its handler", task_id(self.sid, task.index),
+                                    self.task_timeout)
+                    elif task.index in self._lost:
+                        ended = Outcome(task.index, task.token, "error", "cancelled")  # discarded as stale
+                        log.info("task %s was cancelled while it ran; stopped its handler", task_id(self.sid, task.index))
+                    else:
+                        continue
+                    child.kill()
+                    await child.close(grace=0)
+                    self._child = None
+                    break
+            except BaseException:
+                child.kill()  # stopped now (a second signal) or failed: the handler goes with us
+                self._child = None
+                raise
+            if ended is not None and ended.index not in reporter.seen:
+                reporter.add(ended)
+            if ended is None and self._child is child and child.alive:
+                return  # the child finished the batch
+            self._child = None
+            remaining = [t for t in remaining if t.index not in reporter.seen and t.index not in self._lost]
 
     @staticmethod
     def _new_executor() -> concurrent.futures.ThreadPoolExecutor:
