@@ -45,7 +45,7 @@ def test_defaults_render_a_restricted_operator_with_crds_and_rbac() -> None:
     docs = render(include_crds=True)
     kinds = sorted({d["kind"] for d in docs})
     assert kinds == sorted(
-        ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment", "Role", "RoleBinding",
+        ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment", "PodDisruptionBudget", "Role", "RoleBinding",
          "Secret", "Service", "ServiceAccount", "StatefulSet"]
     )
     crds = {c["metadata"]["name"]: c for c in by_kind(docs, "CustomResourceDefinition")}
@@ -186,10 +186,57 @@ def test_misconfigurations_fail_with_a_reason() -> None:
     assert result.returncode != 0 and "leaderElection" in result.stderr
 
 
-def test_service_monitor_is_optional() -> None:
+def test_service_monitors_scrape_the_operator_and_the_gateway() -> None:
+    assert not by_kind(render(), "ServiceMonitor")
     docs = render("metrics.serviceMonitor.enabled=true")
-    (sm,) = by_kind(docs, "ServiceMonitor")
-    assert sm["spec"]["endpoints"][0]["port"] == "metrics"
+    monitors = {sm["metadata"]["name"]: sm for sm in by_kind(docs, "ServiceMonitor")}
+    assert set(monitors) == {"gridop", "gridop-gateway"}
+    services = by_kind(docs, "Service")
+    for sm in monitors.values():
+        selector = sm["spec"]["selector"]["matchLabels"]
+        (svc,) = [s for s in services if all(s["metadata"]["labels"].get(k) == v for k, v in selector.items())]
+        assert "metrics" in {p["name"] for p in svc["spec"]["ports"]}, svc["metadata"]["name"]
+        assert sm["spec"]["endpoints"][0]["port"] == "metrics"
+
+
+def test_an_existing_secret_makes_every_render_the_same() -> None:
+    """GitOps renders with `helm template` (no lookup): a generated password would change on every
+    sync; with redis.existingSecret the chart renders no Secret and reads the one given."""
+    assert helm("template", "gridop", str(CHART)).stdout != helm("template", "gridop", str(CHART)).stdout
+    sets = ["--set", "redis.existingSecret=my-redis"]
+    first, second = (helm("template", "gridop", str(CHART), *sets).stdout for _ in range(2))
+    assert first == second
+    docs = [d for d in yaml.safe_load_all(first) if d]
+    assert not by_kind(docs, "Secret", "data-plane")
+    (op,) = by_kind(docs, "Deployment", "operator")
+    refs = [e["valueFrom"]["secretKeyRef"]["name"] for c in op["spec"]["template"]["spec"]["containers"]
+            for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})]
+    assert refs == ["my-redis"]
+    (sts,) = by_kind(docs, "StatefulSet")
+    assert sts["metadata"]["name"] == "gridop-redis"
+    env = sts["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"secretKeyRef": {"name": "my-redis", "key": "password"}} in [e.get("valueFrom") for e in env]
+
+
+def test_disruption_budgets_cover_every_part() -> None:
+    docs = render()
+    pdbs = {p["metadata"]["labels"]["app.kubernetes.io/component"]: p for p in by_kind(docs, "PodDisruptionBudget")}
+    assert set(pdbs) == {"operator", "gateway", "data-plane"}
+    for component, pdb in pdbs.items():
+        pods = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")
+                and all(d["spec"]["template"]["metadata"]["labels"].get(k) == v
+                        for k, v in pdb["spec"]["selector"]["matchLabels"].items())]
+        assert len(pods) == 1, component
+        assert pdb["spec"]["maxUnavailable"] == 1
+    assert not by_kind(render("podDisruptionBudget.enabled=false"), "PodDisruptionBudget")
+
+
+def test_the_notes_point_at_what_exists() -> None:
+    notes = helm("install", "gridop", str(CHART), "--dry-run=client", "-n", "gridop-system").stdout
+    notes = notes[notes.index("NOTES:"):]
+    assert "http" not in notes.replace("httpd", "")
+    for needed in ("kubectl label node", "port-forward svc/gridop-gateway", "GRIDOP_GATEWAY_URL", "gridctl"):
+        assert needed in notes
 
 
 def test_the_gateway_runs_restricted_with_least_privilege() -> None:
@@ -253,3 +300,24 @@ def test_users_get_console_rights_through_the_aggregated_roles() -> None:
     assert ("gridop.io", "gridsessions/console", "get") in _rules(roles["gridop-view"])
     assert ("gridop.io", "gridsessions/console", "create") not in _rules(roles["gridop-view"])
     assert ("gridop.io", "gridsessions/console", "create") in _rules(roles["gridop-edit"])
+
+
+def test_every_value_is_documented() -> None:
+    """docs/operations.md's values table names every key of values.yaml (a prefix with `.*` covers its keys)."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def leaves(node: Any, path: str = "") -> list[str]:
+        if isinstance(node, dict) and node:
+            return [leaf for key, sub in node.items() for leaf in leaves(sub, f"{path}.{key}" if path else key)]
+        return [path]
+
+    page = (ROOT / "docs" / "operations.md").read_text()
+    table = page[page.index("| key | default | meaning |"):page.index("`values.schema.json` rejects")]
+    named = set()
+    for row in table.splitlines()[2:]:
+        if row.startswith("| `"):
+            named.update(name.strip("`") for name in row.split("|")[1].split(", "))
+    missing = [leaf for leaf in leaves(values)
+               if not any(leaf == n or leaf.startswith(n.removesuffix("*")) and n.endswith(".*")
+                          or leaf.startswith(n + ".") for n in named)]
+    assert missing == [], f"values docs/operations.md does not describe: {missing}"

@@ -57,7 +57,8 @@ app.kubernetes.io/component: operator
 {{- end -}}
 
 
-{{- define "gridop.redisSecret" -}}{{ include "gridop.fullname" . }}-redis{{- end -}}
+{{- define "gridop.redisSecret" -}}{{ .Values.redis.existingSecret | default (printf "%s-redis" (include "gridop.fullname" .)) }}{{- end -}}
+{{- define "gridop.redisName" -}}{{ include "gridop.fullname" . }}-redis{{- end -}}
 
 {{- define "gridop.gatewaySelectorLabels" -}}
 app.kubernetes.io/name: gridop

@@ -1,9 +1,11 @@
 """The worker runtime: pull tasks in batches, run the user's handler, heartbeat, report.
 
 A handler is `module:function(event, context) -> dict`. Async handlers run concurrently on the
-event loop. Sync handlers run one after another on the loop itself when there is no task
-timeout (no thread hop per batch), or in a thread watched from the loop when there is one, so a
-handler that hangs past its timeout is reported (and abandoned) without stopping the worker.
+event loop. Sync handlers run one after another in a child process (`isolation="process"`, the
+command line's default: see isolation.py), which the worker kills at a task's timeout, when the
+running task is cancelled, or on a stop; or, with `isolation="thread"`, on the loop itself when
+there is no task timeout (no thread hop per batch), or in a thread watched from the loop when
+there is one, so a handler that hangs past its timeout is reported (and abandoned, still running).
 Heartbeats run in a thread of their own, so a long sync handler never starves its leases.
 
 A worker serves one session (`run`), or a whole pool (`serve_pool`): then it picks a ready
