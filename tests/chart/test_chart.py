@@ -316,7 +316,7 @@ def test_every_value_is_documented() -> None:
     named = set()
     for row in table.splitlines()[2:]:
         if row.startswith("| `"):
-            named.update(name.strip("`") for name in row.split("|")[1].split(", "))
+            named.update(name.strip().strip("`") for name in row.split("|")[1].split(", "))
     missing = [leaf for leaf in leaves(values)
                if not any(leaf == n or leaf.startswith(n.removesuffix("*")) and n.endswith(".*")
                           or leaf.startswith(n + ".") for n in named)]
