@@ -73,6 +73,9 @@ BLOCKS: dict[tuple[str, str], tuple[str, str]] = {
         CLUSTER, "patches a cluster's Secret; key rotation itself is tested in tests/unit/test_tokens.py"),
     ("docs/operations.md", "kubectl port-forward -n gridop-system svc/gridop-redis 6379 &"): (
         CLUSTER, "port-forwards to a cluster; the docs tier reads the same Secret's URL"),
+    ("docs/operations.md", "docker build -t registry.example.com/gridop:0.1.0 ."): (
+        CLUSTER, "needs a Docker engine and a registry; the Dockerfile is what `make up` builds"),
+    ("docs/architecture.md", "kubectl / GitOps / gridctl session / GridSessionManager"): (SHOWN, "a picture"),
     ("docs/sdk.md", "from gridop.client import GridSessionManager"): (RUN, "test_sdk_page.py"),
     ("docs/sdk.md", "{"): (RUN, "test_sdk_page.py: the file its other blocks read"),
     ("docs/sdk.md", "from gridop.client import SyncGridSessionManager, SessionInitializationBehavior as B"): (
