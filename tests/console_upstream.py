@@ -223,13 +223,21 @@ class ApiFront:
         if follow:
             console.listeners.add(queue)
         try:
-            await resp.prepare(request)
-            await resp.write(console.tail(int(lines) if lines is not None else None))
+            # As a real API server proxies a kubelet's log: the response's headers go out with its
+            # first byte, so a followed log that is still empty answers nothing at all yet.
+            first = console.tail(int(lines) if lines is not None else None)
+            if first or not follow:
+                await resp.prepare(request)
+                await resp.write(first)
             while follow and not (console.exited.is_set() and queue.empty()):
                 data = await queue.get()
                 if data is None:
                     break
+                if not resp.prepared:
+                    await resp.prepare(request)
                 await resp.write(data)
+            if not resp.prepared:
+                await resp.prepare(request)
             await resp.write_eof()
         except ConnectionError:
             pass  # the reader (the gateway) went away

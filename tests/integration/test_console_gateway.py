@@ -112,6 +112,23 @@ async def test_tail_sends_the_last_lines_then_follows(env: ConsoleEnv, gateway: 
         assert "later" in await read_until(ws, "later\r\n")
 
 
+async def test_a_followed_tail_of_a_quiet_console_opens_at_once(
+    env: ConsoleEnv, gateway: GatewayProcess, http: aiohttp.ClientSession,
+) -> None:
+    """`-n 0 -f`: the API server sends nothing, not even headers, until the console prints. The
+    websocket opens within a moment anyway, and the first line printed arrives on it."""
+    console = env.session(NS, "quiet")
+    assert console is not None
+    headers = {**bearer("alice-k8s"), wire.LINES_HEADER: "0", wire.FOLLOW_HEADER: "true"}
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    async with http.ws_connect(f"{gateway.url}/tail/{NS}/quiet", headers=headers) as ws:
+        assert loop.time() - began < 3, "the upgrade waited for the log's first byte"
+        await asyncio.sleep(0.3)
+        console.write(b"echo first-words\r")
+        assert "first-words" in await read_until(ws, "first-words\r\n")
+
+
 async def test_tail_without_follow_ends_with_a_normal_close(env: ConsoleEnv, gateway: GatewayProcess, http: aiohttp.ClientSession) -> None:
     console = env.session(NS, "tailonce")
     assert console is not None

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 MAX_CLIENT_FRAME = 64 * 1024
 ACTIVE_PHASES = ("Starting", "Running")
+TAIL_OPEN_WAIT = 0.5  # how long a tail waits for the log's first answer before upgrading anyway
 
 
 @contextlib.contextmanager
@@ -339,12 +340,24 @@ class Gateway:
         params = {"container": self.settings.gateway_console_container, "tailLines": str(req.lines)}
         if req.follow:
             params["follow"] = "true"
-        with _upstream_failures("tail", f"cannot read the log of pod {pod!r}"):
-            resp = await self.client.open_stream(f"/api/v1/namespaces/{namespace}/pods/{pod}/log", params)
+
+        async def open_log() -> aiohttp.ClientResponse:
+            with _upstream_failures("tail", f"cannot read the log of pod {pod!r}"):
+                return await self.client.open_stream(f"/api/v1/namespaces/{namespace}/pods/{pod}/log", params)
+
+        # The API server sends a log's headers with its first byte: a followed log that is still
+        # empty answers nothing until the console prints. A refusal comes at once and is answered
+        # before the upgrade; past a moment of silence the websocket opens, and the log follows.
+        opening = asyncio.ensure_future(open_log())
+        await asyncio.wait({opening}, timeout=TAIL_OPEN_WAIT)
+        if opening.done():
+            opening.result()  # an UpstreamError here is refused over HTTP
         try:
             await ws.prepare(request)
         except BaseException:
-            resp.release()
+            opening.cancel()
+            if opening.done() and not opening.cancelled() and opening.exception() is None:
+                opening.result().release()
             raise
         viewer = self._viewer(request, ws, req, None)
         conn = self._register(uuid.uuid4().hex[:12], principal, req, namespace, name, session, viewer, request)
@@ -354,23 +367,29 @@ class Gateway:
                 if msg.type == aiohttp.WSMsgType.ERROR:
                     break
 
-        pump = asyncio.create_task(pump_logs(resp, viewer))
+        async def pump() -> str:
+            return await pump_logs(await opening, viewer)  # (it releases the response)
+
+        pumping = asyncio.create_task(pump())
         reader = asyncio.create_task(drain_client())
         try:
-            done, _ = await asyncio.wait({pump, reader}, return_when=asyncio.FIRST_COMPLETED)
-            if pump in done:
+            done, _ = await asyncio.wait({pumping, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if pumping in done:
                 try:
-                    reason = pump.result()
+                    reason = pumping.result()
                     code = wire.CLOSE_NORMAL
+                    reason = reason if req.follow else "end of log"
                 except UpstreamError as exc:
                     reason, code = exc.message, wire.CLOSE_UPSTREAM_ERROR
-                viewer.close(code, reason if req.follow else "end of log")
+                viewer.close(code, reason)
                 await viewer.closed.wait()
         finally:
-            for task in (pump, reader):
+            for task in (pumping, reader, opening):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, UpstreamError):
-                await asyncio.gather(pump, reader, return_exceptions=True)
+                await asyncio.gather(pumping, reader, return_exceptions=True)
+            if opening.done() and not opening.cancelled() and opening.exception() is None:
+                opening.result().release()  # idempotent: also when pump_logs never got it
             if viewer.closing is None:
                 viewer.close(wire.CLOSE_NORMAL, "client closed")
             await self._unregister(conn)
