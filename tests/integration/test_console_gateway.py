@@ -203,16 +203,19 @@ async def _try_connect(http: aiohttp.ClientSession, url: str) -> bool:
 
 
 async def test_seed_framing_text_in_text_out(env: ConsoleEnv, gateway: GatewayProcess) -> None:
-    """The Cray console client, as the seed writes it: `websockets`, no subprotocol, text frames."""
+    """The Cray console client, as its reference code is written: `websockets`, no subprotocol,
+    text frames, each typed line sent without its newline (`aioconsole.ainput`), Enter alone as an
+    empty frame."""
     import websockets
 
     env.session(NS, "seedling")
     headers = {"Authorization": "Bearer alice-k8s", wire.TENANT_HEADER: ""}
     async with websockets.connect(f"{gateway.url}/interact/seedling", additional_headers=headers) as websocket:
-        await websocket.send("echo seed-$((6*7))\r")
+        await websocket.send("echo seed-$((6*7))")
+        await websocket.send("")
         seen = ""
         async with asyncio.timeout(10):
-            while "seed-42" not in seen:
+            while "seed-42\r\n" not in seen or seen.count("$ ") < 2:
                 message = await websocket.recv()
                 assert isinstance(message, str), "seed clients get text frames"
                 seen += message
@@ -296,6 +299,34 @@ async def test_plain_http_get_is_refused_after_the_token_check(gateway: GatewayP
     async with http.get(f"http://127.0.0.1:{gateway.port}/tail/{NS}/anything", headers=bearer("alice-k8s")) as resp:
         assert resp.status == 400
         assert (await resp.json())["message"].startswith("this endpoint speaks websocket only")
+
+
+async def test_every_answer_is_json_and_malformed_requests_log_one_line(
+    env: ConsoleEnv, gateway: GatewayProcess, http: aiohttp.ClientSession,
+) -> None:
+    base = f"http://127.0.0.1:{gateway.port}"
+    logged_before = len(gateway.log_path.read_text())
+    async with http.get(f"{base}/nosuch/path") as resp:
+        assert resp.status == 404 and (await resp.json())["message"].startswith("no such endpoint '/nosuch/path'")
+    async with http.post(f"{base}/tail/{NS}/x") as resp:
+        assert resp.status == 405 and "use GET" in (await resp.json())["message"]
+    # The console service's own path prefix is served too (no ingress needed to strip it).
+    env.session(NS, "prefixed")
+    async with http.ws_connect(f"{gateway.url}/apis/console-operator/console-operator/tail/{NS}/prefixed",
+                               headers={**bearer("alice-k8s"), wire.LINES_HEADER: "5"}) as ws:
+        await read_until(ws, "$ ")
+    # A long token in a header is read (64 KiB lines); past that, one INFO line, no traceback.
+    async with http.get(f"{base}/tail/{NS}/x", headers={"Authorization": "Bearer " + "a" * 16_000}) as resp:
+        assert resp.status == 401
+    async with http.get(f"{base}/tail/{NS}/x", headers={"X-Big": "b" * 100_000}) as resp:
+        assert resp.status in (400, 431)
+    log = await eventually(lambda: _new_log(gateway, logged_before, "refused a malformed request"))
+    assert "Traceback" not in log and '"level": "error"' not in log
+
+
+async def _new_log(gateway: GatewayProcess, since: int, needle: str) -> str | None:
+    text = gateway.log_path.read_text()[since:]
+    return text if needle in text else None
 
 
 async def test_too_many_connections_for_one_user(env: ConsoleEnv, gateway: GatewayProcess, http: aiohttp.ClientSession) -> None:

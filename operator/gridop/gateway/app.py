@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 MAX_CLIENT_FRAME = 64 * 1024
 ACTIVE_PHASES = ("Starting", "Running")
+SERVICE_PREFIX = "/apis/console-operator/console-operator"
+MAX_HEADER_BYTES = 64 * 1024  # a header line (a long token in Sec-WebSocket-Protocol fits)
 TAIL_OPEN_WAIT = 0.5  # how long a tail waits for the log's first answer before upgrading anyway
 
 
@@ -77,6 +79,36 @@ class Connection:
     peer: str | None
     started: float = dataclasses.field(default_factory=time.monotonic)
     started_at: datetime.datetime = dataclasses.field(default_factory=utcnow)
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                       ) -> web.StreamResponse:
+    """Every answer is JSON, also for a path or method the gateway does not serve."""
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        return web.json_response({"message": f"no such endpoint {request.path!r}: the gateway serves "
+                                  "/interact/{namespace}/{session} and /tail/{namespace}/{session}"}, status=404)
+    except web.HTTPMethodNotAllowed as exc:
+        return web.json_response({"message": f"{request.method} is not allowed here; use GET (a websocket upgrade)"},
+                                 status=405, headers={"Allow": ", ".join(sorted(exc.allowed_methods))})
+
+
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse (an oversized header, say) with a traceback at ERROR:
+    any client could fill the log with them. One line at INFO says it instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, aiohttp.http_exceptions.BadHttpMessage):
+            record.msg, record.args = "refused a malformed request (%s)", (str(exc).splitlines()[0][:200],)
+            record.levelno, record.levelname, record.exc_info, record.exc_text = logging.INFO, "INFO", None, None
+        return True
+
+
+HTTP_LOG = logging.getLogger("gridop.gateway.http")
+HTTP_LOG.addFilter(_MalformedRequests())
 
 
 class Gateway:
@@ -137,11 +169,14 @@ class Gateway:
         return self.sessions.fresh
 
     def application(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[_json_errors])
         for endpoint in ("interact", "tail"):
             handler = self._handler(endpoint)
-            app.router.add_get(f"/{endpoint}/{{namespace}}/{{target}}", handler)
-            app.router.add_get(f"/{endpoint}/{{target}}", handler)
+            # Also under the console service's API-gateway prefix, for clients that keep it when no
+            # ingress strips it.
+            for prefix in ("", SERVICE_PREFIX):
+                app.router.add_get(f"{prefix}/{endpoint}/{{namespace}}/{{target}}", handler)
+                app.router.add_get(f"{prefix}/{endpoint}/{{target}}", handler)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         return app
@@ -323,6 +358,10 @@ class Gateway:
                 viewer.notice('unknown control message; send {"type": "resize", "cols": C, "rows": R}')
             return
         data = msg.data.encode() if msg.type == aiohttp.WSMsgType.TEXT else bytes(msg.data)
+        if viewer.framing == "seed" and msg.type == aiohttp.WSMsgType.TEXT and not data.endswith((b"\r", b"\n")):
+            # The console service's own client sends each typed line as a text frame without its
+            # newline (and Enter alone as an empty frame): the line ends here, as that service does.
+            data += b"\n"
         if viewer.mode != wire.MODE_INTERACTIVE:
             viewer.notice("monitor mode: input is not forwarded to the console")
             return
@@ -580,7 +619,8 @@ async def run_gateway(
     client = await KubeClient.connect(access)
     gateway = Gateway(settings, client)
     stop = stop_flag or asyncio.Event()
-    runner = web.AppRunner(gateway.application(), access_log=None, shutdown_timeout=5)
+    runner = web.AppRunner(gateway.application(), access_log=None, shutdown_timeout=5, logger=HTTP_LOG,
+                           max_line_size=MAX_HEADER_BYTES, max_field_size=MAX_HEADER_BYTES)
     metrics_runner: web.AppRunner | None = None
     try:
         await gateway.start()
