@@ -184,7 +184,6 @@ async def test_send_is_idempotent_with_a_client_supplied_id(redis_url: str, stor
     "tasks, message",
     [
         ("not a list", "must be a list"),
-        ([], "empty"),
         ([{"ok": 1}, "nope"], r"tasks_list\[1\] must be a dict"),
         ([{"when": object()}], r"tasks_list\[0\] is not JSON-serialisable"),
         ([{"blob": "x" * 2000}], r"tasks_list\[0\] is \d+ bytes encoded, over the 1024-byte limit"),
@@ -197,6 +196,14 @@ async def test_bad_task_lists_are_refused_before_anything_is_written(
         with pytest.raises(ValueError, match=message):
             await c.send(tasks, session_id="bad")
     assert await store.redis.dbsize() == 0
+
+
+async def test_an_empty_list_makes_an_empty_session_as_htc_grid_does(redis_url: str) -> None:
+    async with connector(redis_url) as c:
+        sub = await c.send([], session_id="nothing")
+        assert sub == {"session_id": "nothing", "task_ids": []}
+        results = await asyncio.wait_for(c.get_results(sub), 5)
+        assert results["metadata"]["tasks_in_response"] == 0 and results["finished"] == []
 
 
 def test_connector_config_errors(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
