@@ -122,6 +122,7 @@ class ApiFront:
     def __init__(self, kmock_url: str):
         self.kmock_url = kmock_url.rstrip("/")
         self.consoles: dict[tuple[str, str], PtyConsole] = {}
+        self.execs: list[PtyConsole] = []  # processes started by exec calls
         self.tokens: dict[str, dict[str, Any]] = {}  # token -> TokenReview status.user
         self.token_audiences: dict[str, list[str]] = {}
         self.allowed: set[tuple[str, str, str, str]] = set()  # (user, verb, namespace, name or "*")
@@ -142,7 +143,7 @@ class ApiFront:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
         app = web.Application(client_max_size=16 * 1024 * 1024)
         app.router.add_get("/api/v1/namespaces/{ns}/pods/{pod}/attach", self.attach)
-        app.router.add_get("/api/v1/namespaces/{ns}/pods/{pod}/exec", self.attach)
+        app.router.add_get("/api/v1/namespaces/{ns}/pods/{pod}/exec", self.exec)
         app.router.add_get("/api/v1/namespaces/{ns}/pods/{pod}/log", self.logs)
         app.router.add_post("/apis/authentication.k8s.io/v1/tokenreviews", self.token_review)
         app.router.add_post("/apis/authorization.k8s.io/v1/subjectaccessreviews", self.access_review)
@@ -168,10 +169,21 @@ class ApiFront:
         return console
 
     # -- streaming subresources ---------------------------------------------------------------
-    async def attach(self, request: web.Request) -> web.StreamResponse:
-        console = self.consoles.get((request.match_info["ns"], request.match_info["pod"]))
+    async def exec(self, request: web.Request) -> web.StreamResponse:
+        """As a kubelet execs: a new process per call, on a terminal of its own. It lives on after
+        the stream ends unless its stdin is closed (v5's half-close), as exec'd shells do."""
+        if (request.match_info["ns"], request.match_info["pod"]) not in self.consoles:
+            return _pod_not_found(request.match_info["pod"])
+        console = PtyConsole(request.query.getall("command", ["/bin/sh"]))
+        await console.start()
+        self.execs.append(console)
+        return await self.attach(request, console)
+
+    async def attach(self, request: web.Request, console: PtyConsole | None = None) -> web.StreamResponse:
+        console = console or self.consoles.get((request.match_info["ns"], request.match_info["pod"]))
         if console is None:
             return _pod_not_found(request.match_info["pod"])
+        exec_ = console not in self.consoles.values()
         ws = web.WebSocketResponse(protocols=self.protocols)
         await ws.prepare(request)
         self.attaches += 1
@@ -205,6 +217,8 @@ class ApiFront:
                 elif channel == 4:
                     size = json.loads(data)
                     console.resize(int(size["Width"]), int(size["Height"]))
+                elif channel == 255 and protocol == V5 and exec_ and data == b"\x00":
+                    console.write(b"\x04")  # stdin closed: the terminal's end of input
                 elif channel == 255 and protocol == V5:
                     pass  # stdin half-close: a shared console keeps its stdin open
         finally:

@@ -612,3 +612,27 @@ async def test_gridctl_console_as_the_readme_runs_it_with_a_kind_kubeconfig(
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert (proc.returncode, err.decode()) == (0, "")
     assert out.decode().endswith("kind-ok\r\n$ ")
+
+
+async def test_an_execd_console_ends_when_its_last_viewer_leaves(
+    env: ConsoleEnv, tmp_path_factory: pytest.TempPathFactory, http: aiohttp.ClientSession,
+) -> None:
+    """With a console command, each console open execs a process in the pod; when the last viewer
+    leaves, the gateway closes its stdin, so it ends instead of piling up in the pod."""
+    tmp = tmp_path_factory.mktemp("exec-gateway")
+    execs = await asyncio.to_thread(GatewayProcess, env.write_kubeconfig(tmp / "kubeconfig"), tmp / "gateway.log",
+                                    watch_namespaces=[NS], gateway_console_command=["/bin/sh"])
+    try:
+        env.session(NS, "execd")
+        before = len(env.front.execs)
+        for round_ in range(2):
+            async with http.ws_connect(f"{execs.url}/interact/{NS}/execd", headers=bearer("alice-k8s"),
+                                       protocols=[wire.SUBPROTOCOL]) as ws:
+                await ws.send_bytes(f"echo exec-{round_}\r".encode())
+                await read_until(ws, f"exec-{round_}\r\n")
+        started = env.front.execs[before:]
+        assert len(started) == 2, "each open execs a process of its own"
+        for console in started:
+            await eventually(lambda c=console: c.exited.is_set(), timeout=10, what="the exec'd shell ended")
+    finally:
+        assert await asyncio.to_thread(execs.stop) == 0

@@ -282,7 +282,8 @@ class Gateway:
         if hub is not None and req.mode == wire.MODE_INTERACTIVE and hub.writer is not None:
             raise Denied(409, f"session {name!r} already has a writer ({hub.writer_user}); connect with ?mode=monitor to watch")
         if hub is None:
-            hub = ConsoleHub(key, lambda: self._attach(namespace, session), self._hub_empty)
+            hub = ConsoleHub(key, lambda: self._attach(namespace, session), self._hub_empty,
+                             owns_process=bool(self.settings.gateway_console_command))
             self.hubs[key] = hub
         try:
             await hub.open()

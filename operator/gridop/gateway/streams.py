@@ -199,8 +199,13 @@ class ConsoleHub:
         key: tuple[str, str],
         connect: Callable[[], Any],
         on_empty: Callable[[ConsoleHub], None],
+        *,
+        owns_process: bool = False,
     ):
         self.key = key
+        # The upstream runs a process of its own (an exec, not an attach): when the hub closes, its
+        # stdin is closed first, so the process ends instead of living on in the pod.
+        self.owns_process = owns_process
         self._connect = connect
         self._on_empty = on_empty
         self.viewers: set[Viewer] = set()
@@ -340,6 +345,10 @@ class ConsoleHub:
         if ws is not None:
             metrics.CONSOLE_UPSTREAMS.dec()
             with contextlib.suppress(Exception):
+                if self.owns_process and not ws.closed:
+                    # v5 half-closes stdin; v4 has no such channel: end-of-input on the terminal.
+                    end = channels.close_stdin(ws.protocol or "") or channels.stdin(b"\x04")
+                    await asyncio.wait_for(ws.send_bytes(end), 2.0)
                 await asyncio.wait_for(ws.close(), 2.0)
 
 
