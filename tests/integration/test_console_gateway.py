@@ -537,6 +537,16 @@ async def test_gridctl_console_tail_interact_and_errors(env: ConsoleEnv, gateway
                                     stdin=b"echo typed-$((2+3))\r", until=b"typed-5", then=b"\x1d")
     assert code == 0 and "typed-5" in out and "[detached]" in err
 
+    # Piped input (`echo ... | gridctl console interact`): at its end, the console's answer comes
+    # back, then gridctl leaves (the console stays open for others).
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gridop.cli.gridctl", "-n", NS, "console", "interact", "cli", *common,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    piped_out, piped_err = await asyncio.wait_for(proc.communicate(b"echo piped-$((3*3))\r"), 20)
+    assert proc.returncode == 0 and b"piped-9" in piped_out and b"[end of input]" in piped_err, (piped_out, piped_err)
+
     code, out, err = await _gridctl("-n", NS, "console", "interact", "cli", "--gateway-url", gateway.url, "--token", "eve-k8s")
     assert code == 1 and out == ""
     assert err == "Error: user 'eve' may not create gridsessions/console 'cli' in namespace 'grid'\n"

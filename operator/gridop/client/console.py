@@ -27,6 +27,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from ..api import console as wire
 
 DETACH_KEY = b"\x1d"  # Ctrl-]: leave the console, as telnet does
+QUIET_AFTER_INPUT = 1.0  # at the end of piped input: leave once the console has been quiet this long
 
 
 class ConsoleError(Exception):
@@ -174,7 +175,8 @@ class ConsoleClient:
         out = stdout or sys.stdout.buffer
         loop = asyncio.get_running_loop()
         detached = asyncio.Event()
-        inputs: asyncio.Queue[bytes] = asyncio.Queue()
+        inputs: asyncio.Queue[bytes | None] = asyncio.Queue()  # None: the end of input
+        last_output = [loop.time()]
         restore: Any = None
         is_tty = os.isatty(stdin_fd)
         if is_tty:
@@ -191,6 +193,7 @@ class ConsoleClient:
                 data = b""
             if not data:
                 loop.remove_reader(stdin_fd)
+                inputs.put_nowait(None)
                 return
             if detach_key and detach_key in data:
                 data = data[: data.index(detach_key)]
@@ -206,27 +209,48 @@ class ConsoleClient:
                 await stream.resize(size.columns, size.lines)
 
         async def pump_input() -> None:
+            """Send what is typed or piped. At the end of piped input, wait for the console to go
+            quiet (its answer to the last line), then end: the console itself stays open."""
             while True:
                 data = await inputs.get()
+                if data is None:
+                    while loop.time() - last_output[0] < QUIET_AFTER_INPUT:
+                        await asyncio.sleep(QUIET_AFTER_INPUT - (loop.time() - last_output[0]))
+                    return
                 await stream.send(data)
+                last_output[0] = loop.time()
 
         async def pump_output() -> None:
             async for data in stream:
+                last_output[0] = loop.time()
                 out.write(data)
                 out.flush()
 
-        loop.add_reader(stdin_fd, readable)
+        async def read_file() -> None:
+            """stdin redirected from a file, which the loop cannot watch: read it in a thread."""
+            while data := await asyncio.to_thread(os.read, stdin_fd, 65536):
+                inputs.put_nowait(data)
+            inputs.put_nowait(None)
+
+        reading: asyncio.Task[None] | None = None
+        try:
+            loop.add_reader(stdin_fd, readable)
+        except PermissionError:
+            reading = asyncio.create_task(read_file())
         if is_tty:
             loop.add_signal_handler(signal.SIGWINCH, lambda: loop.create_task(send_size()))
             await send_size()
         tasks = [asyncio.create_task(pump_output()), asyncio.create_task(pump_input()), asyncio.create_task(detached.wait())]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            reason = "detached" if tasks[2] in done else stream.close_reason
+            reason = ("detached" if tasks[2] in done else "end of input" if tasks[1] in done and not tasks[0].done()
+                      else stream.close_reason)
+            if tasks[1] in done:
+                tasks[1].result()  # a failed send surfaces here
         except ConnectionClosed:
             reason = stream.close_reason
         finally:
-            for task in tasks:
+            for task in [*tasks, *([reading] if reading else [])]:
                 task.cancel()
             loop.remove_reader(stdin_fd)
             if is_tty:
@@ -236,7 +260,7 @@ class ConsoleClient:
                 termios.tcsetattr(stdin_fd, termios.TCSADRAIN, restore)
             await stream.close()
         code = stream.close_code
-        if reason != "detached" and code not in (None, wire.CLOSE_NORMAL, 1005):
+        if reason not in ("detached", "end of input") and code not in (None, wire.CLOSE_NORMAL, 1005):
             raise ConsoleError(0, reason)
         return reason
 
