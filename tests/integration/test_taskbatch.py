@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 
 import kmock
 import pytest
@@ -231,3 +232,27 @@ async def _no_workers(api: KubeClient, name: str) -> bool:
 async def _meta_with(store: TaskStore, sid: str, field: str) -> dict | None:
     meta = await store.meta(sid)
     return meta if field in meta else None
+
+
+async def test_deleting_batches_and_pools_is_quiet(
+    emulator: kmock.KubernetesEmulator, operator, api: KubeClient, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A normal delete stops the object's loop through its stop flag: no WARNING from kopf about
+    cancelling and escalating, no ERROR."""
+    pool = {"apiVersion": "gridop.io/v1alpha1", "kind": "TaskPool", "metadata": {"name": "quiet"},
+            "spec": {"handler": "tests.dataplane.handlers:echo"}}
+    await api.create(resources.TASKBATCHES, taskbatch("quiet"), NAMESPACE)
+    await api.create(resources.TASKPOOLS, pool, NAMESPACE)
+    await eventually(lambda: phase_is(api, "quiet", "Pending"))
+    await eventually(lambda: api.get(resources.DEPLOYMENTS, "quiet-pool", NAMESPACE))
+    await api.delete(resources.TASKBATCHES, "quiet", NAMESPACE)
+    await api.delete(resources.TASKPOOLS, "quiet", NAMESPACE)
+
+    async def gone() -> bool:
+        return (await api.get(resources.TASKBATCHES, "quiet", NAMESPACE) is None
+                and await api.get(resources.TASKPOOLS, "quiet", NAMESPACE) is None)
+
+    await eventually(gone, timeout=20)
+    await asyncio.sleep(1)
+    noisy = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [m for m in noisy if "Will escalate" in m or "cancelled" in m], noisy

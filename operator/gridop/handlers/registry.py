@@ -28,20 +28,31 @@ FINALIZER = "gridop.io/finalizer"
 
 async def reconcile_forever(
     kind: str, reconcile: Callable[[str, str], Awaitable[float]], wakeups: Wakeups,
-    namespace: str, name: str, wake_key: str,
+    namespace: str, name: str, wake_key: str, stopped: kopf.DaemonStopped,
 ) -> None:
-    """One object's level-based loop: reconcile, then sleep until woken or the pass's deadline."""
+    """One object's level-based loop: reconcile, then sleep until woken or the pass's deadline;
+    return when kopf says the object is gone (or the operator stops), after the pass in hand."""
+
+    async def until_stopped() -> None:
+        await stopped.wait()
+
+    stopping = asyncio.ensure_future(until_stopped())
     failures = 0
-    while True:
-        try:
-            delay = await reconcile(namespace, name)
-            failures = 0
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a bad pass must not kill the loop; back off and retry
-            failures += 1
-            delay = failed_pass(kind, namespace, name, exc, failures)
-        await wakeups.wait(namespace, wake_key, delay)
+    try:
+        while not stopped.is_set():
+            try:
+                delay = await reconcile(namespace, name)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bad pass must not kill the loop; back off and retry
+                failures += 1
+                delay = failed_pass(kind, namespace, name, exc, failures)
+            waking = asyncio.ensure_future(wakeups.wait(namespace, wake_key, delay))
+            await asyncio.wait({waking, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            waking.cancel()
+    finally:
+        stopping.cancel()
 
 
 def build_registry() -> kopf.OperatorRegistry:
@@ -75,9 +86,12 @@ def build_registry() -> kopf.OperatorRegistry:
             proxy_url=access.proxy_url,
         )
 
-    @kopf.daemon(**TB, id="batch-loop", cancellation_timeout=5.0, registry=registry)
-    async def batch_loop(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-        await reconcile_forever("TaskBatch", memo.batches.reconcile, memo.wakeups, namespace, name, f"tb/{name}")
+    # Daemons stop by their `stopped` flag (a pass in hand finishes); kopf cancels one only if it
+    # has not stopped `cancellation_backoff` seconds later.
+    @kopf.daemon(**TB, id="batch-loop", cancellation_backoff=10.0, cancellation_timeout=5.0, registry=registry)
+    async def batch_loop(namespace: str, name: str, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
+        await reconcile_forever("TaskBatch", memo.batches.reconcile, memo.wakeups, namespace, name, f"tb/{name}",
+                                stopped)
 
     @kopf.on.event(**TB, id="batch-changed", registry=registry)
     def batch_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
@@ -88,10 +102,11 @@ def build_registry() -> kopf.OperatorRegistry:
         await memo.batches.finalize(body)
         memo.wakeups.forget(namespace, f"tb/{name}")
 
-    @kopf.daemon(**TP, id="pool-loop", cancellation_timeout=5.0, registry=registry)
-    async def pool_loop(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    @kopf.daemon(**TP, id="pool-loop", cancellation_backoff=10.0, cancellation_timeout=5.0, registry=registry)
+    async def pool_loop(namespace: str, name: str, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
         try:
-            await reconcile_forever("TaskPool", memo.batches.reconcile_pool, memo.wakeups, namespace, name, f"tp/{name}")
+            await reconcile_forever("TaskPool", memo.batches.reconcile_pool, memo.wakeups, namespace, name, f"tp/{name}",
+                                    stopped)
         finally:
             memo.batches.forget_pool(namespace, name)
             memo.wakeups.forget(namespace, f"tp/{name}")
