@@ -7,6 +7,7 @@ import contextlib
 import logging
 from typing import Any
 
+import aiohttp
 import kopf
 
 from . import metrics
@@ -14,7 +15,7 @@ from .auth.keystore import KeyringSource
 from .auth.tokens import SigningKeyError
 from .handlers import build_registry
 from .handlers.wakeups import Wakeups
-from .kube import ClusterAccess, KubeClient, load_cluster_access
+from .kube import ClusterAccess, KubeClient, KubeError, NotFound, load_cluster_access, resources
 from .kube.events import EventRecorder
 from .kube.lease import LeaderElector
 from .sessions.cache import SessionCache
@@ -25,6 +26,7 @@ from .tasks.reconciler import BatchReconciler
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+KINDS_RECHECK_SECONDS = 10.0  # how often an operator that cannot read its kinds looks again
 
 
 class LeadershipLost(RuntimeError):
@@ -42,6 +44,55 @@ async def run_operator(
 ) -> None:
     access = access or load_cluster_access()
     client = await KubeClient.connect(access, user_agent="gridop-operator")
+    try:
+        await _run(settings, client, stop_flag=stop_flag, ready_flag=ready_flag, serve_metrics=serve_metrics,
+                   clock=clock)
+    finally:
+        await client.close()  # whatever ended the run, start-up included
+
+
+async def served_kinds_problem(client: KubeClient, settings: Settings) -> str | None:
+    """Why the operator cannot read its own kinds (a CRD not installed, RBAC that does not let it
+    list them), in one line that says what to do; None when it can."""
+    for res in (resources.GRIDSESSIONS, resources.TASKBATCHES, resources.TASKPOOLS):
+        for namespace in settings.watch_namespaces or [None]:
+            try:
+                await client.request("GET", res.path(namespace), params={"limit": "1"})
+            except NotFound:
+                return (f"the API server does not serve {res.plural}.{res.group}: install the CRDs "
+                        "(kubectl apply --server-side -f crds/)")
+            except KubeError as exc:
+                where = f"in namespace {namespace}" if namespace else "cluster-wide"
+                return f"cannot list {res.plural}.{res.group} {where} ({exc.status}): check the operator's RBAC"
+    return None
+
+
+async def _watch_served_kinds(client: KubeClient, settings: Settings, served: asyncio.Event) -> None:
+    """Readiness needs the operator's kinds readable: check at start, and again until they are."""
+    said: str | None = None
+    while True:
+        try:
+            problem = await served_kinds_problem(client, settings)
+        except (OSError, aiohttp.ClientError) as exc:
+            problem = f"cannot reach the Kubernetes API ({exc})"
+        if problem is None:
+            served.set()
+            return
+        if problem != said:
+            log.error("not ready: %s", problem)
+            said = problem
+        await asyncio.sleep(KINDS_RECHECK_SECONDS)
+
+
+async def _run(
+    settings: Settings,
+    client: KubeClient,
+    *,
+    stop_flag: asyncio.Event | None,
+    ready_flag: asyncio.Event | None,
+    serve_metrics: bool,
+    clock: Any,
+) -> None:
     keys = KeyringSource(client, settings.namespace, settings.signing_secret)
     try:
         keyring = await keys.get()
@@ -60,7 +111,11 @@ async def run_operator(
     batches = BatchReconciler(client, settings, redis, recorder, **kwargs)
     ready = ready_flag or asyncio.Event()
     stop = stop_flag or asyncio.Event()
-    runner = await metrics.serve_health(settings.metrics_port, ready.is_set) if serve_metrics else None
+    served = asyncio.Event()
+    checking = asyncio.create_task(_watch_served_kinds(client, settings, served))
+    runner = await metrics.serve_health(
+        settings.metrics_port, lambda: ready.is_set() and served.is_set() and cache.sessions.fresh,
+    ) if serve_metrics else None
     elector: LeaderElector | None = None
     holding: asyncio.Task[None] | None = None
     controlling: asyncio.Task[None] | None = None
@@ -101,6 +156,6 @@ async def run_operator(
             await runner.cleanup()
         if redis is not None:
             await redis.aclose()
-        await client.close()
+        checking.cancel()
     if lost.is_set():
         raise LeadershipLost("another replica took over the leader lease")

@@ -6,8 +6,11 @@ import asyncio
 
 import kmock
 
-from gridop.kube import KubeClient, resources
+from gridop.kube import ClusterAccess, KubeClient, resources
 from gridop.kube.lease import LeaderElector
+from gridop.operator_main import served_kinds_problem
+from gridop.settings import Settings
+from tests.emulator import ApiServer, register_crds
 
 
 def elector(api: KubeClient, identity: str) -> LeaderElector:
@@ -61,3 +64,16 @@ async def test_a_stale_read_cannot_steal_the_lease(emulator: kmock.KubernetesEmu
     else:
         raise AssertionError("a write with a stale resourceVersion must conflict")
     assert (await api.get(resources.LEASES, "gridop-operator", "gridop-system"))["spec"]["holderIdentity"] == "pod-a"
+
+
+async def test_an_operator_that_cannot_read_its_kinds_is_not_ready_and_says_why() -> None:
+    """CRDs not installed: /readyz stays 503 (Kubernetes keeps the pod out of rotation and the
+    rollout waits), and one line says what to do; once installed, the same check passes."""
+    async with ApiServer() as emu, kmock.Server(emu):
+        emu.resources.load_bundled()
+        async with await KubeClient.connect(ClusterAccess(server=str(emu.url).rstrip("/"))) as client:
+            problem = await served_kinds_problem(client, Settings(watch_namespaces=["team-a"]))
+            assert problem == ("the API server does not serve gridsessions.gridop.io: install the CRDs "
+                               "(kubectl apply --server-side -f crds/)")
+            register_crds(emu)
+            assert await served_kinds_problem(client, Settings(watch_namespaces=["team-a"])) is None

@@ -113,3 +113,15 @@ def test_version_and_help() -> None:
                         and p.name not in ("log_format", "log_level")]
         assert undocumented == [], command.name
     assert "GRIDOP_HEARTBEAT_SECONDS" in gridop("worker", "--help").stdout
+
+
+def test_an_unreachable_api_server_is_one_line_and_exit_1(tmp_path) -> None:
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        f"clusters: [{{name: c, cluster: {{server: 'http://127.0.0.1:{_closed_port()}'}}}}]\n"
+        "users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n")
+    result = gridop("operator", KUBECONFIG=str(kubeconfig), GRIDOP_LOG_FORMAT="text")
+    assert result.returncode == 1
+    assert result.stderr.startswith("gridop operator: cannot reach the Kubernetes API at http://127.0.0.1:")
+    assert "Unclosed" not in result.stderr and "Traceback" not in result.stderr, result.stderr
