@@ -1,6 +1,6 @@
 """gridctl — start, stop, list and inspect grid sessions; run task batches; reach consoles.
 
-    gridctl session start NAME --node kind-worker --user alice --config session.json --wait
+    gridctl session start NAME --node gridop-worker --user alice --config session.json --wait
     gridctl session list -A
     gridctl session get NAME -o yaml
     gridctl session stop NAME
