@@ -254,6 +254,8 @@ async def test_a_cancelled_running_sync_task_is_stopped_within_a_heartbeat(redis
             assert counts["cancel-hang"]["total_cancelled_tasks"] == 2
             assert await asyncio.to_thread(worker.wait, 15) == 0  # the batch is done: the worker exits
             assert time.monotonic() - began < 5, "the cancelled task ran on"
+            results = await c.get_results(sub, timeout_sec=5)
+            assert results["cancelled"] == ["cancel-hang_0", "cancel-hang_1"] and not results["finished"]
         finally:
             worker.kill()
 

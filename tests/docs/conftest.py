@@ -144,5 +144,16 @@ async def worker_pods(api: KubeClient) -> AsyncIterator[dict[str, list[subproces
         await asyncio.to_thread(p.wait, 30)
 
 
+async def applied(api: KubeClient, res: resources.Resource, obj: dict[str, Any],  # noqa: F811
+                  namespace: str = "default") -> str:
+    """`kubectl apply` of a TaskBatch or TaskPool; once the operator has written the namespace's
+    data-plane Secret, the URL in it (what the docs have a user export as GRIDOP_REDIS_URL)."""
+    from tests.waiting import eventually
+
+    await api.create(res, obj, namespace)
+    secret = await eventually(lambda: api.get(resources.SECRETS, "gridop-data-plane", namespace))
+    return base64.b64decode(secret["data"]["url"]).decode()
+
+
 def load_yaml(path: pathlib.Path | str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(pathlib.Path(path).read_text()) if d]

@@ -10,10 +10,9 @@ import pathlib
 import kmock
 from gridop.kube import KubeClient, resources
 
-from tests.integration.conftest import eventually
 from tests.k8s_tools import tool
 
-from .conftest import load_yaml
+from .conftest import applied, load_yaml
 from .snippets import ROOT, block, run_shell, user_env
 
 PAGE = "docs/cli.md"
@@ -52,8 +51,7 @@ async def test_task_commands(
     worker_pods: dict,
 ) -> None:
     (batch,) = load_yaml(ROOT / "examples" / "taskbatch.yaml")
-    await api.create(resources.TASKBATCHES, batch, "default")
-    await eventually(lambda: api.get(resources.SECRETS, "gridop-data-plane", "default"))
+    await applied(api, resources.TASKBATCHES, batch)
     address = redis_url.split("//")[1].split("/")[0]
     result = await asyncio.to_thread(run_shell, block(PAGE, "export GRIDOP_REDIS_URL="), workdir, user_env(),
                                      replace={"127.0.0.1:6379": address}, timeout=180)

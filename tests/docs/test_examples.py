@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import pathlib
 import subprocess
 import sys
@@ -11,9 +10,7 @@ import sys
 import kmock
 from gridop.kube import KubeClient, resources
 
-from tests.integration.conftest import eventually
-
-from .conftest import load_yaml
+from .conftest import applied, load_yaml
 from .snippets import ROOT, user_env
 
 
@@ -36,9 +33,7 @@ async def test_send_tasks_to_the_example_batch(
     worker_pods: dict,
 ) -> None:
     (batch,) = load_yaml(ROOT / "examples" / "taskbatch.yaml")
-    await api.create(resources.TASKBATCHES, batch, "default")
-    secret = await eventually(lambda: api.get(resources.SECRETS, "gridop-data-plane", "default"))
-    env = user_env(GRIDOP_REDIS_URL=base64.b64decode(secret["data"]["url"]).decode())
+    env = user_env(GRIDOP_REDIS_URL=await applied(api, resources.TASKBATCHES, batch))
     result = await asyncio.to_thread(_run, "send_tasks.py", workdir, env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "'tasks_in_response': 100" in result.stdout and '{"x":2,"square":4}' in result.stdout

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import pathlib
 
 import kmock
 from gridop.kube import KubeClient, resources
 
-from tests.integration.conftest import eventually
 from tests.unit.test_crd_validation import admit
 
-from .conftest import load_yaml
+from .conftest import applied, load_yaml
 from .snippets import ROOT, block, run_python, run_shell, user_env
 
 README = "README.md"
@@ -46,9 +44,7 @@ async def test_tasks_the_htc_grid_way(
     from the namespace's Secret (what the shell block before it exports): every task finishes, run
     by the pool's Deployment, scaled by the operator."""
     (pool,) = load_yaml(ROOT / "examples" / "htcgrid" / "taskpool.yaml")
-    await api.create(resources.TASKPOOLS, pool, "default")
-    secret = await eventually(lambda: api.get(resources.SECRETS, "gridop-data-plane", "default"))
-    url = base64.b64decode(secret["data"]["url"]).decode()
+    url = await applied(api, resources.TASKPOOLS, pool)
     result = await asyncio.to_thread(run_python, block(README, "import os"), workdir, user_env(GRIDOP_REDIS_URL=url))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr

@@ -5,7 +5,6 @@ its PromQL names what a worker exports."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import pathlib
 import re
 import socket
@@ -19,9 +18,9 @@ import pytest
 import yaml
 from gridop.kube import KubeClient, resources
 
-from tests.integration.conftest import eventually
 from tests.unit.test_crd_validation import admit
 
+from .conftest import applied
 from .snippets import ROOT, block, blocks, run_python, user_env
 
 PAGE = "docs/tasks.md"
@@ -39,9 +38,7 @@ async def test_the_sdk_blocks_on_the_pages_own_pool(
     worker_pods: dict,
 ) -> None:
     pool = next(yaml.safe_load(b.text) for b in blocks(PAGE) if b.lang == "yaml" and "kind: TaskPool" in b.text)
-    await api.create(resources.TASKPOOLS, pool, "default")
-    secret = await eventually(lambda: api.get(resources.SECRETS, "gridop-data-plane", "default"))
-    env = user_env(GRIDOP_REDIS_URL=base64.b64decode(secret["data"]["url"]).decode())
+    env = user_env(GRIDOP_REDIS_URL=await applied(api, resources.TASKPOOLS, pool))
     first = block(PAGE, "import os")
     result = await asyncio.to_thread(run_python, first, workdir, env)
     assert result.returncode == 0, result.stderr[-3000:]
