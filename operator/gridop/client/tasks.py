@@ -77,8 +77,9 @@ TOKEK_REFRESH_INTERVAL_SEC = 200  # (sic: HTC-Grid's name)
 
 
 def get_safe_session_id() -> str:
-    """A fresh session id, as HTC-Grid's (a UUID; valid as a gridop session id too)."""
-    return str(uuid.uuid1())
+    """A fresh session id, as HTC-Grid's function gives: a UUID (random here, not HTC-Grid's
+    MAC-bearing uuid1), valid as a gridop session id."""
+    return str(uuid.uuid4())
 
 
 def _log_once(level: int, message: str, *args: Any) -> None:

@@ -31,6 +31,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import importlib
 import inspect
 import itertools
@@ -103,8 +104,9 @@ class Context:
         return max(0, int((self.deadline - time.monotonic()) * 1000))
 
 
+@functools.cache
 def _memory_limit_mb() -> int:
-    """The container's memory limit (cgroup v2, then v1), else the machine's memory, in MiB."""
+    """The container's memory limit (cgroup v2, then v1), else the machine's memory, in MiB (read once)."""
     for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
         with contextlib.suppress(OSError, ValueError):
             text = open(path).read().strip()  # noqa: SIM115 - a one-line sysfs read
