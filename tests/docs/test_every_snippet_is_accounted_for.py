@@ -23,9 +23,8 @@ BLOCKS: dict[tuple[str, str], tuple[str, str]] = {
     ("README.md", "make up"): (CLUSTER, "needs docker and kind; its prerequisite check runs in "
                                "test_make_up_names_what_it_needs, the chart it installs in tests/chart"),
     ("README.md", 'export PATH="$PWD/.venv/bin:$PATH"                                   # gridctl'): (
-        CLUSTER, "needs a cluster with pods that run; its steps run in tests/e2e (test_session_e2e: the example "
-        "session Ready and cleaned up; test_console_e2e: tail and interact through the gateway), and gridctl console "
-        "with a kind kubeconfig in tests/integration/test_console_gateway.py"),
+        CLUSTER, "needs a cluster with pods that run: tests/e2e/test_readme_e2e.py runs it verbatim on the cluster "
+        "`make up` makes; gridctl console with a kind kubeconfig runs in tests/integration/test_console_gateway.py"),
     ("README.md", "make test"): (RUN, ".ci/run is this command"),
     ("README.md", "apiVersion: gridop.io/v1alpha1"): (RUN, "test_readme.py::test_the_session_yaml_is_what_the_example_file_holds_and_is_admitted"),
     ("README.md", "from gridop.client import GridSessionManager"): (RUN, "test_readme.py::test_from_python_sessions"),
