@@ -50,7 +50,8 @@ log = logging.getLogger(__name__)
 MAX_CLIENT_FRAME = 64 * 1024
 ACTIVE_PHASES = ("Starting", "Running")
 SERVICE_PREFIX = "/apis/console-operator/console-operator"
-MAX_HEADER_BYTES = 64 * 1024  # a header line (a long token in Sec-WebSocket-Protocol fits)
+MAX_HEADER_BYTES = 64 * 1024  # a request's headers, all told (a long token in Sec-WebSocket-Protocol fits)
+PARSE_LIMIT_BYTES = 256 * 1024  # a header line the HTTP layer reads at all (past it: a bare 400)
 TAIL_OPEN_WAIT = 0.5  # how long a tail waits for the log's first answer before upgrading anyway
 
 
@@ -84,7 +85,12 @@ class Connection:
 @web.middleware
 async def _json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                        ) -> web.StreamResponse:
-    """Every answer is JSON, also for a path or method the gateway does not serve."""
+    """Every answer is JSON, also for a path or method the gateway does not serve, and for headers
+    too large to read (431, before anything else looks at them)."""
+    size = sum(len(name) + len(value) for name, value in request.raw_headers)
+    if size > MAX_HEADER_BYTES:
+        return web.json_response({"message": f"the request's headers are {size} bytes; the gateway reads at most "
+                                  f"{MAX_HEADER_BYTES}"}, status=431)
     try:
         return await handler(request)
     except web.HTTPNotFound:
@@ -621,7 +627,7 @@ async def run_gateway(
     gateway = Gateway(settings, client)
     stop = stop_flag or asyncio.Event()
     runner = web.AppRunner(gateway.application(), access_log=None, shutdown_timeout=5, logger=HTTP_LOG,
-                           max_line_size=MAX_HEADER_BYTES, max_field_size=MAX_HEADER_BYTES)
+                           max_line_size=PARSE_LIMIT_BYTES, max_field_size=PARSE_LIMIT_BYTES)
     metrics_runner: web.AppRunner | None = None
     try:
         await gateway.start()
