@@ -56,7 +56,8 @@ class Settings(BaseSettings):
     batch_status_interval_seconds: float = Field(default=1.0, ge=0.1, description="At most one status write per batch per interval.")
 
     resync_seconds: float = Field(default=30.0, gt=0, description="Re-check every session at least this often.")
-    status_min_interval_seconds: float = Field(default=1.0, ge=0)
+    status_min_interval_seconds: float = Field(
+        default=1.0, ge=0, description="A session's progress within a phase is written at most this often (a phase change at once).")
 
     leader_election: bool = Field(default=False, description="Hold a Lease before acting; extra replicas stand by.")
     lease_name: str = "gridop-operator"

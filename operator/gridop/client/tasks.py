@@ -32,7 +32,7 @@ from ..tasks.codec import decode_text
 from ..tasks.connection import address_of, connect
 from ..tasks.states import TaskState
 from ..tasks.store import (SUBMIT_CHUNK, BatchClosed, Report, RetryPolicy, TaskStore, TerminalEvent, encode_task,
-                           encode_tasks, parse_task_id, task_id)
+                           encode_tasks, key_prefix, parse_task_id, task_id)
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ class AsyncGridConnector:
             raise ValueError(f"client_config_data['priority'] {config.get('priority')!r} must be an integer "
                              "(higher runs first)") from None
         self.namespace = str(config.get("namespace") or default_namespace())
-        prefix = str(config.get("key_prefix", f"gridop:{self.namespace}"))
+        prefix = str(config.get("key_prefix", key_prefix(self.namespace)))
         budget = float(config.get("redis_outage_budget_sec", DEFAULT_OUTAGE_BUDGET))
         if redis_custom_connection is not None and not isinstance(redis_custom_connection, aioredis.Redis):
             raise ValueError("redis_custom_connection must be a redis.asyncio.Redis client")

@@ -16,6 +16,7 @@ from typing import Any
 import kopf
 
 from ..api.v1alpha1 import GROUP, VERSION
+from ..api.v1alpha1.common import FINALIZER
 from ..sessions.controller import failed_pass
 from .wakeups import Wakeups
 
@@ -23,7 +24,6 @@ log = logging.getLogger(__name__)
 
 TB = dict(group=GROUP, version=VERSION, plural="taskbatches")
 TP = dict(group=GROUP, version=VERSION, plural="taskpools")
-FINALIZER = "gridop.io/finalizer"
 
 
 async def reconcile_forever(

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from .. import metrics
 from ..api.v1alpha1 import GridSession, GridSessionStatus, Phase, utcnow
-from ..api.v1alpha1.common import set_condition, set_progress
+from ..api.v1alpha1.common import FINALIZER, set_condition, set_progress
 from ..auth.keystore import KeyringSource
 from ..auth.tokens import SigningKeyError, issue_session_token
 from ..kube import AlreadyExists, Conflict, KubeClient, KubeError, NotFound, merge_patch, resources
@@ -36,9 +36,9 @@ log = logging.getLogger(__name__)
 
 # Sessions made by earlier gridop versions carry kopf's finalizer; children are now removed by
 # the garbage collector (ownerReferences), so a deleted session only needs it taken off.
-LEGACY_FINALIZER = "gridop.io/finalizer"
-# Status changes that move neither the phase nor an urgent condition are written at most this often.
-STATUS_INTERVAL = 1.0
+LEGACY_FINALIZER = FINALIZER
+# A change of these conditions' status is written at once; finer progress waits for
+# `status_min_interval_seconds`.
 URGENT_CONDITIONS = ("Ready", "Stalled")
 
 Key = tuple[str, str]
@@ -352,7 +352,7 @@ class SessionReconciler:
         """Write the status if it changed; returns when to come back for a deferred write.
 
         A change of phase or of any condition's status is written at once; finer progress within
-        a phase (a reason, a node name) at most every STATUS_INTERVAL, so a session start costs
+        a phase (a reason, a node name) at most every `status_min_interval_seconds`, so a session start costs
         two status writes, not one per pod event.
         """
         ns, name = session.metadata["namespace"], session.metadata["name"]
@@ -365,13 +365,13 @@ class SessionReconciler:
                 _condition_status(old.conditions, t) != _condition_status(new.conditions, t) for t in URGENT_CONDITIONS)
             now = asyncio.get_running_loop().time()
             since = now - self._written.get(key, float("-inf"))
-            if urgent or since >= STATUS_INTERVAL:
+            if urgent or since >= self.settings.status_min_interval_seconds:
                 log.debug("session %s/%s: status %s", ns, name, patch)
                 self._keep(session, self.cache.sessions, await self.client.patch(
                     resources.GRIDSESSIONS, name, {"status": patch}, ns, subresource="status"))
                 self._written[key] = now
             else:
-                deferred = STATUS_INTERVAL - since
+                deferred = self.settings.status_min_interval_seconds - since
         if old.phase != new.phase:
             log.info("session %s/%s: %s -> %s", ns, name, Phase(old.phase).value, Phase(new.phase).value)
             if new.phase == Phase.RUNNING and old.start_time is None:

@@ -15,6 +15,7 @@ from ..api.v1alpha1 import API_VERSION, find_condition, set_condition, set_progr
 from ..api.v1alpha1.taskbatch import KIND, BatchPhase, ErrorCounts, OnError, TaskBatchSpec, TaskBatchStatus, TaskCounts
 from ..api.v1alpha1.taskpool import TaskPoolSpec
 from ..settings import Settings
+from .store import key_prefix
 
 BATCH_LABEL = "gridop.io/taskbatch"
 WORKER_METRICS_PORT = 9100
@@ -43,7 +44,7 @@ def worker_pod_spec(spec: TaskBatchSpec | TaskPoolSpec, settings: Settings, name
     keeps it, with credentials limited to this namespace's keys), so no password appears here."""
     env = [
         *target,
-        {"name": "GRIDOP_KEY_PREFIX", "value": f"gridop:{namespace}"},
+        {"name": "GRIDOP_KEY_PREFIX", "value": key_prefix(namespace)},
         {"name": "GRIDOP_HANDLER", "value": spec.handler},
         {"name": "GRIDOP_BATCH_SIZE", "value": str(spec.batch_size)},
         {"name": "GRIDOP_HEARTBEAT_SECONDS", "value": str(spec.heartbeat_seconds)},

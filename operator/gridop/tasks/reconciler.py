@@ -27,7 +27,7 @@ from ..settings import Settings
 from .batch import decide, job_name, worker_job
 from .credentials import DataPlaneCredentials
 from .pool import deployment_name, desired_pool_workers, pool_deployment, pool_status
-from .store import RetryPolicy, TaskStore
+from .store import RetryPolicy, TaskStore, key_prefix
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +37,6 @@ def retry_policy(spec: TaskBatchSpec) -> RetryPolicy:
     return RetryPolicy(max_retries=r.max_retries, backoff_seconds=r.backoff_seconds,
                        backoff_multiplier=r.backoff_multiplier, backoff_max_seconds=r.backoff_max_seconds,
                        max_infrastructure_retries=r.max_infrastructure_retries)
-
-
-def key_prefix(namespace: str) -> str:
-    """Batches are named per namespace, so the namespace is part of every data-plane key
-    (the SDK and the workers derive the same prefix)."""
-    return f"gridop:{namespace}"
 
 
 class BatchReconciler:

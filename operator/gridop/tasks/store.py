@@ -67,6 +67,12 @@ ROLES = scripts.KEYS
 _STATE_OF = {ord("f"): TaskState.FINISHED, ord("x"): TaskState.FAILED, ord("r"): TaskState.RETRYING}
 
 
+def key_prefix(namespace: str) -> str:
+    """Batches are named per namespace, so the namespace is part of every data-plane key: the
+    operator, the workers it starts and the SDK all derive the prefix here."""
+    return f"gridop:{namespace}"
+
+
 def task_id(sid: str, index: int | str) -> str:
     """`<session_id>_<index>`, as HTC-Grid names tasks (`_` never occurs in a session id)."""
     return f"{sid}_{index}"
