@@ -36,7 +36,7 @@ def _child_main(handler_ref: str, inbox: multiprocessing.connection.Connection,
     """The child: import the handler, then run the batches that come down `inbox`, answering on `conn`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is for the worker; it decides
     from .codec import decode  # (here, not at the top: the worker module imports this one)
-    from .store import Outcome
+    from .store import Outcome, task_id
     from .worker import Context, _call, load_handler
 
     handler = load_handler(handler_ref)
@@ -60,7 +60,7 @@ def _child_main(handler_ref: str, inbox: multiprocessing.connection.Connection,
             except Exception as exc:
                 outcomes.append(Outcome(task.index, task.token, "fatal", f"undecodable task input: {exc}"))
                 continue
-            ctx = Context(sid, f"{sid}_{task.index}", task.attempt, now + timeout if timeout else None, worker_id,
+            ctx = Context(sid, task_id(sid, task.index), task.attempt, now + timeout if timeout else None, worker_id,
                           handler_ref)
             outcome = _call(handler, task, event, ctx, time.time())
             outcome.ended = time.time()
@@ -95,6 +95,7 @@ class HandlerProcess:
         os.set_blocking(self._fd, False)
         self._loop.add_reader(self._fd, self._read)
         self._reading = True
+        self._exit: asyncio.Task[None] | None = None
 
     def _read(self) -> None:
         """Parse what the child wrote (multiprocessing's frames: a length, then a pickle) into the
@@ -107,8 +108,7 @@ class HandlerProcess:
             data = b""
         if not data:
             self._stop_reading()
-            self.process.join(1)  # it has closed its end: it is gone, or going
-            self.messages.put_nowait(("exited", self.process.exitcode))
+            self._exit = self._loop.create_task(self._report_exit())
             return
         buffer = self._buffer
         buffer += data
@@ -125,6 +125,11 @@ class HandlerProcess:
             message = pickle.loads(buffer[head:head + size])
             del buffer[:head + size]
             self.messages.put_nowait(message)
+
+    async def _report_exit(self) -> None:
+        """It has closed its end: it is gone, or going. Its exit code, once there (off the loop)."""
+        await asyncio.to_thread(self.process.join, 5)
+        self.messages.put_nowait(("exited", self.process.exitcode))
 
     def _stop_reading(self) -> None:
         if self._reading:
