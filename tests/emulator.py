@@ -62,6 +62,8 @@ class ApiServer(kmock.KubernetesEmulator):
             self._admit(request)
         if request.resource is not None and request.data is not None:
             self._stamp(request)
+        if request.action == kmock.action.DELETE and request.resource is not None and request.name:
+            self._stamp_deletion(request)
         try:
             response = await super()._handle(request)
         except jsonpatch.JsonPatchTestFailed as exc:  # a stale resourceVersion in a JSON patch
@@ -157,6 +159,15 @@ class ApiServer(kmock.KubernetesEmulator):
         return obj.last.raw
 
     _serve_delete = _serve_update  # the last state, as kmock answers (one lookup, not a scan)
+
+    def _stamp_deletion(self, request: kmock.Request) -> None:
+        """Marking an object held by finalizers as deleted is a write: a new resourceVersion, as the
+        API server gives it (watchers tell a new version from a replay by it)."""
+        obj = self.objects._objects.get((request.resource, request.namespace, request.name))
+        if obj is not None and not obj.deleted:
+            meta = obj.get("metadata", {})
+            if meta.get("finalizers") and not meta.get("deletionTimestamp"):
+                obj.patch({"metadata": {"resourceVersion": rv()}})
 
     def _stamp(self, request: kmock.Request) -> None:
         data = request.data

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -13,17 +12,18 @@ import kopf
 from . import metrics
 from .auth.keystore import KeyringSource
 from .auth.tokens import SigningKeyError
-from .handlers import build_registry
-from .handlers.wakeups import Wakeups
+from .batches.common import DataPlane
+from .batches.taskbatch import TaskBatchReconciler
+from .batches.taskpool import TaskPoolReconciler
+from .handlers import Controllers, build_registry
 from .kube import ClusterAccess, KubeClient, KubeError, NotFound, load_cluster_access, resources
 from .kube.events import EventRecorder
 from .kube.lease import LeaderElector
 from .sessions.cache import SessionCache
 from .sessions.controller import SessionController
 from .sessions.reconciler import SessionReconciler
-from .tasks.connection import connect
-from .tasks.reconciler import BatchReconciler
 from .settings import Settings
+from .tasks.connection import connect
 
 log = logging.getLogger(__name__)
 KINDS_RECHECK_SECONDS = 10.0  # how often an operator that cannot read its kinds looks again
@@ -102,23 +102,25 @@ async def _run(
         log.error("signing keys unusable: %s", exc)
     kwargs = {"clock": clock} if clock is not None else {}
     recorder = EventRecorder(client)
-    cache = SessionCache(client, settings.watch_namespaces or None)
-    reconciler = SessionReconciler(client, settings, keys, recorder, cache, **kwargs)
-    sessions = SessionController(reconciler, cache)
+    namespaces = settings.watch_namespaces or None
+    cache = SessionCache(client, namespaces)
+    sessions = SessionController(SessionReconciler(client, settings, keys, recorder, cache, **kwargs), cache)
     # A pass waits a few seconds for Redis, then reports the batch's data plane unavailable and
     # tries again on the next one: the operator never exits over an outage.
     redis = connect(settings.redis_url, outage_budget=5.0) if settings.redis_url else None
-    batches = BatchReconciler(client, settings, redis, recorder, **kwargs)
+    data = DataPlane(client, settings, redis)
+    batches = TaskBatchReconciler(client, settings, data, recorder, namespaces=namespaces, **kwargs)
+    pools = TaskPoolReconciler(client, settings, data, namespaces=namespaces, **kwargs)
     ready = ready_flag or asyncio.Event()
     stop = stop_flag or asyncio.Event()
+    controllers = Controllers([sessions, batches.controller(), pools.controller()], on_failure=stop.set)
     served = asyncio.Event()
     checking = asyncio.create_task(_watch_served_kinds(client, settings, served))
     runner = await metrics.serve_health(
-        settings.metrics_port, lambda: ready.is_set() and served.is_set() and cache.sessions.fresh,
+        settings.metrics_port, lambda: ready.is_set() and served.is_set() and controllers.fresh,
     ) if serve_metrics else None
     elector: LeaderElector | None = None
     holding: asyncio.Task[None] | None = None
-    controlling: asyncio.Task[None] | None = None
     lost = asyncio.Event()
     try:
         if settings.leader_election:
@@ -131,12 +133,9 @@ async def _run(
                 stop.set()
 
             holding = asyncio.create_task(elector.hold(on_lost))
-        controlling = asyncio.create_task(sessions.run(), name="session-controller")
-        # A controller that dies of a bug stops the operator (and the pod restarts), never limps on.
-        controlling.add_done_callback(lambda t: stop.set() if not t.cancelled() and t.exception() else None)
         await kopf.operator(
             registry=build_registry(),
-            memo=kopf.Memo(client=client, sessions=sessions, batches=batches, wakeups=Wakeups()),
+            memo=kopf.Memo(client=client, controllers=controllers),
             clusterwide=not settings.watch_namespaces,
             namespaces=settings.watch_namespaces,
             standalone=True,  # no kopf peering: leadership is the Lease above
@@ -144,10 +143,7 @@ async def _run(
             ready_flag=ready,
         )
     finally:
-        if controlling is not None:
-            controlling.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await controlling  # re-raises the controller's own failure, if it had one
+        await controllers.stop()  # if kopf's cleanup did not (a start-up that failed)
         if holding is not None:
             holding.cancel()
         if elector is not None and not lost.is_set():
@@ -157,5 +153,7 @@ async def _run(
         if redis is not None:
             await redis.aclose()
         checking.cancel()
+    if controllers.failure is not None:
+        raise controllers.failure  # a controller's bug: the process exits non-zero and restarts
     if lost.is_set():
         raise LeadershipLost("another replica took over the leader lease")

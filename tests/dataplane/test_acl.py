@@ -14,7 +14,7 @@ from redis.exceptions import AuthenticationError, NoPermissionError
 
 from gridop.client.tasks import AsyncGridConnector
 from gridop.tasks.codec import encode
-from gridop.tasks.credentials import acl_user, define_user, with_credentials
+from gridop.batches.credentials import acl_user, define_user, with_credentials
 from gridop.tasks.store import RetryPolicy, TaskStore
 from gridop.tasks.worker import Worker
 

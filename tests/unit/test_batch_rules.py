@@ -3,7 +3,7 @@
 import datetime
 
 from gridop.api.v1alpha1.taskbatch import TaskBatchSpec, TaskBatchStatus, TaskCounts
-from gridop.tasks.batch import decide, desired_workers
+from gridop.batches.taskbatch_rules import decide, desired_workers
 
 NOW = datetime.datetime(2026, 11, 1, tzinfo=datetime.UTC)
 META = {"name": "b", "namespace": "ns", "uid": "u", "generation": 2}

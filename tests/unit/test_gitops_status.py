@@ -17,8 +17,8 @@ from gridop.api.v1alpha1.taskbatch import TaskBatchSpec, TaskBatchStatus, TaskCo
 from gridop.api.v1alpha1.taskpool import TaskPoolStatus
 from gridop.sessions import plan
 from gridop.sessions.rules import Observed, decide
-from gridop.tasks import batch
-from gridop.tasks.pool import pool_status
+from gridop.batches import taskbatch_rules as batch
+from gridop.batches.taskpool_rules import pool_status
 
 from .sessions import NOW, SETTINGS, running_pod, session
 

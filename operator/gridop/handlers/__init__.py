@@ -1,5 +1,5 @@
-"""Thin kopf registrations: parse the body, call a service, write status. Nothing else."""
+"""kopf's registrations: the process, its login, and the controllers' start and stop."""
 
-from .registry import build_registry
+from .registry import Controllers, build_registry
 
-__all__ = ["build_registry"]
+__all__ = ["Controllers", "build_registry"]

@@ -8,7 +8,6 @@ heartbeats are absorbed and wake nobody).
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from ..kube import KubeClient, resources
@@ -45,13 +44,3 @@ class SessionCache:
                                 transform=metadata_view, **scoped)
         self.nodes = Informer(client, resources.NODES, transform=node_view)
         self.all = [self.sessions, self.pods, self.services, self.config_maps, self.secrets, self.nodes]
-
-    async def start(self) -> None:
-        for informer in self.all:
-            await informer.start()
-
-    async def synced(self) -> None:
-        await asyncio.gather(*(informer.synced.wait() for informer in self.all))
-
-    async def stop(self) -> None:
-        await asyncio.gather(*(informer.stop() for informer in self.all))

@@ -9,16 +9,16 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
-import json
 from typing import Any
 
-from ..api.v1alpha1 import API_VERSION, GridSession
+from ..api.v1alpha1 import GridSession
 from ..api.v1alpha1.gridsession import KIND
+from ..kube.meta import TEMPLATE_HASH, template_hash  # noqa: F401  (the rules read them here)
+from ..kube.meta import owner_reference as _owner_reference
 from ..settings import Settings
 from .config import CONFIG_FILE_NAME, build_session_config, render_session_config
 
 SESSION_LABEL = "gridop.io/session"
-TEMPLATE_HASH = "gridop.io/template-hash"
 LAST_ACTIVE_ANNOTATION = "gridop.io/last-active"
 # The operator watches ConfigMaps and Secrets as metadata only (it never holds token contents in
 # memory), so what it must compare is carried in annotations.
@@ -55,14 +55,7 @@ def labels(session: GridSession) -> dict[str, str]:
 
 
 def owner_reference(session: GridSession) -> dict[str, Any]:
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "name": session.metadata["name"],
-        "uid": session.metadata["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
+    return _owner_reference(KIND, session.metadata)
 
 
 def _metadata(session: GridSession, name: str, **extra: Any) -> dict[str, Any]:
@@ -193,10 +186,6 @@ def pod_spec(session: GridSession, settings: Settings) -> dict[str, Any]:
         ],
         **_placement(session, settings),
     }
-
-
-def template_hash(spec: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def pod(session: GridSession, settings: Settings) -> dict[str, Any]:

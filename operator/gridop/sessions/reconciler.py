@@ -25,6 +25,7 @@ from ..api.v1alpha1.common import FINALIZER, set_condition, set_progress
 from ..auth.keystore import KeyringSource
 from ..auth.tokens import SigningKeyError, issue_session_token
 from ..kube import AlreadyExists, Conflict, KubeClient, KubeError, NotFound, merge_patch, resources
+from ..kube.controller import TerminatingNamespaces, being_terminated
 from ..kube.events import EventRecorder
 from ..kube.informer import Informer
 from ..settings import Settings
@@ -85,7 +86,7 @@ class SessionReconciler:
         self._written: dict[Key, float] = {}  # when the last status write happened (loop time)
         # Children the API server refused as invalid, by session: (generation, what and why).
         self._rejected: dict[Key, tuple[Any, str]] = {}
-        self._terminating: set[str] = set()  # namespaces being deleted (creates there are refused)
+        self._terminating = TerminatingNamespaces()  # namespaces being deleted (creates there are refused)
         self.passes = 0
         self.skipped = 0
 
@@ -260,10 +261,8 @@ class SessionReconciler:
         try:
             await self._step(session, decision, observed, action)
         except KubeError as exc:
-            if exc.status == 403 and "being terminated" in (exc.api_message or str(exc)):
-                if meta["namespace"] not in self._terminating:
-                    self._terminating.add(meta["namespace"])
-                    log.info("namespace %s is being deleted: creating nothing more there", meta["namespace"])
+            if being_terminated(exc):
+                self._terminating.mark(meta["namespace"], "session children")
                 return
             if exc.status in (400, 422) and action in CREATES:
                 what = f"{action.value.removeprefix('Create').removeprefix('Apply').lower()}"

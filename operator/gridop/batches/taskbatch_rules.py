@@ -1,7 +1,7 @@
 """TaskBatch rules: workers to run, phase and conditions, from the batch's counters.
 
-Pure functions (no I/O): the reconciler reads the counters from Redis and the Job from the
-API, and carries out what `decide()` returns.
+Pure functions (no I/O): the controller (`taskbatch`) reads the counters from Redis and the Job
+from its cache, and carries out what `decide()` returns.
 """
 
 from __future__ import annotations
@@ -11,22 +11,8 @@ import datetime
 import math
 from typing import Any
 
-from ..api.v1alpha1 import API_VERSION, find_condition, set_condition, set_progress
-from ..api.v1alpha1.taskbatch import KIND, BatchPhase, ErrorCounts, OnError, TaskBatchSpec, TaskBatchStatus, TaskCounts
-from ..api.v1alpha1.taskpool import TaskPoolSpec
-from ..settings import Settings
-from .store import key_prefix
-
-BATCH_LABEL = "gridop.io/taskbatch"
-WORKER_METRICS_PORT = 9100
-# Prometheus's conventional scrape annotations (the chart's PodMonitor selects worker pods by label too).
-WORKER_SCRAPE = {"prometheus.io/scrape": "true", "prometheus.io/port": str(WORKER_METRICS_PORT),
-                 "prometheus.io/path": "/metrics"}
-
-
-def job_name(name: str) -> str:
-    return f"{name}-workers"
-
+from ..api.v1alpha1 import find_condition, set_condition, set_progress
+from ..api.v1alpha1.taskbatch import BatchPhase, ErrorCounts, TaskBatchSpec, TaskBatchStatus, TaskCounts
 
 def desired_workers(spec: TaskBatchSpec, counts: TaskCounts) -> int:
     """Scale with queue depth: one worker per `tasksPerWorker` active tasks, within [min, max]."""
@@ -35,79 +21,6 @@ def desired_workers(spec: TaskBatchSpec, counts: TaskCounts) -> int:
         return 0
     wanted = math.ceil(active / spec.workers.tasks_per_worker)
     return max(spec.workers.min, min(spec.workers.max, max(1, wanted)))
-
-
-def worker_pod_spec(spec: TaskBatchSpec | TaskPoolSpec, settings: Settings, namespace: str, redis_secret: str,
-                    target: list[dict[str, Any]], on_error: OnError, restart_policy: str) -> dict[str, Any]:
-    """The pod of a batch's or a pool's workers. `target` says what they serve (GRIDOP_SESSION_ID
-    or GRIDOP_POOL). The data-plane URL comes from `redis_secret` in the namespace (the operator
-    keeps it, with credentials limited to this namespace's keys), so no password appears here."""
-    env = [
-        *target,
-        {"name": "GRIDOP_KEY_PREFIX", "value": key_prefix(namespace)},
-        {"name": "GRIDOP_HANDLER", "value": spec.handler},
-        {"name": "GRIDOP_BATCH_SIZE", "value": str(spec.batch_size)},
-        {"name": "GRIDOP_HEARTBEAT_SECONDS", "value": str(spec.heartbeat_seconds)},
-        {"name": "GRIDOP_LEASE_SECONDS", "value": str(spec.lease_seconds)},
-        {"name": "GRIDOP_RETRY_ON_ERROR", "value": "true" if on_error == OnError.RETRY else "false"},
-        {"name": "GRIDOP_LOG_FORMAT", "value": "json"},
-        {"name": "GRIDOP_METRICS_PORT", "value": str(WORKER_METRICS_PORT)},
-        *({"name": e.name, "value": e.value} for e in spec.workers.env),
-    ]
-    if spec.task_timeout_seconds:
-        env.append({"name": "GRIDOP_TASK_TIMEOUT_SECONDS", "value": str(spec.task_timeout_seconds)})
-    env.append({"name": "GRIDOP_REDIS_URL", "valueFrom": {"secretKeyRef": {"name": redis_secret, "key": "url"}}})
-    container: dict[str, Any] = {
-        "name": "worker",
-        "image": spec.image or settings.image,
-        "args": ["worker"],
-        "env": env,
-        "ports": [{"name": "metrics", "containerPort": WORKER_METRICS_PORT, "protocol": "TCP"}],
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "runAsNonRoot": True,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-    }
-    if spec.workers.resources:
-        container["resources"] = spec.workers.resources.to_kube()
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": restart_policy,
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        # Workers drain on SIGTERM: they finish the claim in hand before exiting.
-        "terminationGracePeriodSeconds": max(30, (spec.task_timeout_seconds or 0) + 10),
-        "containers": [container],
-    }
-    if spec.priority_class_name:
-        pod_spec["priorityClassName"] = spec.priority_class_name
-    return pod_spec
-
-
-def owner_reference(kind: str, meta: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": API_VERSION, "kind": kind, "name": meta["name"], "uid": meta["uid"], "controller": True,
-            "blockOwnerDeletion": True}
-
-
-def worker_job(meta: dict[str, Any], spec: TaskBatchSpec, settings: Settings, parallelism: int,
-               redis_secret: str) -> dict[str, Any]:
-    """The work-queue Job of a batch."""
-    name = meta["name"]
-    labels = {"app.kubernetes.io/name": "gridop-worker", "app.kubernetes.io/managed-by": "gridop", BATCH_LABEL: name}
-    pod_spec = worker_pod_spec(spec, settings, meta["namespace"], redis_secret, [{"name": "GRIDOP_SESSION_ID", "value": name}],
-                               spec.retry.on_error, "OnFailure")
-    return {
-        "metadata": {"name": job_name(name), "namespace": meta["namespace"], "labels": labels,
-                     "ownerReferences": [owner_reference(KIND, meta)]},
-        "spec": {
-            # Work-queue Job: pods pull until the queue is empty, then exit 0; parallelism scales.
-            "parallelism": parallelism,
-            "backoffLimit": 1000,
-            "suspend": spec.suspend,
-            "template": {"metadata": {"labels": labels, "annotations": WORKER_SCRAPE}, "spec": pod_spec},
-        },
-    }
 
 
 @dataclasses.dataclass

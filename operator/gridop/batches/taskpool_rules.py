@@ -1,7 +1,7 @@
-"""TaskPool rules: the worker Deployment of a pool and how many workers it runs.
+"""TaskPool rules: how many workers a pool runs, and its status.
 
-Pure functions (no I/O): the pool reconciler reads the pool's counters from Redis and the
-Deployment from the API, and carries out what these return.
+Pure functions (no I/O): the controller (`taskpool`) reads the pool's counters from Redis and
+the Deployment from its cache, and carries out what these return.
 """
 
 from __future__ import annotations
@@ -12,41 +12,12 @@ from typing import Any
 
 from ..api.v1alpha1 import set_condition, set_progress
 from ..api.v1alpha1.taskbatch import TaskCounts
-from ..api.v1alpha1.taskpool import KIND, TaskPoolSpec, TaskPoolStatus
-from ..settings import Settings
-from .batch import WORKER_SCRAPE, owner_reference, worker_pod_spec
-
-POOL_LABEL = "gridop.io/taskpool"
-
-
-def deployment_name(name: str) -> str:
-    return f"{name}-pool"
-
+from ..api.v1alpha1.taskpool import TaskPoolSpec, TaskPoolStatus
 
 def desired_pool_workers(spec: TaskPoolSpec, counts: TaskCounts) -> int:
     """One worker per `tasksPerWorker` queued or running tasks, within [min, max]."""
     active = counts.pending + counts.retrying + counts.processing
     return max(spec.workers.min, min(spec.workers.max, math.ceil(active / spec.workers.tasks_per_worker)))
-
-
-def pool_deployment(meta: dict[str, Any], spec: TaskPoolSpec, settings: Settings, replicas: int,
-                    redis_secret: str) -> dict[str, Any]:
-    name = meta["name"]
-    labels = {"app.kubernetes.io/name": "gridop-worker", "app.kubernetes.io/managed-by": "gridop", POOL_LABEL: name}
-    target = [{"name": "GRIDOP_POOL", "value": name},
-              {"name": "GRIDOP_RESULT_RETENTION_SECONDS", "value": str(spec.result_retention_seconds)}]
-    pod_spec = worker_pod_spec(spec, settings, meta["namespace"], redis_secret, target, spec.on_error, "Always")
-    return {
-        "metadata": {"name": deployment_name(name), "namespace": meta["namespace"], "labels": labels,
-                     "ownerReferences": [owner_reference(KIND, meta)]},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {POOL_LABEL: name}},
-            # Scaling in stops workers with SIGTERM: they finish the claim in hand (about 0.1 s of work).
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "template": {"metadata": {"labels": labels, "annotations": WORKER_SCRAPE}, "spec": pod_spec},
-        },
-    }
 
 
 def pool_status(meta: dict[str, Any], old: TaskPoolStatus, sessions: int, counts: TaskCounts, workers: int,
