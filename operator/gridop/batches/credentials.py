@@ -19,6 +19,7 @@ in the Secret instead (with a warning in the first case): still no password in a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import secrets
@@ -85,12 +86,21 @@ class DataPlaneCredentials:
         self._passwords: dict[str, str] = {}
         self._written: dict[str, dict[str, str] | None] = {}  # what the Secret holds (None: no Secret)
         self._refreshed: dict[str, float] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
 
     async def ensure(self, namespace: str) -> str:
-        """The name of the namespace's Secret, after making sure it and its ACL user exist."""
-        now = time.monotonic()
-        if now - self._refreshed.get(namespace, -1e9) < self.refresh_seconds:
+        """The name of the namespace's Secret, after making sure it and its ACL user exist (the
+        many passes of one namespace's batches wait for one another here, rather than race)."""
+        if time.monotonic() - self._refreshed.get(namespace, -1e9) < self.refresh_seconds:
             return SECRET_NAME
+        lock = self._locks.setdefault(namespace, asyncio.Lock())
+        async with lock:
+            if time.monotonic() - self._refreshed.get(namespace, -1e9) < self.refresh_seconds:
+                return SECRET_NAME  # refreshed by the pass we waited for
+            return await self._ensure(namespace)
+
+    async def _ensure(self, namespace: str) -> str:
+        now = time.monotonic()
         password = self._passwords.get(namespace) or await self._read(namespace)
         acl = self.acl and await define_user(self.redis, namespace, password)
         url = with_credentials(self.admin_url, acl_user(namespace), password) if acl else self.admin_url
