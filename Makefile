@@ -13,7 +13,7 @@ help:
 	@echo "make test    - install dependencies into $(VENV) and run the whole test suite"
 	@echo "make crds    - regenerate crds/ (and the chart's copy) from the API models"
 	@echo "make e2e     - run tests/e2e against the cluster in KUBECONFIG"
-	@echo "make lint    - the import-layer contracts (run by make test too)"
+	@echo "make lint    - ruff, mypy and the import contracts (run by make test too)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,12 @@ test-prereqs:
 	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }; } || \
 	  { echo "make test needs redis-server and redis-cli on PATH: apt-get install redis-server (or brew install redis)"; exit 2; }
 
+# The checks the project configures in pyproject.toml: ruff (style and bugs), mypy (types) and
+# import-linter (the layers and what may import what).
 lint: venv
-	$(BIN)/lint-imports --config pyproject.toml
+	$(BIN)/ruff check --quiet .
+	$(BIN)/mypy
+	$(BIN)/lint-imports pyproject.toml
 
 test: test-prereqs venv lint
 	$(BIN)/python -m pytest -q

@@ -175,7 +175,7 @@ def main() -> None:
     parser.add_argument("--monitors", type=int, default=100)
     parser.add_argument("--lines", type=int, default=20)
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the gateway inherits it
     env = ConsoleEnv().start()
     env.front.tokens[TOKEN] = {"username": "bench", "groups": []}

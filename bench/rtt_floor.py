@@ -123,6 +123,7 @@ def _script_keys() -> tuple[list[str], dict[str, str]]:
     import hashlib
 
     import redis.asyncio as aioredis
+
     from gridop.tasks import scripts
     from gridop.tasks.store import TaskStore
 
@@ -181,8 +182,8 @@ async def script_client(port: int, n: int) -> AsyncIterator[list[float] | None]:
         wanted, done = str(first).encode(), False
         while not done:
             streams = await conn.call("XREAD", "COUNT", 100, "BLOCK", 1000, "STREAMS", keys[13], position)
-            for position, fields in (streams or [[None, []]])[0][1]:
-                entry = dict(zip(fields[::2], fields[1::2]))
+            for position, fields in (streams or [[None, []]])[0][1]:  # noqa: B007  (the next XREAD resumes there)
+                entry = dict(zip(fields[::2], fields[1::2], strict=False))
                 done = done or wanted in entry.get(b"f", b"").split(b",")
 
     async for timed in timing(n, round_trip):
@@ -235,7 +236,7 @@ def client_child(tree: str, url: str, n: int, sid: str, pids: list[int]) -> None
                 before = [*(cpu_seconds(pid) for pid in pids), time.process_time()]
             else:
                 after = [*(cpu_seconds(pid) for pid in pids), time.process_time()]
-                return {"samples": phase, "cpu": [(b - a) / len(phase) * 1e6 for a, b in zip(before, after)]}
+                return {"samples": phase, "cpu": [(b - a) / len(phase) * 1e6 for a, b in zip(before, after, strict=False)]}
         raise AssertionError("timing() ends with the samples")
 
     print(json.dumps(run_loop()(measured())))
@@ -282,7 +283,7 @@ def one_round(kind: str, port: int, redis_pid: int, n: int, run: int,
             else:
                 samples = phase
         after = [cpu_seconds(redis_pid), sum(cpu_seconds(p.pid) for p in procs), time.process_time()]
-        return samples, [(b - a) / len(samples) * 1e6 for a, b in zip(cpu, after)]
+        return samples, [(b - a) / len(samples) * 1e6 for a, b in zip(cpu, after, strict=False)]
 
     try:
         return run_loop()(measured())
@@ -353,12 +354,12 @@ def main() -> None:
           "Redis / worker(s) / client")
     for kind, label in kinds.items():
         v = sorted(p50s[kind])
-        cpu = " / ".join(f"{statistics.median(part):.0f}" for part in zip(*cpus[kind]))
+        cpu = " / ".join(f"{statistics.median(part):.0f}" for part in zip(*cpus[kind], strict=False))
         print(f"{label:36}{v[0]:>10.3f} / {statistics.median(v):.3f} / {v[-1]:.3f}{statistics.median(p99s[kind]):>12.3f}"
               f"   {cpu}")
     if args.baseline:
         # Each round's pair ran back to back, so its ratio is what the machine's drift leaves alone.
-        ratios = sorted(a / b for a, b in zip(p50s["gridop"], p50s["baseline"]))
+        ratios = sorted(a / b for a, b in zip(p50s["gridop"], p50s["baseline"], strict=False))
         print(f"gridop / gridop at {args.baseline}, p50 of each round: min / median / max "
               f"{ratios[0]:.2f} / {statistics.median(ratios):.2f} / {ratios[-1]:.2f}")
 

@@ -53,7 +53,7 @@ def cpu_seconds(pid: int) -> float:
 
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
 def free_port() -> int:
@@ -82,7 +82,8 @@ async def main(sizes: list[int]) -> None:
     # Three processes, as in a cluster: the API (emulator), the operator, and this client.
     for n in sizes:
         api_port = free_port()
-        emulator = subprocess.Popen([sys.executable, *(os.environ.get("BENCH_EMULATOR") or "-m tests.emulator").split(), "--port", str(api_port)], cwd=ROOT,
+        server = (os.environ.get("BENCH_EMULATOR") or "-m tests.emulator").split()
+        emulator = subprocess.Popen([sys.executable, *server, "--port", str(api_port)], cwd=ROOT,
                                     stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
         assert emulator.stdout is not None
         emulator.stdout.readline()  # "emulator listening on ..."
@@ -145,7 +146,7 @@ async def run(url: str, n: int) -> None:
         env = {**os.environ, "KUBECONFIG": str(kubeconfig), "GRIDOP_NAMESPACE": NS, "GRIDOP_METRICS_PORT": str(port),
                "GRIDOP_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"), "GRIDOP_LOG_FORMAT": "text"}
         proc = subprocess.Popen([sys.executable, "-m", "gridop", "operator"], env=env, stdin=subprocess.DEVNULL,
-                                stderr=open(os.environ["BENCH_LOG"], "w") if os.environ.get("BENCH_LOG") else subprocess.DEVNULL)
+                                stderr=open(os.environ["BENCH_LOG"], "w") if os.environ.get("BENCH_LOG") else subprocess.DEVNULL)  # noqa: SIM115
         workers = [asyncio.create_task(kubelet()) for _ in range(4)]
         try:
             await asyncio.sleep(4)  # started, caches synced, signing keys created

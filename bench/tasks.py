@@ -33,7 +33,7 @@ from bench.localredis import LocalCluster, free_port, start_redis  # noqa: E402
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -83,7 +83,7 @@ async def gridop_run(url: str, n: int, latency_n: int, redis_pid: int) -> dict[s
         cpu1 = (cpu_seconds(redis_pid), sum(cpu_seconds(w.pid) for w in procs), time.process_time())
         assert len(res["finished"]) == n, f"gridop finished {len(res['finished'])} of {n}"
         result["e2e"] = n / elapsed
-        for key, before, after in zip(("cpu_redis", "cpu_workers", "cpu_client"), cpu0, cpu1):
+        for key, before, after in zip(("cpu_redis", "cpu_workers", "cpu_client"), cpu0, cpu1, strict=False):
             result[key] = (after - before) / n * 1e6
         result["cpu_total"] = result["cpu_redis"] + result["cpu_workers"] + result["cpu_client"]
         result["busy"] = result["cpu_total"] * n / 1e6 / elapsed / (os.cpu_count() or 1) * 100
@@ -168,7 +168,7 @@ async def sharded_run(cluster: LocalCluster, n: int, batches: int) -> dict[str, 
             assert sum(len(r["finished"]) for r in results) == per * batches
     finally:
         stop(workers)
-    shard_busy = [(b - a) / elapsed * 100 for a, b in zip(cpu0, cpu1)]
+    shard_busy = [(b - a) / elapsed * 100 for a, b in zip(cpu0, cpu1, strict=False)]
     return {"rate": per * batches / elapsed, "max_shard_busy": max(shard_busy), "shards": shard_busy}
 
 

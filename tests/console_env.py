@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import json
 import os
@@ -203,10 +204,8 @@ class GatewayProcess:
     def log_records(self) -> list[dict[str, Any]]:
         records = []
         for line in self.log_path.read_text().splitlines():
-            try:
+            with contextlib.suppress(ValueError):
                 records.append(json.loads(line))
-            except ValueError:
-                pass
         return records
 
     def stop(self) -> int:

@@ -206,8 +206,7 @@ def _selector(request: kmock.Request) -> Any:
     if not raw:
         return None
     terms = []
-    for term in raw.split(","):
-        term = term.strip()
+    for term in (t.strip() for t in raw.split(",")):
         if "!=" in term:
             k, v = term.split("!=", 1)
             terms.append(lambda labels, k=k, v=v: labels.get(k) != v)

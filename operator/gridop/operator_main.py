@@ -55,7 +55,8 @@ async def served_kinds_problem(client: KubeClient, settings: Settings) -> str | 
     """Why the operator cannot read its own kinds (a CRD not installed, RBAC that does not let it
     list them), in one line that says what to do; None when it can."""
     for res in (resources.GRIDSESSIONS, resources.TASKBATCHES, resources.TASKPOOLS):
-        for namespace in settings.watch_namespaces or [None]:
+        scopes: list[str | None] = [*settings.watch_namespaces] or [None]
+        for namespace in scopes:
             try:
                 await client.request("GET", res.path(namespace), params={"limit": "1"})
             except NotFound:

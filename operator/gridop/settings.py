@@ -82,8 +82,10 @@ class Settings(BaseSettings):
     gateway_buffer_bytes: int = Field(default=256 * 1024, ge=4096, description="Output a viewer may have waiting before it is dropped.")
     gateway_idle_timeout_seconds: float = Field(default=3600.0, ge=0, description="Close a connection without traffic this long; 0: never.")
     gateway_ping_seconds: float = Field(default=30.0, gt=0, description="Websocket ping interval on both legs.")
-    gateway_activity_interval_seconds: float = Field(default=30.0, ge=1, description="At most one lastActive write per session per interval.")
-    gateway_auth_cache_seconds: float = Field(default=10.0, ge=0, description="How long TokenReview/SubjectAccessReview answers are reused.")
+    gateway_activity_interval_seconds: float = Field(
+        default=30.0, ge=1, description="At most one lastActive write per session per interval.")
+    gateway_auth_cache_seconds: float = Field(
+        default=10.0, ge=0, description="How long TokenReview/SubjectAccessReview answers are reused.")
     gateway_recording_dir: str | None = Field(default=None, description="Record interactive consoles as asciicast v2 files here.")
     gateway_recording_required: bool = Field(default=True, description="Refuse (or end) a console whose recording fails.")
 

@@ -151,7 +151,7 @@ def test_namespaced_mode_grants_roles_per_watched_namespace_only() -> None:
     gateway_roles = {r["metadata"]["namespace"] for r in by_kind(docs, "Role", "gateway") if ("", "pods/attach", "create") in _rules(r)}
     assert gateway_roles == {"team-a", "team-b"}
     assert roles == {"team-a", "team-b"}
-    cluster = [r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"].endswith("-cluster")][0]
+    cluster = next(r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"].endswith("-cluster"))
     assert ("", "pods", "create") not in _rules(cluster)
     env = {e["name"]: e.get("value") for e in by_kind(docs, "Deployment", "operator")[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["GRIDOP_WATCH_NAMESPACES"] == '["team-a","team-b"]'
@@ -247,7 +247,7 @@ def test_the_gateway_runs_restricted_with_least_privilege() -> None:
     assert container["args"] == ["gateway"] and pod["serviceAccountName"] == "gridop-gateway"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    (svc,) = [s for s in by_kind(docs, "Service", "gateway")]
+    (svc,) = list(by_kind(docs, "Service", "gateway"))
     assert svc["spec"]["ports"][0]["targetPort"] == "http"
 
     gateway_roles = by_kind(docs, "ClusterRole", "gateway") + by_kind(docs, "Role", "gateway")
@@ -318,6 +318,6 @@ def test_every_value_is_documented() -> None:
         if row.startswith("| `"):
             named.update(name.strip().strip("`") for name in row.split("|")[1].split(", "))
     missing = [leaf for leaf in leaves(values)
-               if not any(leaf == n or leaf.startswith(n.removesuffix("*")) and n.endswith(".*")
+               if not any(leaf == n or (leaf.startswith(n.removesuffix("*")) and n.endswith(".*"))
                           or leaf.startswith(n + ".") for n in named)]
     assert missing == [], f"values docs/operations.md does not describe: {missing}"

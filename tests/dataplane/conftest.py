@@ -13,7 +13,6 @@ import pytest
 
 from gridop.tasks.store import TaskStore
 
-
 # Run a test on a single Redis and on a 3-shard Redis Cluster: `@BOTH_PLANES async def test_...`.
 BOTH_PLANES = pytest.mark.parametrize("plane", ["redis", "cluster"], indirect=True)
 

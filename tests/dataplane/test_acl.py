@@ -12,9 +12,9 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError, NoPermissionError
 
+from gridop.batches.credentials import acl_user, define_user, with_credentials
 from gridop.client.tasks import AsyncGridConnector
 from gridop.tasks.codec import encode
-from gridop.batches.credentials import acl_user, define_user, with_credentials
 from gridop.tasks.store import RetryPolicy, TaskStore
 from gridop.tasks.worker import Worker
 

@@ -20,10 +20,9 @@ from gridop.tasks.sweeper import Sweeper
 from gridop.tasks.worker import Worker
 
 from . import handlers
+from .conftest import BOTH_PLANES
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-from .conftest import BOTH_PLANES
 
 
 def conn(redis_url: str, **extra) -> AsyncGridConnector:

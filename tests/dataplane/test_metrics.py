@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import urllib.request
 
-from gridop.client.tasks import AsyncGridConnector
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.localredis import free_port
+from gridop.client.tasks import AsyncGridConnector
 
 from .conftest import worker_process
 

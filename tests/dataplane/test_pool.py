@@ -38,10 +38,10 @@ async def test_a_pool_serves_every_plain_send_and_forgets_finished_sessions(redi
             w.terminate()
         for w in workers:
             assert await asyncio.to_thread(w.wait, 30) == 0
-    for j, (sub, res) in enumerate(zip(subs, results)):
+    for j, (sub, res) in enumerate(zip(subs, results, strict=False)):
         assert len(sub["session_id"]) == 36 and sub["task_ids"][3] == f"{sub['session_id']}_3"
         assert res["finished"] == sub["task_ids"]
-        assert '"echo":{"job":%d,"i":7}' % j in res["finished_OUTPUT"][7]
+        assert f'"echo":{{"job":{j},"i":7}}' in res["finished_OUTPUT"][7]
     sid = subs[0]["session_id"]
     ttl = await store.redis.ttl(store.key(sid, "t"))
     assert 0 < ttl <= 60

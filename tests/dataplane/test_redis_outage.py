@@ -22,9 +22,8 @@ import redis.asyncio as aioredis
 from gridop.client.tasks import AsyncGridConnector
 from gridop.tasks.store import TaskStore
 
-from .conftest import finished_tally
-
 from ..conftest import RedisProcess
+from .conftest import finished_tally
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TASKS = 3000

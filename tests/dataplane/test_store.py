@@ -20,15 +20,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from redis.exceptions import ResponseError
+
+from bench.localredis import free_port, redis_server_binary
 from gridop.client.tasks import AsyncGridConnector, UnknownSession
 from gridop.tasks import connection
 from gridop.tasks.codec import decode, encode
 from gridop.tasks.connection import FastLane, LaneClosed
 from gridop.tasks.store import Outcome, RetryPolicy, TaskStore
 from gridop.tasks.worker import Worker
-from redis.exceptions import ResponseError
-
-from bench.localredis import free_port, redis_server_binary
 
 from . import handlers
 from .conftest import BOTH_PLANES

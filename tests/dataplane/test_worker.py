@@ -15,9 +15,8 @@ from gridop.tasks.store import TaskStore
 from gridop.tasks.sweeper import Sweeper
 from gridop.tasks.worker import Worker, load_handler
 
-from . import handlers
-
 from ..waiting import eventually
+from . import handlers
 from .conftest import BOTH_PLANES, ROOT
 
 
@@ -211,7 +210,7 @@ async def test_an_isolated_handler_past_its_timeout_is_stopped_and_the_batch_goe
     """In its child process, a hung sync handler is killed at its timeout; the rest of the batch runs in a new child."""
     async with AsyncGridConnector({"redis_url": redis_url}) as c:
         sub = await c.send([{"n": 0}, {"hang": True, "seconds": 30}, {"n": 2}], session_id="iso-hang")
-        (stats,) = await run_batch(store, "iso-hang", handlers.hang, task_timeout=0.5, claim_seconds=0,
+        (_stats,) = await run_batch(store, "iso-hang", handlers.hang, task_timeout=0.5, claim_seconds=0,
                                    retry_on_error=False, **ISOLATED)
         results = await c.get_results(sub, timeout_sec=5)
     assert results["finished"] == ["iso-hang_0", "iso-hang_2"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import io
+import pathlib
 import sys
 import tokenize
 
@@ -29,7 +30,7 @@ def _matches(value: object, expected: object) -> bool:
             _matches(value[k], expected[k]) for k in expected)
     if isinstance(expected, list | tuple):
         return (isinstance(value, list | tuple) and len(value) == len(expected)
-                and all(_matches(v, e) for v, e in zip(value, expected)))
+                and all(_matches(v, e) for v, e in zip(value, expected, strict=False)))
     return value == expected
 
 
@@ -41,7 +42,7 @@ def _expected(comment: str) -> tuple[bool, object]:
 
 
 def main(path: str, where: str) -> int:
-    source = open(path).read()
+    source = pathlib.Path(path).read_text()
     comments = _comments(source)
     lines = [*source.splitlines(), ""]  # lines[n] is line n + 1
     namespace: dict[str, object] = {"__name__": "__main__", "asyncio": asyncio}
@@ -52,7 +53,7 @@ def main(path: str, where: str) -> int:
         code = compile(tree, path, "eval" if is_expr else "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
         # The page's own code, run as its reader would: plain statements outside any event loop (as
         # `python` runs them), awaits on one loop kept for the whole page (as the asyncio REPL does).
-        result = eval(code, namespace)  # noqa: S307
+        result = eval(code, namespace)
         if asyncio.iscoroutine(result):
             result = runner.run(result)
         if is_expr:

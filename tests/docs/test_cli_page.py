@@ -8,8 +8,8 @@ import json
 import pathlib
 
 import kmock
-from gridop.kube import KubeClient, resources
 
+from gridop.kube import KubeClient, resources
 from tests.k8s_tools import tool
 
 from .conftest import applied, load_yaml

@@ -56,8 +56,9 @@ BLOCKS: dict[tuple[str, str], tuple[str, str]] = {
     ("docs/console.md", "const ws = new WebSocket(`wss://grid.example.com/console/interact/team-a/drone-sim`,"): (
         SHOWN, "browser JavaScript; the subprotocol token it sends is tested in "
         "test_console_gateway.py::test_browser_token_in_subprotocol_and_origin_check"),
-    ("docs/development.md", "make test        # venv + all tiers that need no cluster"): (
+    ("docs/development.md", "make test        # venv + lint (ruff, mypy, import contracts) + all tiers that need no cluster"): (
         RUN, "make test is .ci/run; make crds's drift check is tests/unit/test_crds.py; make e2e is tests/e2e"),
+    ("docs/development.md", "API server ──list+watch──▶ Informer (the kind)            ──┐"): (SHOWN, "a picture"),
     ("docs/gitops.md", "$ kubectl wait gridsession/sim-1 --for=condition=Ready --timeout=2m"): (
         CLUSTER, "kubectl against a cluster; the conditions it waits on are tested in tests/unit/test_gitops_status.py"),
     ("docs/gitops.md", "apiVersion: v1"): (RUN, "test_the_argocd_config_carries_the_tested_health_checks"),

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import kmock
+
 from gridop.kube import KubeClient, resources
 
 from .conftest import applied, load_yaml

@@ -7,8 +7,8 @@ import json
 import pathlib
 
 import kmock
-from gridop.kube import KubeClient, resources
 
+from gridop.kube import KubeClient, resources
 from tests.unit.test_crd_validation import admit
 
 from .conftest import applied, load_yaml

@@ -7,8 +7,8 @@ import asyncio
 import pathlib
 
 import kmock
-from gridop.kube import KubeClient, resources
 
+from gridop.kube import KubeClient, resources
 from tests.integration.conftest import eventually
 
 from .snippets import block, run_python, user_env

@@ -16,8 +16,8 @@ import urllib.request
 import kmock
 import pytest
 import yaml
-from gridop.kube import KubeClient, resources
 
+from gridop.kube import KubeClient, resources
 from tests.unit.test_crd_validation import admit
 
 from .conftest import applied

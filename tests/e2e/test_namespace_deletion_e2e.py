@@ -13,6 +13,7 @@ import shutil
 import pytest
 import redis.asyncio as aioredis
 import yaml
+
 from gridop.client.tasks import AsyncGridConnector
 from gridop.kube import KubeClient, resources
 

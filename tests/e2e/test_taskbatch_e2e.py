@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 import yaml
+
 from gridop.client.tasks import AsyncGridConnector
 from gridop.kube import KubeClient, resources
 

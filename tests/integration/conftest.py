@@ -23,6 +23,7 @@ from tests.emulator import ApiServer, register_crds, rv
 from tests.waiting import eventually  # noqa: F401  (re-exported for the tests)
 
 NAMESPACE = "grid"
+_announcing: set[asyncio.Task[None]] = set()  # seeded objects' watch events on their way
 
 
 @pytest.fixture
@@ -72,7 +73,9 @@ def seed(emulator: kmock.KubernetesEmulator, resource: str, obj: dict[str, Any])
     with contextlib.suppress(RuntimeError):  # no running loop: nobody is watching yet
         loop = asyncio.get_running_loop()
         bus = emulator._buses[_parse_resource(resource)]
-        loop.create_task(bus.put({"type": "ADDED", "object": emulator.objects[resource, meta.get("namespace"), meta["name"]].raw}))
+        _announcing.add(task := loop.create_task(
+            bus.put({"type": "ADDED", "object": emulator.objects[resource, meta.get("namespace"), meta["name"]].raw})))
+        task.add_done_callback(_announcing.discard)
     return obj
 
 

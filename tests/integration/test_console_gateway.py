@@ -383,7 +383,7 @@ async def test_stopping_the_session_closes_its_streams(env: ConsoleEnv, gateway:
                     msg = await ws.receive()
             return msg
 
-        for ws, msg in zip((tail, interact), await asyncio.gather(closing(tail), closing(interact))):
+        for ws, msg in zip((tail, interact), await asyncio.gather(closing(tail), closing(interact)), strict=False):
             assert (ws.close_code, msg.extra) == (wire.CLOSE_POLICY, "session stopping")
 
 

@@ -15,10 +15,11 @@ import pytest
 
 from gridop.client import (
     GridSessionManager,
-    SessionAlreadyExistsError,
-    SessionInitializationBehavior as B,
     SessionStartError,
     SyncGridSessionManager,
+)
+from gridop.client import (
+    SessionInitializationBehavior as B,
 )
 from gridop.kube import ClusterAccess, KubeClient, resources
 

@@ -12,8 +12,10 @@ from gridop.client import (
     GridSessionManager,
     SessionAlreadyExistsError,
     SessionBusyError,
-    SessionInitializationBehavior as B,
     SessionNotFoundError,
+)
+from gridop.client import (
+    SessionInitializationBehavior as B,
 )
 from gridop.kube import ClusterAccess, KubeClient, resources
 

@@ -57,8 +57,8 @@ def authorizer(reviewer: Reviewer | None = None, keys_fail: bool = False) -> Aut
 
 
 def session_token(**overrides: Any) -> str:
-    args: dict[str, Any] = dict(issuer="gridop", audience="gridop", user="alice", session="sim", tenant="acme",
-                                lifetime=datetime.timedelta(hours=1), now=NOW, namespace="grid")
+    args: dict[str, Any] = {"issuer": "gridop", "audience": "gridop", "user": "alice", "session": "sim", "tenant": "acme",
+                                "lifetime": datetime.timedelta(hours=1), "now": NOW, "namespace": "grid"}
     args.update(overrides)
     return issue_session_token(KEYRING, **args)
 

@@ -22,15 +22,15 @@ def parse(endpoint: str = "tail", namespace: str | None = "grid", target: str = 
 def test_tail_defaults_and_headers() -> None:
     req = parse()
     assert (req.lines, req.follow, req.tenant) == (wire.DEFAULT_TAIL_LINES, False, None)
-    req = parse(**{"Cray_Console_Lines": "0", "Cray_Console_Follow": "True", "Cray_Tenant_Name": "acme"})
+    req = parse(Cray_Console_Lines="0", Cray_Console_Follow="True", Cray_Tenant_Name="acme")
     assert (req.lines, req.follow, req.tenant) == (0, True, "acme")
     assert parse(query={"lines": "7", "follow": "on"}).lines == 7  # browsers: query parameters
-    assert parse(**{"Cray_Tenant_Name": ""}).tenant is None  # the seed: empty means no tenant
+    assert parse(Cray_Tenant_Name="").tenant is None  # the seed: empty means no tenant
 
 
 @pytest.mark.parametrize("value", sorted(wire.TRUE_VALUES))
 def test_every_documented_truthy_value(value: str) -> None:
-    assert parse(**{"Cray_Console_Follow": value.upper()}).follow is True
+    assert parse(Cray_Console_Follow=value.upper()).follow is True
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

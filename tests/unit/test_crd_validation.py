@@ -76,7 +76,7 @@ def list_map_errors(schema: dict[str, Any], obj: Any, path: str) -> list[str]:
         for i, item in enumerate(obj):
             key = tuple(item.get(k) for k in keys) if isinstance(item, dict) else (item,)
             if key in seen:
-                errors.append(f"{path}[{i}]: Duplicate value: {dict(zip(keys, key))}")
+                errors.append(f"{path}[{i}]: Duplicate value: {dict(zip(keys, key, strict=False))}")
             seen.add(key)
     if isinstance(obj, dict):
         for key, sub in schema.get("properties", {}).items():

@@ -7,6 +7,7 @@ import json
 
 import hiredis
 import pytest
+
 from gridop.tasks.codec import PayloadError, decode, decode_text, encode
 from gridop.tasks.connection import Head
 from gridop.tasks.store import _claimed, _handed

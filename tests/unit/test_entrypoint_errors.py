@@ -78,11 +78,11 @@ def test_data_plane_mistakes_are_one_line(redis_with_a_team_user: str) -> None:
     handler = ["--handler", "gridop.tasks.examples:square"]
     cases = [
         ([*WORKER, *handler, "--redis-url", f"redis+cluster://127.0.0.1:{port}"],
-         "gridop worker: --redis-url 'redis+cluster://127.0.0.1:%s' names a Redis Cluster, but that server is a plain "
-         "Redis; use redis:// for it" % port),
+         f"gridop worker: --redis-url 'redis+cluster://127.0.0.1:{port}' names a Redis Cluster, but that server is a plain "
+         "Redis; use redis:// for it"),
         ([*WORKER, *handler, "--redis-url", f"redis://team-a:pw@127.0.0.1:{port}/0"],
-         "gridop worker: the Redis user of --redis-url redis://team-a:***@127.0.0.1:%s/0 may not use keys under "
-         "'gridop:default'" % port),
+         f"gridop worker: the Redis user of --redis-url redis://team-a:***@127.0.0.1:{port}/0 may not use keys under "
+         "'gridop:default'"),
     ]
     for args, message in cases:
         result = gridop(*args)

@@ -15,10 +15,10 @@ import pytest
 
 from gridop.api.v1alpha1.taskbatch import TaskBatchSpec, TaskBatchStatus, TaskCounts
 from gridop.api.v1alpha1.taskpool import TaskPoolStatus
-from gridop.sessions import plan
-from gridop.sessions.rules import Observed, decide
 from gridop.batches import taskbatch_rules as batch
 from gridop.batches.taskpool_rules import pool_status
+from gridop.sessions import plan
+from gridop.sessions.rules import Observed, decide
 
 from .sessions import NOW, SETTINGS, running_pod, session
 

@@ -13,7 +13,7 @@ FRESH_TOKEN = NOW + datetime.timedelta(hours=23)
 
 
 def observed(**kw) -> Observed:
-    defaults = dict(pinned_node=NODE, token_expires=FRESH_TOKEN, config_map=None)
+    defaults = {"pinned_node": NODE, "token_expires": FRESH_TOKEN, "config_map": None}
     defaults.update(kw)
     return Observed(**defaults)
 

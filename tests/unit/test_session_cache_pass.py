@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from gridop.auth import Keyring
-from gridop.kube import AlreadyExists, resources
+from gridop.kube import AlreadyExists
 from gridop.kube.events import EventRecorder
 from gridop.kube.workqueue import WorkQueue
 from gridop.sessions.cache import SessionCache

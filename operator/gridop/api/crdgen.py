@@ -14,7 +14,6 @@ from types import ModuleType
 from typing import Any
 
 import yaml
-
 from pydantic import BaseModel
 
 from .v1alpha1 import common, gridsession, taskbatch, taskpool

@@ -142,7 +142,7 @@ class PublicKeySource:
                 try:
                     self._keys = await self._load()
                     self._loaded_at = now
-                except (KubeError, OSError, SigningKeyError, asyncio.TimeoutError):
+                except (TimeoutError, KubeError, OSError, SigningKeyError):
                     if self._keys is None:
                         raise
                     log.warning("could not refresh the public signing keys; using the last ones read", exc_info=True)

@@ -174,12 +174,13 @@ def verify_token(
     if header.get("alg") != ALGORITHM:
         raise TokenError(f"token algorithm {header.get('alg')!r} is not accepted (only {ALGORITHM})")
     kid = header.get("kid")
-    if kid not in public:
+    key = public.get(kid) if isinstance(kid, str) else None
+    if key is None:
         raise TokenError(f"token signed with unknown key id {kid!r}")
     try:
         return jwt.decode(
             token,
-            public[kid],
+            key,
             algorithms=[ALGORITHM],
             audience=audience,
             issuer=issuer,

@@ -75,7 +75,8 @@ class TaskBatchReconciler:
         spec = TaskBatchSpec.model_validate(body["spec"])
         status = TaskBatchStatus.model_validate(body.get("status") or {})
         store = self.data.store(namespace)
-        counts, errors, data_meta, error = TaskCounts(), ErrorCounts(), {}, None
+        counts, errors, error = TaskCounts(), ErrorCounts(), None
+        data_meta: dict[str, str] = {}
         if store is None:
             error = NO_DATA_PLANE
         else:

@@ -14,6 +14,7 @@ from typing import Any
 from ..api.v1alpha1 import find_condition, set_condition, set_progress
 from ..api.v1alpha1.taskbatch import BatchPhase, ErrorCounts, TaskBatchSpec, TaskBatchStatus, TaskCounts
 
+
 def desired_workers(spec: TaskBatchSpec, counts: TaskCounts) -> int:
     """Scale with queue depth: one worker per `tasksPerWorker` active tasks, within [min, max]."""
     active = counts.pending + counts.retrying + counts.processing
@@ -111,7 +112,8 @@ def _decide(
     if counts.total == 0 or not submitted_all:
         st.phase = BatchPhase.PENDING if counts.total == 0 else BatchPhase.RUNNING
         ready(counts.total > 0, "WaitingForTasks" if counts.total == 0 else "Submitting",
-              "no tasks submitted yet" if counts.total == 0 else f"{data_meta.get('submitted')} of {data_meta.get('total')} tasks submitted")
+              "no tasks submitted yet" if counts.total == 0
+              else f"{data_meta.get('submitted')} of {data_meta.get('total')} tasks submitted")
         d.parallelism = desired_workers(spec, counts) if not spec.suspend else 0
     elif (cancelled_flag or spec.cancel) and settled:
         st.phase = BatchPhase.CANCELLED

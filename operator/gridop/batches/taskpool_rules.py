@@ -14,6 +14,7 @@ from ..api.v1alpha1 import set_condition, set_progress
 from ..api.v1alpha1.taskbatch import TaskCounts
 from ..api.v1alpha1.taskpool import TaskPoolSpec, TaskPoolStatus
 
+
 def desired_pool_workers(spec: TaskPoolSpec, counts: TaskCounts) -> int:
     """One worker per `tasksPerWorker` queued or running tasks, within [min, max]."""
     active = counts.pending + counts.retrying + counts.processing

@@ -112,9 +112,9 @@ async def follow(connector: AsyncGridConnector, sid: str, total: int, timeout: f
 
 def result_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per task (task_id, state, output or error), in task order, from the HTC-Grid dict."""
-    states = {tid: TaskState.FINISHED for tid in results["finished"]}
-    states.update({tid: TaskState.FAILED for tid in results["failed"]})
-    outputs = dict(zip(results["finished"], results["finished_OUTPUT"]))
+    states = dict.fromkeys(results["finished"], TaskState.FINISHED)
+    states.update(dict.fromkeys(results["failed"], TaskState.FAILED))
+    outputs = dict(zip(results["finished"], results["finished_OUTPUT"], strict=False))
     errors = results["metadata"]["errors"]
     rows = []
     for tid in results["finished"] + results["failed"] + results["cancelled"]:

@@ -20,7 +20,6 @@ import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any, BinaryIO
 
-
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
@@ -127,7 +126,7 @@ class ConsoleClient:
             raise ConsoleError(status, message) from None
         except InvalidURI as exc:
             raise ValueError(f"gateway url: {exc}") from None
-        except (OSError, InvalidHandshake, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, InvalidHandshake) as exc:
             raise ConsoleError(0, f"cannot reach the console gateway at {self.base}: {exc}") from None
 
     async def open(self, session: str, *, mode: str = wire.MODE_INTERACTIVE) -> ConsoleStream:
@@ -214,7 +213,7 @@ class ConsoleClient:
             while True:
                 data = await inputs.get()
                 if data is None:
-                    while loop.time() - last_output[0] < QUIET_AFTER_INPUT:
+                    while loop.time() - last_output[0] < QUIET_AFTER_INPUT:  # noqa: ASYNC110  (a timer that output pushes back)
                         await asyncio.sleep(QUIET_AFTER_INPUT - (loop.time() - last_output[0]))
                     return
                 await stream.send(data)
@@ -265,4 +264,4 @@ class ConsoleClient:
         return reason
 
 
-__all__ = ["ConsoleClient", "ConsoleError", "ConsoleStream", "DETACH_KEY"]
+__all__ = ["DETACH_KEY", "ConsoleClient", "ConsoleError", "ConsoleStream"]

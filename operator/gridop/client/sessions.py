@@ -124,7 +124,7 @@ class GridSessionManager:
 
     async def _kube(self) -> KubeClient:
         if self._client is None:
-            access = self._access or await asyncio.to_thread(load_cluster_access)
+            access = self._access if self._access is not None else await asyncio.to_thread(load_cluster_access)
             self._client = await KubeClient.connect(access)
             self.namespace = self.namespace or access.namespace
         return self._client
@@ -219,8 +219,8 @@ class GridSessionManager:
                 await kube.delete(resources.GRIDSESSIONS, session_id, namespace, uid=gs["metadata"]["uid"])
             except Conflict:
                 continue
-            while loop.time() < deadline and (await kube.get(resources.GRIDSESSIONS, session_id, namespace)) is not None:
-                await asyncio.sleep(0.25)
+            while loop.time() < deadline and (await kube.get(resources.GRIDSESSIONS, session_id, namespace)) is not None:  # noqa: ASYNC110
+                await asyncio.sleep(0.25)  # polling the API server: there is no event to wait on here
         raise SessionStartError(f"session {session_id!r}: the leftover session was not removed within {REPLACE_TIMEOUT:.0f}s")
 
     async def wait_started(self, session_id: str) -> bool:

@@ -213,7 +213,8 @@ class SharedSession:
     async def _others_attached(self) -> bool:
         gs = await self._kube.get(resources.GRIDSESSIONS, self.session_id, self.namespace)
         now = datetime.datetime.now(tz=datetime.UTC)
-        return any(a.client != self.client_id for a in attachments.live(attachments.parse((gs or {}).get("metadata", {}).get("annotations")), now))
+        annotations = (gs or {}).get("metadata", {}).get("annotations")
+        return any(a.client != self.client_id for a in attachments.live(attachments.parse(annotations), now))
 
     async def __aenter__(self) -> SharedSession:
         return self
@@ -265,7 +266,7 @@ async def open_session(
                                             f"(behavior {behavior.name})")
         if not await manager.wait_started(session_id):
             gs = await kube.get(resources.GRIDSESSIONS, session_id, namespace)
-            ready = next((c for c in (gs or {}).get("status", {}).get("conditions") or [] if c.get("type") == "Ready"), {})
+            ready: dict[str, Any] = next((c for c in (gs or {}).get("status", {}).get("conditions") or [] if c.get("type") == "Ready"), {})
             raise SessionStartError(f"session {session_id!r} did not start: {ready.get('reason')}: {ready.get('message')}")
         gs = await kube.get(resources.GRIDSESSIONS, session_id, namespace)
     exclusive = (gs or {}).get("spec", {}).get("sharing") == Sharing.EXCLUSIVE.value

@@ -31,8 +31,19 @@ import redis.asyncio as aioredis
 from ..tasks.codec import decode_text
 from ..tasks.connection import address_of, connect
 from ..tasks.states import TaskState
-from ..tasks.store import (SUBMIT_CHUNK, BatchClosed, Report, RetryPolicy, TaskStore, TerminalEvent, encode_task,
-                           encode_tasks, key_prefix, parse_task_id, task_id)
+from ..tasks.store import (
+    SUBMIT_CHUNK,
+    BatchClosed,
+    Report,
+    RetryPolicy,
+    TaskStore,
+    TerminalEvent,
+    encode_task,
+    encode_tasks,
+    key_prefix,
+    parse_task_id,
+    task_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -452,7 +463,7 @@ class AsyncGridConnector:
         kinds: dict[str, str] = {}
         errors: dict[str, str] = {}
         finished, finished_output = shaped["finished"], shaped["finished_OUTPUT"]
-        for index, (state, payload, kind) in zip(indices, report):
+        for index, (state, payload, kind) in zip(indices, report, strict=False):
             if state == TaskState.FINISHED:
                 finished.append(f"{sid}_{index}")
                 finished_output.append(decode_text(payload) if payload else "")
@@ -502,8 +513,8 @@ class AsyncGridConnector:
                 ended = tracker.apply(event, collect=True)
                 finished = [i for i, state, output in ended if state == TaskState.FINISHED and output is None]
                 failed = [i for i, state, _ in ended if state == TaskState.FAILED]
-                outputs = dict(zip(finished, await self._store.outputs(sid, finished))) if finished else {}
-                errors = dict(zip(failed, await self._store.errors(sid, failed))) if failed else {}
+                outputs = dict(zip(finished, await self._store.outputs(sid, finished), strict=False)) if finished else {}
+                errors = dict(zip(failed, await self._store.errors(sid, failed), strict=False)) if failed else {}
                 batch = []
                 for index, state, output in ended:
                     item: dict[str, Any] = {"task_id": f"{sid}_{index}", "state": state.value}
@@ -613,7 +624,7 @@ class TaskIds(Sequence[str]):
         if isinstance(other, TaskIds):
             return (self.session_id, self._ranges) == (other.session_id, other._ranges)
         if isinstance(other, list | tuple):
-            return len(other) == self._len and all(a == b for a, b in zip(self, other))
+            return len(other) == self._len and all(a == b for a, b in zip(self, other, strict=False))
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]
@@ -657,10 +668,11 @@ class _Tracker:
                     yield j, k
         else:
             slot = self.slot
+            assert slot is not None  # (no base: the slots were made in __init__)
             for j, i in enumerate(indices):
-                k = slot.get(i)
-                if k is not None:
-                    yield j, k
+                found = slot.get(i)
+                if found is not None:
+                    yield j, found
 
     def apply(self, event: TerminalEvent, *, collect: bool = False) -> list[tuple[int, TaskState, bytes | None]]:
         """Mark what `event` ended; returns (index, state, carried output) of each newly ended task
@@ -698,8 +710,8 @@ class _Tracker:
         ended = [k for k in range(self.size) if self.state[k]]
         unread = [self.indices[k] for k in ended if self.state[k] == _FINISHED and outputs[k] is None]
         failed = [self.indices[k] for k in ended if self.state[k] == _FAILED]
-        read = dict(zip(unread, await store.outputs(sid, unread))) if unread else {}
-        errors = dict(zip(failed, await store.errors(sid, failed))) if failed else {}
+        read = dict(zip(unread, await store.outputs(sid, unread), strict=False)) if unread else {}
+        errors = dict(zip(failed, await store.errors(sid, failed), strict=False)) if failed else {}
         indices: list[int] = []
         report: list[Report] = []
         for k in ended:
@@ -726,7 +738,7 @@ class GridConnector:
         try:  # the connector owns its loop, so it can pick the faster one
             import uvloop
 
-            self._loop = uvloop.new_event_loop()
+            self._loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
         except ImportError:
             self._loop = asyncio.new_event_loop()
         self._async = AsyncGridConnector(client_config_data)

@@ -63,7 +63,7 @@ def _upstream_failures(endpoint: str, what: str) -> Iterator[None]:
     except KubeError as exc:
         metrics.CONSOLE_UPSTREAM_ERRORS.labels(endpoint, str(exc.status)).inc()
         raise UpstreamError(502, f"{what}: {exc.api_message or exc}") from exc
-    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         metrics.CONSOLE_UPSTREAM_ERRORS.labels(endpoint, "unreachable").inc()
         raise UpstreamError(503, f"the Kubernetes API is unreachable: {exc}") from exc
 
@@ -239,7 +239,8 @@ class Gateway:
                 and (s.get("status") or {}).get("phase") in ACTIVE_PHASES
             ]
             if len(on_node) > 1:
-                raise Denied(409, f"{len(on_node)} sessions run on node {req.target!r}; address one as /{req.endpoint}/{{namespace}}/{{session}}")
+                raise Denied(409, f"{len(on_node)} sessions run on node {req.target!r}; "
+                                  f"address one as /{req.endpoint}/{{namespace}}/{{session}}")
             if on_node:
                 return namespace, on_node[0]["metadata"]["name"], on_node[0]
         return namespace, req.target, found
@@ -337,7 +338,8 @@ class Gateway:
             ws = await self.client.websocket(path, params, channels.PROTOCOLS, heartbeat=self.settings.gateway_ping_seconds)
         if ws.protocol not in channels.PROTOCOLS:
             await ws.close()
-            raise UpstreamError(502, f"the Kubernetes API answered {verb} with no channel protocol (offered {', '.join(channels.PROTOCOLS)})")
+            raise UpstreamError(502, f"the Kubernetes API answered {verb} with no channel protocol "
+                                     f"(offered {', '.join(channels.PROTOCOLS)})")
         return ws
 
     def _hub_empty(self, hub: ConsoleHub) -> None:
@@ -580,7 +582,7 @@ class Gateway:
         async def write() -> None:
             try:
                 await self.client.patch(resources.GRIDSESSIONS, name, patch, namespace)
-            except (KubeError, aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, KubeError, aiohttp.ClientError, OSError) as exc:
                 self._touched.pop(key, None)  # try again on the next keystroke
                 log.warning("could not record activity on session %s/%s: %s", namespace, name, exc)
 

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 DEFAULT_SIZE = (80, 24)
 
 
-def recording_path(directory: pathlib.Path, namespace: str, session: str, user: str, connection: str, now: datetime.datetime) -> pathlib.Path:
+def recording_path(directory: pathlib.Path, namespace: str, session: str, user: str, connection: str,
+                   now: datetime.datetime) -> pathlib.Path:
     safe_user = re.sub(r"[^A-Za-z0-9_.@-]", "_", user)[:64] or "unknown"
     return directory / namespace / session / f"{now.strftime('%Y%m%dT%H%M%SZ')}-{safe_user}-{connection}.cast"
 
@@ -124,7 +125,8 @@ class Recording:
             await asyncio.to_thread(file.close)
 
 
-def header(*, width: int, height: int, user: str, session: str, namespace: str, tenant: str | None, now: datetime.datetime) -> dict[str, Any]:
+def header(*, width: int, height: int, user: str, session: str, namespace: str, tenant: str | None,
+           now: datetime.datetime) -> dict[str, Any]:
     return {
         "version": 2,
         "width": width,

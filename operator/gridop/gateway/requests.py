@@ -111,9 +111,9 @@ def bearer_token(headers: Mapping[str, str], offered_protocols: list[str]) -> st
             return token.strip()
         return None
     for protocol in offered_protocols:
-        token = wire.token_from_protocol(protocol)
-        if token:
-            return token
+        offered = wire.token_from_protocol(protocol)
+        if offered:
+            return offered
     return None
 
 

@@ -182,7 +182,7 @@ class Viewer:
             # A close reason is at most 123 bytes; cut on a character boundary.
             message = reason.encode()[:123].decode(errors="ignore").encode()
             await asyncio.wait_for(self.ws.close(code=code, message=message), 2.0)
-        except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+        except (TimeoutError, ConnectionError, RuntimeError):
             if self._transport is not None:
                 self._transport.abort()  # type: ignore[attr-defined]
         finally:

@@ -1,8 +1,8 @@
 """Async Kubernetes access: cluster credentials, a thin REST client, and object builders."""
 
+from . import resources
 from .access import ClusterAccess, load_cluster_access
 from .client import AlreadyExists, Conflict, KubeClient, KubeError, NotFound, Resource, merge_patch
-from . import resources
 
 __all__ = [
     "AlreadyExists",

@@ -151,7 +151,7 @@ def from_kubeconfig(path: pathlib.Path | list[pathlib.Path], context: str | None
     if ctx.get("cluster") not in entries["clusters"]:
         raise AccessError(f"kubeconfig {where}: cluster {ctx.get('cluster')!r} of context {name!r} not found")
     cluster, cluster_base = entries["clusters"][ctx["cluster"]]
-    user, user_base = entries["users"].get(ctx.get("user"), ({}, paths[0].parent))
+    user, user_base = entries["users"].get(ctx.get("user") or "", ({}, paths[0].parent))
     if not cluster.get("server"):
         raise AccessError(f"kubeconfig {where}: cluster {ctx['cluster']!r} has no server")
     token = user.get("token")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import logging
 import os
@@ -55,5 +54,5 @@ class EventRecorder:
             if exc.status == 403 and "being terminated" in (exc.api_message or str(exc)):
                 return  # the namespace is being deleted: nothing new can be created there, events included
             log.warning("could not post event %s on %s/%s: %s", reason, namespace, meta.get("name"), exc)
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.warning("could not post event %s on %s/%s: %s", reason, namespace, meta.get("name"), exc)

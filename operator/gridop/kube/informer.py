@@ -85,8 +85,8 @@ class Informer:
         self._recent: dict[Key, collections.deque[str]] = {}  # versions the watch delivered lately
         self._listeners: list[Listener] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._healthy: dict[str | None, bool] = {ns: False for ns in self._namespaces}
-        self._broken_since: dict[str | None, float | None] = {ns: None for ns in self._namespaces}
+        self._healthy: dict[str | None, bool] = dict.fromkeys(self._namespaces, False)
+        self._broken_since: dict[str | None, float | None] = dict.fromkeys(self._namespaces)
         self.synced = asyncio.Event()
         self._synced_namespaces: set[str | None] = set()
 
@@ -165,13 +165,13 @@ class Informer:
         failures = 0
         while True:
             try:
-                version = await self._list(namespace)
+                version: str | None = await self._list(namespace)
                 failures = 0
                 while version is not None:
                     version = await self._watch(namespace, version)
             except asyncio.CancelledError:
                 raise
-            except (KubeError, aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
+            except (TimeoutError, KubeError, aiohttp.ClientError, OSError, ValueError) as exc:
                 failures += 1
                 self._mark_broken(namespace)
                 delay = min(30.0, 0.5 * 2 ** min(failures, 6)) * (0.5 + random.random() / 2)
@@ -221,10 +221,10 @@ class Informer:
             # The server ends the watch at timeoutSeconds; still reading well past that means a
             # half-open connection, which would otherwise freeze the cache silently.
             async with asyncio.timeout(self._watch_timeout + 30):
-                version = await self._follow(resp, version)
+                resume = await self._follow(resp, version)
         finally:
             resp.release()
-        return version  # the server ended the watch (timeoutSeconds): resume from here
+        return resume  # the server ended the watch (timeoutSeconds): resume from here
 
     async def _follow(self, resp: aiohttp.ClientResponse, version: str) -> str | None:
         async for line in resp.content:

@@ -34,7 +34,7 @@ def node_view(obj: dict[str, Any]) -> dict[str, Any]:
 
 class SessionCache:
     def __init__(self, client: KubeClient, namespaces: list[str] | None = None):
-        scoped = dict(namespaces=namespaces or None)
+        scoped: dict[str, Any] = {"namespaces": namespaces or None}
         self.sessions = Informer(client, resources.GRIDSESSIONS, **scoped)
         self.pods = Informer(client, resources.PODS, label_selector=SESSION_LABEL, **scoped)
         self.services = Informer(client, resources.SERVICES, label_selector=SESSION_LABEL, **scoped)

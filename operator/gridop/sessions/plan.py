@@ -13,7 +13,7 @@ from typing import Any
 
 from ..api.v1alpha1 import GridSession
 from ..api.v1alpha1.gridsession import KIND
-from ..kube.meta import TEMPLATE_HASH, template_hash  # noqa: F401  (the rules read them here)
+from ..kube.meta import TEMPLATE_HASH, template_hash
 from ..kube.meta import owner_reference as _owner_reference
 from ..settings import Settings
 from .config import CONFIG_FILE_NAME, build_session_config, render_session_config

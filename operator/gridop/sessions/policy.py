@@ -37,9 +37,9 @@ def last_active_time(session: GridSession, now: datetime.datetime) -> datetime.d
 def stop_reason(session: GridSession, status: GridSessionStatus, now: datetime.datetime) -> tuple[str, str] | None:
     """(reason, message) when the session must stop now, else None."""
     spec = session.spec
-    if spec.max_lifetime_seconds and status.start_time:
-        if now - status.start_time >= datetime.timedelta(seconds=spec.max_lifetime_seconds):
-            return "MaxLifetimeExceeded", f"session reached maxLifetimeSeconds={spec.max_lifetime_seconds}"
+    lifetime = datetime.timedelta(seconds=spec.max_lifetime_seconds or 0)
+    if spec.max_lifetime_seconds and status.start_time and now - status.start_time >= lifetime:
+        return "MaxLifetimeExceeded", f"session reached maxLifetimeSeconds={spec.max_lifetime_seconds}"
     if spec.idle_timeout_seconds and status.start_time:
         last = status.last_active_time or status.start_time
         if now - last >= datetime.timedelta(seconds=spec.idle_timeout_seconds):

@@ -238,12 +238,10 @@ class SessionReconciler:
         if LEGACY_FINALIZER not in finalizers:
             return
         keep = [f for f in finalizers if f != LEGACY_FINALIZER]
-        try:
+        with contextlib.suppress(Conflict, NotFound):  # changed or gone meanwhile: the next event brings the new version
             await self.client.patch(resources.GRIDSESSIONS, meta["name"],
                                     {"metadata": {"finalizers": keep or None, "resourceVersion": meta["resourceVersion"]}},
                                     meta["namespace"])
-        except (Conflict, NotFound):
-            pass  # changed or gone meanwhile: the next event brings the new version
 
     async def act(self, session: GridSession, decision: Decision, observed: Observed) -> None:
         """Carry out the actions; the children of a new session are created concurrently."""
@@ -314,7 +312,7 @@ class SessionReconciler:
                 c.pods.remember_deleted(ns, plan.pod_name(session))  # gone: the next pass may replace it
                 self._wrote(session, "pod", None)
         elif action == Do.PRUNE_ATTACHMENTS:
-            annotations = {key: None for key in decision.expired_attachments}
+            annotations = dict.fromkeys(decision.expired_attachments)
             self._keep(session, c.sessions, await self.client.patch(
                 resources.GRIDSESSIONS, name, {"metadata": {"annotations": annotations}}, ns))
 

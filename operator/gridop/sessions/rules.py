@@ -394,4 +394,4 @@ def _renew_at(expires: datetime.datetime | None, lifetime: datetime.timedelta) -
     return expires - lifetime / 3
 
 
-__all__ = ["Decision", "Do", "Event", "Observed", "READY", "SCHEDULED", "decide", "token_lifetime"]
+__all__ = ["READY", "SCHEDULED", "Decision", "Do", "Event", "Observed", "decide", "token_lifetime"]

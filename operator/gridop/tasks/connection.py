@@ -165,10 +165,12 @@ class ClusterRideOut(Retry):
                          supported_errors=RETRIABLE)
 
 
-_PACKERS: dict[type, type] = {}
+_PACKERS: dict[type[Any], type[Any]] = {}
+# What `connect` returns: a client of a plain Redis, or of a Redis Cluster.
+DataPlaneClient = aioredis.Redis | RedisCluster
 
 
-def _hiredis_packing(cls: type) -> type:
+def _hiredis_packing(cls: type[Any]) -> type[Any]:
     """`cls` (a redis.asyncio Connection class) with commands packed by hiredis."""
     if cls not in _PACKERS:
 
@@ -205,7 +207,7 @@ def address_of(url: str) -> str:
     return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
 
 
-def connect(url: str, *, outage_budget: float | None, retry_auth: bool = False, **kwargs: Any) -> aioredis.Redis:
+def connect(url: str, *, outage_budget: float | None, retry_auth: bool = False, **kwargs: Any) -> DataPlaneClient:
     """A client for `url` that rides out outages of up to `outage_budget` seconds (None: any)."""
     options: dict[str, Any] = {
         "retry": RideOut(address_of(url), outage_budget, retry_auth=retry_auth),
@@ -217,11 +219,11 @@ def connect(url: str, *, outage_budget: float | None, retry_auth: bool = False, 
     options.update(kwargs)
     if is_cluster_url(url):
         options["retry"] = ClusterRideOut(outage_budget)
-        client = RedisCluster.from_url(node_url(url), **options)
-        client.nodes_manager.connection_kwargs["connection_class"] = _hiredis_packing(
-            client.nodes_manager.connection_kwargs.get("connection_class", aioconnection.Connection))
-        client.gridop_connect = (url, {"outage_budget": outage_budget, "retry_auth": retry_auth, **kwargs})
-        return client
+        cluster = RedisCluster.from_url(node_url(url), **options)
+        cluster.nodes_manager.connection_kwargs["connection_class"] = _hiredis_packing(
+            cluster.nodes_manager.connection_kwargs.get("connection_class", aioconnection.Connection))
+        cluster.gridop_connect = (url, {"outage_budget": outage_budget, "retry_auth": retry_auth, **kwargs})  # type: ignore[attr-defined]
+        return cluster
     client = aioredis.Redis.from_url(url, **options)
     client.connection_pool.connection_class = _hiredis_packing(client.connection_pool.connection_class)
     return client

@@ -41,7 +41,7 @@ class _Histogram:
 
 
 class _Batch:
-    __slots__ = ("queue_wait", "run", "end_to_end", "failed", "retries", "finished")
+    __slots__ = ("end_to_end", "failed", "finished", "queue_wait", "retries", "run")
 
     def __init__(self) -> None:
         self.queue_wait = _Histogram()
@@ -95,7 +95,7 @@ class TaskMetrics(Collector):
             for name, family in families.items():
                 h: _Histogram = getattr(b, name)
                 cumulative, total = [], 0
-                for bound, count in zip(bounds, h.counts):
+                for bound, count in zip(bounds, h.counts, strict=False):
                     total += count
                     cumulative.append((bound, total))
                 family.add_metric([sid], cumulative, h.sum)

@@ -52,10 +52,8 @@ def serve_metrics(port: int) -> None:
 
     from .metrics import METRICS
 
-    try:
+    with contextlib.suppress(ValueError):  # already registered in this process
         REGISTRY.register(METRICS)
-    except ValueError:
-        pass  # already registered in this process
     try:
         start_http_server(port)
     except OSError as exc:
@@ -97,10 +95,8 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event | None = None) 
             main.cancel()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
+        with contextlib.suppress(RuntimeError, ValueError):  # not the main thread
             loop.add_signal_handler(sig, on_signal)
-        except (RuntimeError, ValueError):
-            pass  # not the main thread
     try:
         if options.pool:
             stats = await worker.serve_pool(options.pool, stop, retention=options.retention_seconds)

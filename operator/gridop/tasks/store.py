@@ -224,12 +224,15 @@ class _AppendIds:
     entropy on every round trip). A forked child draws a new prefix: it shares no ids with its parent."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.prefix = uuid.uuid4().hex
         self.count = itertools.count()
 
 
 _APPENDS = _AppendIds()
-os.register_at_fork(after_in_child=_APPENDS.__init__)
+os.register_at_fork(after_in_child=_APPENDS.reset)
 
 
 def _handed(item: bytes) -> ClaimedTask:
@@ -527,7 +530,7 @@ class TaskStore:
         """(records, last errors, live claims -> parsed claim records, cancelled, total, cancelled_at)."""
         recs, errs, live, runs, (cancelled, total, cancelled_at) = await self._scripts["RECORDS"](
             keys=self.keys(sid), args=list(indices))
-        claims = {c.decode(): _runs(r) for c, r in zip(live, runs) if r}
+        claims = {c.decode(): _runs(r) for c, r in zip(live, runs, strict=False) if r}
         return recs, errs, claims, cancelled == b"1", int(total or 0), cancelled_at
 
     @staticmethod
@@ -542,7 +545,7 @@ class TaskStore:
             return []
         recs, _, claims, cancelled, total, _ = await self._records(sid, indices)
         states: list[TaskState | None] = []
-        for index, rec in zip(indices, recs):
+        for index, rec in zip(indices, recs, strict=False):
             if rec:
                 state = _STATE_OF[rec[0]]
                 states.append(TaskState.CANCELLED if cancelled and state == TaskState.RETRYING else state)
@@ -653,9 +656,9 @@ class TaskStore:
         if entries and isinstance(entries[0], list) and isinstance(entries[0][0], list | tuple):
             entries = entries[0]  # (a RESP3 map of streams, as redis-py shapes it)
         events = []
-        for _, fields in entries:
-            if isinstance(fields, list):  # a raw reply: field, value, field, value...
-                fields = dict(zip(fields[::2], fields[1::2]))
+        for _, raw in entries:
+            # A raw reply is a list: field, value, field, value...
+            fields = dict(zip(raw[::2], raw[1::2], strict=True)) if isinstance(raw, list) else raw
             finished = [int(i) for i in fields[b"f"].split(b",")] if b"f" in fields else []
             outputs = fields[b"o"].split(b",") if b"o" in fields else None
             failed = [int(i) for i in fields[b"x"].split(b",")] if b"x" in fields else []
@@ -752,11 +755,11 @@ class TaskStore:
                 pipe = self.redis.pipeline(transaction=False)
                 self._pool_ready(pipe, pool, sid, owner, priority)
                 await pipe.execute()
-            elif counts.get("pending") and meta.get("cancelled") != "1" and meta.get("suspended") != "1":
+            elif (counts.get("pending") and meta.get("cancelled") != "1" and meta.get("suspended") != "1"
+                  and await self.redis.zadd(self.pool_key(pool, "ready"), {f"{owner}/{sid}": priority}, nx=True)):
                 # A session with queued tasks is never left out of the ready set for longer than a
                 # sweep, whatever a submitter that died between its write and its ready did.
-                if await self.redis.zadd(self.pool_key(pool, "ready"), {f"{owner}/{sid}": priority}, nx=True):
-                    await self.redis.lpush(self.pool_key(pool, "wake"), 1)
+                await self.redis.lpush(self.pool_key(pool, "wake"), 1)
         return True
 
     async def pool_counts(self, pool: str) -> tuple[int, dict[str, int]]:

@@ -7,6 +7,7 @@ batch; when Redis is slow or failing, the sweeper backs off so it never adds to 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -49,7 +50,5 @@ class Sweeper:
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await self.sweep_once()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.interval)
-            except TimeoutError:
-                pass

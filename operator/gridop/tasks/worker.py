@@ -43,7 +43,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from .codec import PayloadError, decode, encode
 from .metrics import METRICS
@@ -208,7 +208,7 @@ def _call(handler: Callable[..., Any], task: ClaimedTask, event: Any, ctx: Conte
         return Outcome(task.index, task.token, "fatal", _describe(exc), started)
     except KeyboardInterrupt:
         raise  # the operator of this process asked it to stop, not the task
-    except BaseException as exc:  # noqa: B036 - sys.exit() or a BaseException in one task fails that task only
+    except BaseException as exc:  # sys.exit() or a BaseException in one task fails that task only
         return Outcome(task.index, task.token, "error", _describe(exc), started)
     return _encode_result(task, result, started)
 
@@ -251,7 +251,7 @@ class Worker:
             raise ValueError(f"isolation must be 'thread' or 'process', got {isolation!r}")
         if isolation == "process" and not handler_ref:
             raise ValueError("isolation='process' needs handler_ref ('module:function'): the child imports it")
-        self.handler_ref = handler_ref or getattr(handler, "__qualname__", "handler")
+        self.handler_ref: str = handler_ref or str(getattr(handler, "__qualname__", "handler"))
         # Sync handlers in a child process the worker can kill (on a timeout, a cancellation, a stop);
         # async handlers run on the loop, where cancelling them is enough.
         self.isolated = isolation == "process" and not self.is_async
@@ -346,8 +346,9 @@ class Worker:
         await asyncio.to_thread(heartbeats.join, 1)
         if heartbeats.is_alive() and self._beat is not None:
             loop, task = self._beat
-            with contextlib.suppress(RuntimeError):  # (its loop has closed already)
-                loop.call_soon_threadsafe(task.cancel)
+            if task is not None:
+                with contextlib.suppress(RuntimeError):  # (its loop has closed already)
+                    loop.call_soon_threadsafe(task.cancel)
             await asyncio.to_thread(heartbeats.join, 10)
         self._executor.shutdown(wait=False, cancel_futures=True)
         if self._child is not None:
@@ -579,7 +580,7 @@ class Worker:
         deadline = time.monotonic() + self.task_timeout if self.task_timeout else None
         return Context(self.sid, task_id(self.sid, task.index), task.attempt, deadline, self.worker_id, self.handler_ref)
 
-    _FATAL = {"error": "fatal", "timeout": "fatal-timeout"}
+    _FATAL: ClassVar[dict[str, str]] = {"error": "fatal", "timeout": "fatal-timeout"}
 
     async def _run_batch(self, claimed: list[ClaimedTask]) -> list[Outcome]:
         """Run a claimed batch; outcomes already reported on the way are not returned."""
@@ -616,21 +617,23 @@ class Worker:
                 raise
             except KeyboardInterrupt:
                 raise
-            except BaseException as exc:  # noqa: B036 - sys.exit() in one task fails that task only
+            except BaseException as exc:  # sys.exit() in one task fails that task only
                 return Outcome(task.index, task.token, "error", _describe(exc), started)
             return _encode_result(task, result, started)
 
-        async def reported(task: ClaimedTask, event: Any, ctx: Context) -> Outcome:
-            outcome = await one(task, event, ctx)
+        async def reported(running: asyncio.Task[Outcome]) -> Outcome:
+            # A lost task's cancellation reaches its handler only, never a report of its neighbours'
+            # outcomes that this wrapper may be flushing at that moment.
+            outcome = await running
             reporter.add(outcome)
             if reporter.due():
                 await reporter.flush()
             return outcome
 
         for task, event, ctx in items:
-            self._async_tasks[task.index] = asyncio.ensure_future(reported(task, event, ctx))
+            self._async_tasks[task.index] = asyncio.ensure_future(one(task, event, ctx))
         try:
-            await asyncio.gather(*(self._async_tasks[t.index] for t, _, _ in items))
+            await asyncio.gather(*(reported(self._async_tasks[t.index]) for t, _, _ in items))
         finally:
             for task, _, _ in items:
                 self._async_tasks.pop(task.index, None)

@@ -17,9 +17,9 @@ __all__ = [
     "Phase",
     "find_condition",
     "gridsession",
-    "taskbatch",
-    "taskpool",
     "set_condition",
     "set_progress",
+    "taskbatch",
+    "taskpool",
     "utcnow",
 ]

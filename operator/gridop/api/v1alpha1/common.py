@@ -79,7 +79,7 @@ def set_condition(
     """Return the conditions with `type` set; lastTransitionTime moves only when status flips."""
     if isinstance(status, bool):
         status = ConditionStatus.TRUE if status else ConditionStatus.FALSE
-    status_value = ConditionStatus(status).value
+    status_value = ConditionStatus(status)
     result: list[Condition] = []
     found = False
     for cond in conditions:

@@ -11,6 +11,7 @@ import enum
 from typing import Any
 
 from pydantic import Field
+from pydantic.json_schema import JsonDict
 
 from .common import API_VERSION, CONDITIONS_LIST, Condition, KubeModel, Quantity
 
@@ -25,7 +26,7 @@ CATEGORIES = ["grid"]
 MAX_NAME_LENGTH = 56
 NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 
-PRESERVE = {"x-kubernetes-preserve-unknown-fields": True}
+PRESERVE: JsonDict = {"x-kubernetes-preserve-unknown-fields": True}
 
 
 class Phase(str, enum.Enum):
