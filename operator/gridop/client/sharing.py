@@ -35,15 +35,33 @@ import enum
 import logging
 import random
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..api.v1alpha1 import Phase
 from ..api.v1alpha1.gridsession import Sharing
 from ..kube import Conflict, KubeClient, NotFound, resources
 from ..sessions import attachments
 
-if TYPE_CHECKING:
-    from .sessions import GridSessionManager
+
+class CreateResult(Protocol):
+    @property
+    def created(self) -> bool:
+        """Whether this call created the session (False: it existed already)."""
+        ...
+
+
+class SessionStarter(Protocol):
+    """What sharing needs of a session manager (GridSessionManager is one): who the user is, where
+    sessions live, the API client, and how a session is created and awaited."""
+
+    user_id: str
+    namespace: str | None
+
+    async def _kube(self) -> KubeClient: ...
+
+    async def create_session(self, session_id: str, resource: str, session_config_file_path: str) -> CreateResult: ...
+
+    async def wait_started(self, session_id: str) -> bool: ...
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +126,7 @@ class SharedSession:
 
     def __init__(
         self,
-        manager: GridSessionManager,
+        manager: SessionStarter,
         kube: KubeClient,
         session_id: str,
         namespace: str,
@@ -233,7 +251,7 @@ class SharedSession:
 
 
 async def open_session(
-    manager: GridSessionManager,
+    manager: SessionStarter,
     session_id: str,
     resource: str,
     session_config_file_path: str,
