@@ -143,7 +143,7 @@ async def run(url: str, n: int) -> None:
             "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "u", "namespace": NS}}],
         }))
         port = free_port()
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "GRIDOP_NAMESPACE": NS, "GRIDOP_METRICS_PORT": str(port),
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "GRIDOP_OPERATOR_NAMESPACE": NS, "GRIDOP_METRICS_PORT": str(port),
                "GRIDOP_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"), "GRIDOP_LOG_FORMAT": "text"}
         proc = subprocess.Popen([sys.executable, "-m", "gridop", "operator"], env=env, stdin=subprocess.DEVNULL,
                                 stderr=open(os.environ["BENCH_LOG"], "w") if os.environ.get("BENCH_LOG") else subprocess.DEVNULL)  # noqa: SIM115

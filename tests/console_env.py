@@ -164,7 +164,7 @@ class GatewayProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDOP_")}
         env.update({
             "KUBECONFIG": str(kubeconfig),
-            "GRIDOP_NAMESPACE": SYSTEM_NAMESPACE,
+            "GRIDOP_OPERATOR_NAMESPACE": SYSTEM_NAMESPACE,
             "GRIDOP_SIGNING_SECRET": SIGNING_SECRET,
             "GRIDOP_GATEWAY_PORT": str(self.port),
             "GRIDOP_METRICS_PORT": str(self.metrics_port),

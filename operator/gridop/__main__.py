@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from .settings import WorkerSettings
 
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "show_default": True,
                                     "max_content_width": 100}
@@ -64,27 +67,27 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _check_worker_options(opts: dict[str, Any]) -> str | None:
+def _check_worker_options(ws: WorkerSettings) -> str | None:
     """Why the worker cannot start (one line naming the culprit), or None; checked before any process starts."""
     import redis
 
     from .tasks.connection import is_cluster_url, node_url
     from .tasks.worker import load_handler
 
-    if opts["lease"] <= opts["heartbeat"]:
-        return (f"--lease ({opts['lease']:g}s) must be longer than --heartbeat ({opts['heartbeat']:g}s), "
+    if ws.lease_seconds <= ws.heartbeat_seconds:
+        return (f"--lease ({ws.lease_seconds:g}s) must be longer than --heartbeat ({ws.heartbeat_seconds:g}s), "
                 "or leases lapse between heartbeats")
-    if opts["metrics_port"] and opts["metrics_port"] + opts["processes"] - 1 > 65535:
-        return f"--metrics-port {opts['metrics_port']} leaves no port for each of the {opts['processes']} processes"
-    for k in range(opts["processes"] if opts["metrics_port"] else 0):
-        if not _port_free(opts["metrics_port"] + k):
-            return (f"--metrics-port: port {opts['metrics_port'] + k} is already in use (another worker on this "
+    if ws.metrics_port and ws.metrics_port + ws.processes - 1 > 65535:
+        return f"--metrics-port {ws.metrics_port} leaves no port for each of the {ws.processes} processes"
+    for k in range(ws.processes if ws.metrics_port else 0):
+        if not _port_free(ws.metrics_port + k):
+            return (f"--metrics-port: port {ws.metrics_port + k} is already in use (another worker on this "
                     "machine?); give each worker its own --metrics-port, or 0 to serve no metrics")
     try:
-        load_handler(opts["handler"])
+        load_handler(ws.handler or "")
     except ValueError as exc:
         return str(exc)
-    url = opts["redis_url"]
+    url = ws.redis_url or ""
     try:
         client = redis.Redis.from_url(node_url(url), socket_connect_timeout=5, socket_timeout=5)
     except ValueError as exc:
@@ -95,9 +98,9 @@ def _check_worker_options(opts: dict[str, Any]) -> str | None:
         if is_cluster_url(url) and client.info("cluster").get("cluster_enabled") != 1:
             return (f"--redis-url {_masked(url)!r} names a Redis Cluster, but that server is a plain Redis; "
                     "use redis:// for it")
-        client.exists(f"{opts['key_prefix']}:{{probe}}:meta")
+        client.exists(f"{ws.key_prefix}:{{probe}}:meta")
     except redis.exceptions.NoPermissionError:
-        return (f"the Redis user of --redis-url {_masked(url)} may not use keys under {opts['key_prefix']!r}; use the "
+        return (f"the Redis user of --redis-url {_masked(url)} may not use keys under {ws.key_prefix!r}; use the "
                 "URL of the namespace's data-plane Secret with --key-prefix gridop:<that namespace>")
     except redis.RedisError as exc:
         return f"cannot reach the data plane at {_masked(url)} ({exc}); check --redis-url and that Redis runs"
@@ -143,7 +146,7 @@ def operator(namespaces: tuple[str, ...]) -> int:
         return UNFINISHED
     except KubeError as exc:
         click.echo(f"gridop operator: the Kubernetes API refused start-up: {exc.api_message or exc} "
-                   f"(does namespace {settings.namespace!r} exist, and may the operator use it?)", err=True)
+                   f"(does namespace {settings.operator_namespace!r} exist, and may the operator use it?)", err=True)
         return UNFINISHED
     except (OSError, aiohttp.ClientError) as exc:
         click.echo(f"gridop operator: cannot reach the Kubernetes API at {access.server}: {exc}", err=True)
@@ -193,8 +196,19 @@ def gateway(namespaces: tuple[str, ...], port: int | None, host: str | None) -> 
     return 0
 
 
+class _SettingOption(click.Option):
+    """A flag that overrides one of the worker's settings (read from GRIDOP_* by `WorkerSettings`,
+    as every gridop setting is): its help names the variable; click itself reads no environment."""
+
+    def __init__(self, *args: Any, setting: str, **kwargs: Any):
+        kwargs["help"] = f"{kwargs.get('help') or ''} [env: GRIDOP_{setting}]".strip()
+        kwargs["default"] = None
+        super().__init__(*args, **kwargs)
+        self.setting = setting.lower()
+
+
 def _env(name: str) -> dict[str, Any]:
-    return {"envvar": f"GRIDOP_{name}", "show_envvar": True}
+    return {"cls": _SettingOption, "setting": name}
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
@@ -240,29 +254,38 @@ def _env(name: str) -> dict[str, Any]:
               default="INFO", **_env("LOG_LEVEL"))
 def worker(**opts: Any) -> int:
     """Run task workers for one TaskBatch (--session) or a TaskPool (--pool)."""
+    from pydantic import ValidationError
+
     from .logs import setup_logging
+    from .settings import WorkerSettings, describe_error
     from .tasks.runtime import WorkerOptions, run_processes
 
-    missing = [flag for flag, value in (("--redis-url", opts["redis_url"]),
-                                        ("--session or --pool", opts["session"] or opts["pool"]),
-                                        ("--handler", opts["handler"])) if not value]
+    flags = {param.setting: opts[param.name] for param in worker.params
+             if isinstance(param, _SettingOption) and param.name and opts[param.name] is not None}
+    try:
+        ws = WorkerSettings(**flags)
+    except ValidationError as exc:
+        raise StartError(describe_error(exc)) from None
+    missing = [flag for flag, value in (("--redis-url", ws.redis_url), ("--session or --pool", ws.session_id or ws.pool),
+                                        ("--handler", ws.handler)) if not value]
     if missing:
         raise StartError(f"missing {', '.join(missing)} (or their GRIDOP_* environment variables)")
-    if opts["session"] and opts["pool"]:
+    if ws.session_id and ws.pool:
         raise StartError("give --session (one batch) or --pool (every session sent to the pool), not both")
-    problem = _check_worker_options(opts)
+    assert ws.redis_url is not None and ws.handler is not None
+    problem = _check_worker_options(ws)
     if problem is not None:
         raise StartError(problem)
-    setup_logging(opts["log_format"], opts["log_level"].upper())
+    setup_logging(ws.log_format, ws.log_level.upper())
     options = WorkerOptions(
-        redis_url=opts["redis_url"], session_id=opts["session"] or "", pool=opts["pool"],
-        retention_seconds=opts["retention"], handler=opts["handler"], batch_size=opts["batch_size"],
-        heartbeat_seconds=opts["heartbeat"], lease_seconds=opts["lease"], task_timeout=opts["timeout"] or None,
-        retry_on_error=opts["retry_on_error"] and not opts["fail_on_error"], exit_when_done=not opts["keep_running"],
-        key_prefix=opts["key_prefix"], claim_seconds=opts["claim_seconds"], metrics_port=opts["metrics_port"],
-        isolation=opts["isolation"],
+        redis_url=ws.redis_url, session_id=ws.session_id or "", pool=ws.pool,
+        retention_seconds=ws.result_retention_seconds, handler=ws.handler, batch_size=ws.batch_size,
+        heartbeat_seconds=ws.heartbeat_seconds, lease_seconds=ws.lease_seconds,
+        task_timeout=ws.task_timeout_seconds or None, retry_on_error=ws.retry_on_error and not opts["fail_on_error"],
+        exit_when_done=not opts["keep_running"], key_prefix=ws.key_prefix, claim_seconds=ws.claim_seconds,
+        metrics_port=ws.metrics_port, isolation=ws.handler_isolation,
     )
-    return run_processes(options, opts["processes"])
+    return run_processes(options, ws.processes)
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

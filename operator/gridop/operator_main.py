@@ -94,7 +94,7 @@ async def _run(
     serve_metrics: bool,
     clock: Any,
 ) -> None:
-    keys = KeyringSource(client, settings.namespace, settings.signing_secret)
+    keys = KeyringSource(client, settings.operator_namespace, settings.signing_secret)
     try:
         keyring = await keys.get()
         log.info("signing keys ready (active key id %s)", keyring.active_kid)
@@ -125,7 +125,7 @@ async def _run(
     lost = asyncio.Event()
     try:
         if settings.leader_election:
-            elector = LeaderElector(client, settings.namespace, settings.lease_name, settings.pod_name)
+            elector = LeaderElector(client, settings.operator_namespace, settings.lease_name, settings.pod_name)
             await elector.acquire()
             log.info("leading as %s", settings.pod_name)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -38,7 +38,8 @@ def describe_error(exc: ValidationError) -> str:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GRIDOP_", env_nested_delimiter="__", extra="ignore")
 
-    namespace: str = Field(default="gridop-system", description="Where the operator keeps its own objects (signing keys, leases).")
+    operator_namespace: str = Field(
+        default="gridop-system", description="Where gridop keeps its own objects (signing keys, leases): the namespace it is installed in.")
     watch_namespaces: StrList = Field(default_factory=list, description="Namespaces to watch; empty means cluster-wide.")
 
     signing_secret: str = Field(default="gridop-signing-keys", description="Secret with the JWT signing keys.")
@@ -92,3 +93,28 @@ class Settings(BaseSettings):
     metrics_port: int = 8080
     log_format: str = Field(default="json", pattern="^(json|text)$")
     log_level: str = "INFO"
+
+
+class WorkerSettings(BaseSettings):
+    """`gridop worker`'s settings: the GRIDOP_* variables the operator gives a worker pod, read the
+    same way as every other gridop setting. A command-line flag overrides its variable."""
+
+    model_config = SettingsConfigDict(env_prefix="GRIDOP_", extra="ignore")
+
+    redis_url: str | None = Field(default=None, description="The data plane.")
+    session_id: str | None = Field(default=None, description="The batch (a TaskBatch's session id) to run.")
+    pool: str | None = Field(default=None, description="The TaskPool whose sessions to serve.")
+    handler: str | None = Field(default=None, description="The task handler, module:function.")
+    batch_size: int = Field(default=1024, ge=1)
+    claim_seconds: float = Field(default=0.1, ge=0)
+    heartbeat_seconds: float = Field(default=5.0, gt=0)
+    lease_seconds: float = Field(default=30.0, gt=0)
+    task_timeout_seconds: float = Field(default=0.0, ge=0, description="0: none.")
+    handler_isolation: Literal["process", "thread"] = "process"
+    retry_on_error: bool = True
+    key_prefix: str = "gridop:default"
+    result_retention_seconds: int = Field(default=86400, ge=1)
+    processes: int = Field(default=1, ge=1)
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="0: metrics not served.")
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = Field(default="INFO", pattern="(?i)^(debug|info|warning|error)$")

@@ -64,7 +64,7 @@ def test_defaults_render_a_restricted_operator_with_crds_and_rbac() -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
     assert env["GRIDOP_WATCH_NAMESPACES"] == "[]"
-    assert env["GRIDOP_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["GRIDOP_OPERATOR_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert env["GRIDOP_LEADER_ELECTION"] == "true"
     assert env["GRIDOP_REDIS_URL"] == {"secretKeyRef": {"name": "gridop-redis", "key": "url"}}
     assert env["GRIDOP_REDIS_ACL"] == "true"

@@ -30,7 +30,7 @@ NODES = {"gridop-worker": "172.18.0.3", "gridop-worker2": "172.18.0.4"}
 
 @pytest.fixture
 def settings(redis_url: str) -> Settings:
-    return Settings(namespace="gridop-system", resync_seconds=5.0, log_format="text", redis_url=redis_url,
+    return Settings(operator_namespace="gridop-system", resync_seconds=5.0, log_format="text", redis_url=redis_url,
                     batch_status_interval_seconds=0.2)
 
 

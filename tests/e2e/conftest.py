@@ -119,7 +119,7 @@ async def operator(crds: None, namespace: str, operator_env: dict[str, str]) -> 
         return
     env = {
         **os.environ,
-        "GRIDOP_NAMESPACE": namespace,
+        "GRIDOP_OPERATOR_NAMESPACE": namespace,
         "GRIDOP_METRICS_PORT": str(_free_port()),
         "GRIDOP_LOG_FORMAT": "text",
         "GRIDOP_RESYNC_SECONDS": "10",

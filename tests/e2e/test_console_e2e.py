@@ -27,7 +27,7 @@ from .conftest import ROOT, _free_port, eventually
 @pytest.fixture
 async def gateway(operator: None, namespace: str) -> AsyncIterator[str]:
     port, metrics_port = _free_port(), _free_port()
-    env = {**os.environ, "GRIDOP_NAMESPACE": namespace, "GRIDOP_GATEWAY_PORT": str(port),
+    env = {**os.environ, "GRIDOP_OPERATOR_NAMESPACE": namespace, "GRIDOP_GATEWAY_PORT": str(port),
            "GRIDOP_METRICS_PORT": str(metrics_port), "GRIDOP_LOG_FORMAT": "text"}
     log_path = pathlib.Path(tempfile.gettempdir()) / f"gridop-gateway-{namespace}.log"
     log = log_path.open("w")

@@ -36,7 +36,7 @@ async def emulator() -> AsyncIterator[kmock.KubernetesEmulator]:
 
 @pytest.fixture
 def settings() -> Settings:
-    return Settings(namespace="gridop-system", resync_seconds=5.0, log_format="text")
+    return Settings(operator_namespace="gridop-system", resync_seconds=5.0, log_format="text")
 
 
 @pytest.fixture

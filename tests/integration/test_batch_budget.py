@@ -43,7 +43,7 @@ def taskpool(name: str) -> dict:
 @pytest.fixture
 def settings(redis_url: str) -> Settings:
     # The defaults a user gets, with a data plane.
-    return Settings(namespace="gridop-system", log_format="text", redis_url=redis_url)
+    return Settings(operator_namespace="gridop-system", log_format="text", redis_url=redis_url)
 
 
 def connector(redis_url: str) -> AsyncGridConnector:

@@ -22,7 +22,7 @@ def nodes(emulator: kmock.KubernetesEmulator) -> None:
 
 @pytest.fixture
 def settings() -> Settings:
-    return Settings(namespace="gridop-system", resync_seconds=5.0, log_format="text", gateway_url="wss://grid.example/console")
+    return Settings(operator_namespace="gridop-system", resync_seconds=5.0, log_format="text", gateway_url="wss://grid.example/console")
 
 
 async def test_the_console_contract_public_keys_verify_the_session_token_and_urls_name_the_namespace(

@@ -27,7 +27,7 @@ HANDLER = "examples.htcgrid.mock_compute_engine:lambda_handler"
 
 @pytest.fixture
 def settings(redis_url: str) -> Settings:
-    return Settings(namespace="gridop-system", resync_seconds=5.0, log_format="text", redis_url=redis_url,
+    return Settings(operator_namespace="gridop-system", resync_seconds=5.0, log_format="text", redis_url=redis_url,
                     batch_status_interval_seconds=0.2)
 
 

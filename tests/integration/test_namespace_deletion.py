@@ -30,7 +30,7 @@ EVERYTHING = (*GRIDOP_KINDS, resources.JOBS, resources.DEPLOYMENTS, resources.PO
 @pytest.fixture(params=["cluster-wide", "namespaced"])
 def settings(request: pytest.FixtureRequest, redis_url: str) -> Settings:
     watched = [NAMESPACE] if request.param == "namespaced" else []
-    return Settings(namespace="gridop-system", log_format="text", redis_url=redis_url, watch_namespaces=watched)
+    return Settings(operator_namespace="gridop-system", log_format="text", redis_url=redis_url, watch_namespaces=watched)
 
 
 async def delete_namespace(emulator, api: KubeClient, namespace: str) -> None:

@@ -50,7 +50,9 @@ WORKER = ["worker", "--session", "s"]
     (["operator"], {"GRIDOP_WATCH_NAMESPACES": "team-a,team-b", "KUBECONFIG": "/nonexistent/kubeconfig"},
      "gridop operator: cannot read kubeconfig /nonexistent/kubeconfig"),
     (WORKER, {"GRIDOP_BATCH_SIZE": "abc"},
-     "gridop worker: invalid value for GRIDOP_BATCH_SIZE (for --batch-size): 'abc' is not a valid integer"),
+     "gridop worker: GRIDOP_BATCH_SIZE='abc': Input should be a valid integer"),
+    (WORKER, {"GRIDOP_BATCH_SIZE": "0"}, "gridop worker: GRIDOP_BATCH_SIZE='0': Input should be greater than or equal to 1"),
+    (WORKER, {"GRIDOP_HANDLER_ISOLATION": "fork"}, "gridop worker: GRIDOP_HANDLER_ISOLATION='fork': Input should be 'process' or 'thread'"),
     ([*WORKER, "--batch-size", "0"], {}, "gridop worker: invalid value for --batch-size: 0 is not in the range x>=1"),
     (["nosuch"], {}, "gridop: No such command 'nosuch'."),
 ])

@@ -93,7 +93,7 @@ def world(api: Api) -> tuple[SessionReconciler, SessionCache, list[str]]:
         informer.add_listener(lambda kind, obj, woken=woken: woken.append(f"{kind} {obj['metadata']['name']}"))
     node = {"metadata": {"name": "w1", "resourceVersion": "1"}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
     cache.nodes.deliver("ADDED", node)
-    reconciler = SessionReconciler(api, Settings(namespace="gridop-system"), Keys(), EventRecorder(api),  # type: ignore[arg-type]
+    reconciler = SessionReconciler(api, Settings(operator_namespace="gridop-system"), Keys(), EventRecorder(api),  # type: ignore[arg-type]
                                    cache, clock=lambda: NOW)
     return reconciler, cache, woken
 

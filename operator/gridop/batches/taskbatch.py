@@ -122,15 +122,16 @@ class TaskBatchReconciler:
         metrics.BATCH_WORKERS.labels(namespace, name).set(workers)
 
     async def _apply_job(self, body: Mapping[str, Any], spec: TaskBatchSpec, parallelism: int) -> None:
-        """Create the worker Job, or scale it, from what the cache holds."""
+        """Create the worker Job, or scale it, from what the cache holds. The namespace's data-plane
+        Secret comes first, even before there is work: clients read their URL from it."""
         meta = body["metadata"]
         namespace, name = meta["namespace"], job_name(meta["name"])
         job = self.jobs.get(namespace, name)
-        if job is None and parallelism == 0:
-            return  # nothing to run yet (or any more)
         assert self.data.credentials is not None
         try:
             secret = await self.data.credentials.ensure(namespace)
+            if job is None and parallelism == 0:
+                return  # nothing to run yet (or any more)
             if job is None:
                 self.jobs.remember(await self.client.create(
                     resources.JOBS, worker_job(dict(meta), spec, self.settings, parallelism, secret), namespace))

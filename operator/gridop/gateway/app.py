@@ -123,7 +123,7 @@ class Gateway:
         self.client = client
         self.clock = clock
         self.sessions = Informer(client, resources.GRIDSESSIONS, settings.watch_namespaces or None)
-        self.keys = PublicKeySource(client, settings.namespace, settings.signing_secret)
+        self.keys = PublicKeySource(client, settings.operator_namespace, settings.signing_secret)
         self.authorizer = Authorizer(
             keys=self.keys.get, reviewer=KubeReviewer(client), issuer=settings.token_issuer,
             audience=settings.token_audience, token_audiences=settings.gateway_token_audiences,
