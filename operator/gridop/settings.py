@@ -118,3 +118,11 @@ class WorkerSettings(BaseSettings):
     metrics_port: int = Field(default=0, ge=0, le=65535, description="0: metrics not served.")
     log_format: Literal["json", "text"] = "json"
     log_level: str = Field(default="INFO", pattern="(?i)^(debug|info|warning|error)$")
+
+
+class DataPlaneSettings(BaseSettings):
+    """What every data-plane client (worker, SDK, operator) reads from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="GRIDOP_", extra="ignore")
+
+    fast_lane: bool = Field(default=True, description="The fast paths beyond redis-py's documented API; false: redis-py's own.")

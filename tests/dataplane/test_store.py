@@ -524,3 +524,19 @@ async def test_waiting_on_what_cannot_come_ends_with_a_reason(redis_url: str) ->
         await c.store.delete("vanishing")
         with pytest.raises(UnknownSession):
             await asyncio.wait_for(waiting, 10)
+
+
+async def test_with_the_fast_paths_off_a_batch_runs_on_redis_py_alone(redis_url: str) -> None:
+    """The off switch of everything beyond redis-py's documented API (GRIDOP_FAST_LANE=false, or a
+    client's `fast_lane: false`): same results, no lane connection, redis-py's own packing."""
+    store = TaskStore.from_url(redis_url, fast_lane=False)
+    try:
+        assert not store._lane.enabled and not type(store.redis.connection_pool.make_connection()).__name__.startswith("Hiredis")
+        async with connector(redis_url, fast_lane=False) as c:
+            sub = await c.send([{"n": i} for i in range(50)], session_id="plain")
+            assert not c._store._lane.enabled
+            await Worker(store, "plain", handlers.echo, heartbeat_seconds=0.2, lease_seconds=2).run()
+            res = await c.get_results(sub)
+        assert res["metadata"]["tasks_in_response"] == 50
+    finally:
+        await store.close()

@@ -70,7 +70,7 @@ HTC_GRID_KEYS = frozenset({
 KNOWN_KEYS = frozenset({
     "redis_url", "grid_storage_service", "dynamodb_results_pull_interval_sec", "results_poll_interval_sec",
     "max_payload_bytes", "max_retries", "retry_backoff_sec", "session_prefix", "key_prefix", "namespace",
-    "redis_outage_budget_sec", "pool", "owner", "priority",
+    "redis_outage_budget_sec", "pool", "owner", "priority", "fast_lane",
 })
 # HTC-Grid's data-plane storage choices. gridop's data plane is Redis; S3 copies are not made.
 STORAGE_SERVICES = ("REDIS", "S3+REDIS", "S3")
@@ -224,9 +224,10 @@ class AsyncGridConnector:
         budget = float(config.get("redis_outage_budget_sec", DEFAULT_OUTAGE_BUDGET))
         if redis_custom_connection is not None and not isinstance(redis_custom_connection, aioredis.Redis):
             raise ValueError("redis_custom_connection must be a redis.asyncio.Redis client")
+        fast_lane = config.get("fast_lane")  # None: GRIDOP_FAST_LANE (default on)
         redis = redis_custom_connection if redis_custom_connection is not None else (
-            connect(self.redis_url, outage_budget=budget))
-        self._store_ = TaskStore(redis, prefix=prefix)
+            connect(self.redis_url, outage_budget=budget, fast_lane=fast_lane))
+        self._store_ = TaskStore(redis, prefix=prefix, fast_lane=fast_lane)
         log.info("gridop connector ready: data plane %s, namespace %s", address_of(self.redis_url), self.namespace)
 
     @property

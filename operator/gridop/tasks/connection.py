@@ -36,8 +36,6 @@ from urllib.parse import urlsplit
 
 import hiredis
 import redis.asyncio as aioredis
-from redis._parsers.base import BaseParser
-from redis.asyncio import connection as aioconnection
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
@@ -50,6 +48,8 @@ from redis.exceptions import (
     ResponseError,
     TimeoutError,
 )
+
+from . import redis_internals as internals
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -207,8 +207,10 @@ def address_of(url: str) -> str:
     return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
 
 
-def connect(url: str, *, outage_budget: float | None, retry_auth: bool = False, **kwargs: Any) -> DataPlaneClient:
-    """A client for `url` that rides out outages of up to `outage_budget` seconds (None: any)."""
+def connect(url: str, *, outage_budget: float | None, retry_auth: bool = False, fast_lane: bool | None = None,
+            **kwargs: Any) -> DataPlaneClient:
+    """A client for `url` that rides out outages of up to `outage_budget` seconds (None: any); its
+    commands packed by hiredis unless the fast paths are off (`fast_lane`, GRIDOP_FAST_LANE)."""
     options: dict[str, Any] = {
         "retry": RideOut(address_of(url), outage_budget, retry_auth=retry_auth),
         "health_check_interval": HEALTH_CHECK_SECONDS,
@@ -220,12 +222,14 @@ def connect(url: str, *, outage_budget: float | None, retry_auth: bool = False, 
     if is_cluster_url(url):
         options["retry"] = ClusterRideOut(outage_budget)
         cluster = RedisCluster.from_url(node_url(url), **options)
-        cluster.nodes_manager.connection_kwargs["connection_class"] = _hiredis_packing(
-            cluster.nodes_manager.connection_kwargs.get("connection_class", aioconnection.Connection))
-        cluster.gridop_connect = (url, {"outage_budget": outage_budget, "retry_auth": retry_auth, **kwargs})  # type: ignore[attr-defined]
+        if internals.fast_lane_enabled(fast_lane):
+            internals.use_connection_class(cluster, _hiredis_packing(internals.connection_class(cluster)))
+        cluster.gridop_connect = (url, {"outage_budget": outage_budget, "retry_auth": retry_auth,  # type: ignore[attr-defined]
+                                        "fast_lane": fast_lane, **kwargs})
         return cluster
     client = aioredis.Redis.from_url(url, **options)
-    client.connection_pool.connection_class = _hiredis_packing(client.connection_pool.connection_class)
+    if internals.fast_lane_enabled(fast_lane):
+        internals.use_connection_class(client, _hiredis_packing(internals.connection_class(client)))
     return client
 
 
@@ -236,10 +240,10 @@ def clone_client(client: Any) -> Any:
         if again is not None:
             url, kwargs = again
             return connect(url, **kwargs)
-        nodes = [ClusterNode(n.host, n.port) for n in client.nodes_manager.startup_nodes.values()]
+        nodes = [ClusterNode(host, port) for host, port in internals.cluster_startup_nodes(client)]
         return RedisCluster(startup_nodes=nodes, retry=client.retry)
-    kwargs = dict(client.connection_pool.connection_kwargs)
-    pool = aioredis.ConnectionPool(connection_class=client.connection_pool.connection_class, **kwargs)
+    kwargs = internals.pool_settings(client.connection_pool)
+    pool = aioredis.ConnectionPool(connection_class=internals.connection_class(client), **kwargs)
     return aioredis.Redis(connection_pool=pool)
 
 
@@ -265,8 +269,9 @@ class FastLane:
     MAX_SPARE = 4  # idle connections kept for blocking reads
     PAUSE_SECONDS = 1.0  # after a failed connection attempt, calls take the regular path this long
 
-    def __init__(self, client: Any):
-        self._target = None if isinstance(client, RedisCluster) else _LaneTarget.of(client.connection_pool)
+    def __init__(self, client: Any, *, enabled: bool = True):
+        self._target = (None if not enabled or isinstance(client, RedisCluster)
+                        else _LaneTarget.of(client.connection_pool))
         self._shared: _LaneConnection | None = None
         self._opening: asyncio.Future[_LaneConnection] | None = None
         self._spare: list[_LaneConnection] = []
@@ -390,12 +395,10 @@ class _LaneTarget:
 
     @classmethod
     def of(cls, pool: Any) -> _LaneTarget | None:
-        kwargs = pool.connection_kwargs
+        kwargs = internals.pool_settings(pool)
         if kwargs.get("credential_provider") is not None:
             return None  # credentials that change over time: the regular path asks for them
-        context = None
-        if issubclass(pool.connection_class, aioconnection.SSLConnection):
-            context = pool.make_connection().ssl_context.get()
+        context = internals.pool_ssl_context(pool)
         commands: list[tuple[Any, ...]] = []
         if kwargs.get("password") is not None:
             user = kwargs.get("username")
@@ -494,10 +497,8 @@ class _LaneConnection(asyncio.Protocol):
             if future.done():  # its caller gave up waiting
                 continue
             if isinstance(reply, hiredis.ReplyError):
-                error = BaseParser.parse_error(str(reply))
-                if isinstance(error, _LANE_TROUBLE):
-                    error = LaneClosed(str(error))
-                future.set_exception(error)
+                error = internals.error_of(str(reply))
+                future.set_exception(LaneClosed(str(error)) if isinstance(error, _LANE_TROUBLE) else error)
             else:
                 future.set_result(reply)
 

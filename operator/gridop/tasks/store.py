@@ -60,6 +60,7 @@ from redis.exceptions import NoScriptError
 from . import scripts
 from .codec import PayloadError, decode, encode
 from .connection import FastLane, Head, LaneClosed, clone_client, connect
+from .redis_internals import fast_lane_enabled
 from .states import ERROR_KINDS, STAGES, TaskState
 
 SUBMIT_CHUNK = 5000
@@ -244,9 +245,10 @@ def _handed(item: bytes) -> ClaimedTask:
 
 
 class TaskStore:
-    def __init__(self, redis: Any, *, prefix: str = "gridop:default"):
+    def __init__(self, redis: Any, *, prefix: str = "gridop:default", fast_lane: bool | None = None):
         self.redis = redis  # redis.asyncio.Redis or redis.asyncio.RedisCluster
         self.prefix = prefix
+        self.fast_lane = fast_lane_enabled(fast_lane)  # (None: GRIDOP_FAST_LANE, default on)
         self._keys: dict[str, list[str]] = {}
         self._heads: dict[tuple[str, str], Head] = {}  # (script, batch) -> its packed EVALSHA, SHA1 and keys
         self._scripts = {
@@ -254,17 +256,19 @@ class TaskStore:
             for name in ("CLAIM", "COMPLETE", "HEARTBEAT", "SWEEP", "CANCEL", "APPEND", "UNIDLE", "CREATE", "SUBMIT",
                          "SNAPSHOT", "RECORDS")
         }
-        self._lane = FastLane(redis)
+        self._lane = FastLane(redis, enabled=self.fast_lane)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "gridop:default", outage_budget: float | None = None,
-                 retry_auth: bool = False, **kwargs: Any) -> TaskStore:
+                 retry_auth: bool = False, fast_lane: bool | None = None, **kwargs: Any) -> TaskStore:
         """A store whose commands ride out Redis outages up to `outage_budget` seconds (None: any)."""
-        return cls(connect(url, outage_budget=outage_budget, retry_auth=retry_auth, **kwargs), prefix=prefix)
+        fast_lane = fast_lane_enabled(fast_lane)
+        return cls(connect(url, outage_budget=outage_budget, retry_auth=retry_auth, fast_lane=fast_lane, **kwargs),
+                   prefix=prefix, fast_lane=fast_lane)
 
     def clone(self) -> TaskStore:
         """A store with its own connections to the same Redis (for use from another thread's loop)."""
-        return TaskStore(clone_client(self.redis), prefix=self.prefix)
+        return TaskStore(clone_client(self.redis), prefix=self.prefix, fast_lane=self.fast_lane)
 
     async def close(self) -> None:
         await self._lane.aclose()
