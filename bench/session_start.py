@@ -1,25 +1,32 @@
-"""Session start at scale on the API emulator: latency, API requests, CPU and memory per start.
+"""The operator's controllers at scale on the API emulator: N objects applied at once.
 
-    .venv/bin/python -m bench.session_start --sessions 50 200 1000
+    .venv/bin/python -m bench.session_start --kind sessions --count 200 1000
+    .venv/bin/python -m bench.session_start --kind batches --count 100 --baseline 3eab366
+    .venv/bin/python -m bench.session_start --kind pools --count 100 --baseline 3eab366
 
-Runs `gridop operator` as a separate process against an in-memory Kubernetes API (kmock), creates
-N GridSessions at once, plays the kubelet (binds and starts each pod the moment it appears, as
-two writes like a real scheduler and kubelet) and prints, per N:
+Runs `gridop operator` as a separate process against an in-memory Kubernetes API (kmock), as in
+a cluster: the API, the operator and this client are three processes sharing the machine.
 
-- creation -> pod created and creation -> Ready (p50/p99/max);
-- API requests per session start, read from the operator's own `gridop_kube_requests_total`
-  (reads = get + list, writes = create + patch + update + delete; Events are counted apart);
-- operator CPU per session start and resident memory.
+- `sessions`: N GridSessions applied by 8 parallel appliers, this client playing the scheduler and
+  kubelet (each new pod bound and reported Running + Ready, two writes). Beside it, the floor:
+  the same objects a session makes (ConfigMap, Secret, Service, Pod) created directly by 8
+  parallel appliers, the kubelet the same. Printed: all Ready after (s), gridop / floor, latency
+  percentiles, API requests and operator CPU per session start.
+- `batches` / `pools`: N TaskBatches (or TaskPools) applied at once, each sent 10 tasks that no
+  worker runs (so every one stays Running), on a local redis-server. Printed: time until all show
+  their workers, then over `--window` seconds of running: API reads and writes per object per
+  minute, operator CPU per object per minute and per pass.
 
-The emulator answers in microseconds, so the figures are the operator's own overhead (the
-emulator is single-threaded Python and shares the 2 cores; its CPU is printed too).
-On a real cluster add the scheduler, image pull and container start.
+With `--baseline REVISION` the operator of that git revision runs the same rounds, interleaved
+(A B A B), from the same harness. Each round uses a fresh emulator (and Redis database). The
+emulator answers in microseconds: the figures are the operator's own costs, not a cluster's.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import pathlib
 import socket
@@ -29,21 +36,20 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.localredis import start_redis  # noqa: E402
 from gridop.kube import ClusterAccess, KubeClient, resources  # noqa: E402
 from gridop.kube.informer import Informer  # noqa: E402
 
 NS = "bench"
-
-
-def rss_kib(pid: int) -> tuple[int, int]:
-    fields = dict(line.split(":", 1) for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+APPLIERS = 8
 
 
 def cpu_seconds(pid: int) -> float:
@@ -62,134 +68,320 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def requests(port: int) -> dict[tuple[str, str], float]:
-    """The operator's API request counters: (verb, resource) -> count."""
+def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """The operator's Prometheus metrics: name -> labels -> value."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    counts: dict[tuple[str, str], float] = {}
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
     for line in text.splitlines():
-        if line.startswith("gridop_kube_requests_total{"):
-            labels, value = line[len("gridop_kube_requests_total{"):].split("} ")
-            parts = dict(item.split("=", 1) for item in labels.split(","))
-            counts[(parts["verb"].strip('"'), parts["resource"].strip('"'))] = float(value)
-    return counts
+        if line.startswith("#") or " " not in line:
+            continue
+        head, value = line.rsplit(" ", 1)
+        name, _, labels = head.partition("{")
+        pairs = tuple(tuple(item.split("=", 1)) for item in labels.rstrip("}").split(",") if "=" in item)
+        out.setdefault(name, {})[tuple((k, v.strip('"')) for k, v in pairs)] = float(value)  # type: ignore[misc]
+    return out
 
 
-def delta(after: dict[tuple[str, str], float], before: dict[tuple[str, str], float]) -> dict[tuple[str, str], float]:
+def requests(metrics: dict[str, Any]) -> dict[tuple[str, str], float]:
+    """(verb, resource) -> count, from gridop_kube_requests_total."""
+    return {(dict(k)["verb"], dict(k)["resource"]): v for k, v in metrics.get("gridop_kube_requests_total", {}).items()}
+
+
+def passes(metrics: dict[str, Any], kind: str) -> float:
+    return sum(v for k, v in metrics.get("gridop_reconcile_seconds_count", {}).items() if dict(k).get("kind") == kind)
+
+
+def split(used: dict[tuple[str, str], float]) -> tuple[float, float]:
+    reads = sum(v for (verb, _), v in used.items() if verb in ("get", "list"))
+    writes = sum(v for (verb, res), v in used.items() if verb in ("create", "patch", "update", "delete") and res != "events")
+    return reads, writes
+
+
+def delta(after: dict[Any, float], before: dict[Any, float]) -> dict[Any, float]:
     return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0)}
 
 
-async def main(sizes: list[int]) -> None:
-    # Three processes, as in a cluster: the API (emulator), the operator, and this client.
-    for n in sizes:
-        api_port = free_port()
+class World:
+    """A fresh emulator (and, for batches and pools, a Redis database), this client's API access,
+    and the operator of one tree running against them."""
+
+    def __init__(self, tree: pathlib.Path, redis_url: str | None):
+        self.tree, self.redis_url = tree, redis_url
+
+    async def __aenter__(self) -> World:
+        self.api_port, self.port = free_port(), free_port()
         server = (os.environ.get("BENCH_EMULATOR") or "-m tests.emulator").split()
-        emulator = subprocess.Popen([sys.executable, *server, "--port", str(api_port)], cwd=ROOT,
-                                    stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-        assert emulator.stdout is not None
-        emulator.stdout.readline()  # "emulator listening on ..."
-        try:
-            api_cpu = cpu_seconds(emulator.pid)
-            await run(f"http://127.0.0.1:{api_port}", n)
-            print(f"  API emulator CPU: {cpu_seconds(emulator.pid) - api_cpu:.1f} s")
-        finally:
-            emulator.terminate()
-            emulator.wait(timeout=10)
+        self.emulator = subprocess.Popen([sys.executable, *server, "--port", str(self.api_port)], cwd=ROOT,
+                                         stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        assert self.emulator.stdout is not None
+        self.emulator.stdout.readline()  # "emulator listening on ..."
+        self.url = f"http://127.0.0.1:{self.api_port}"
+        self.api = await KubeClient.connect(ClusterAccess(server=self.url, namespace=NS), user_agent="bench")
+        await self.api.create(resources.NODES, {"metadata": {"name": "w1", "labels": {"gridop.io/resource-node": "true"}},
+                                                "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
+        self.binds: asyncio.Queue[str] = asyncio.Queue()
+        self.kubelets = [asyncio.create_task(self._kubelet()) for _ in range(4)]
+        self.tmp = tempfile.TemporaryDirectory()
+        return self
 
-
-async def run(url: str, n: int) -> None:
-    api = await KubeClient.connect(ClusterAccess(server=url, namespace=NS), user_agent="bench")
-    await api.create(resources.NODES, {"metadata": {"name": "w1", "labels": {"gridop.io/resource-node": "true"}},
-                                       "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
-    created: dict[str, float] = {}
-    pod_seen: dict[str, float] = {}
-    ready: dict[str, float] = {}
-    all_ready = asyncio.Event()
-    binds: asyncio.Queue[str] = asyncio.Queue()
-
-    def on_pod(kind: str, pod: dict) -> None:
-        name = pod["metadata"]["name"]
-        if kind == "ADDED" and name not in pod_seen:
-            pod_seen[name] = time.perf_counter()
-            binds.put_nowait(name)
-
-    def on_session(kind: str, gs: dict) -> None:
-        name = gs["metadata"]["name"]
-        conditions = (gs.get("status") or {}).get("conditions") or []
-        if name not in ready and any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
-            ready[name] = time.perf_counter()
-            if len(ready) == n:
-                all_ready.set()
-
-    async def kubelet() -> None:  # the scheduler binds, then the kubelet reports Running + Ready
+    async def _kubelet(self) -> None:  # the scheduler binds, then the kubelet reports Running + Ready
         while True:
-            name = await binds.get()
-            await api.patch(resources.PODS, name, {"spec": {"nodeName": "w1"}}, NS)
-            await api.patch(resources.PODS, name, {"status": {
+            name = await self.binds.get()
+            await self.api.patch(resources.PODS, name, {"spec": {"nodeName": "w1"}}, NS)
+            await self.api.patch(resources.PODS, name, {"status": {
                 "phase": "Running", "hostIP": "10.0.0.1",
                 "conditions": [{"type": "Ready", "status": "True"}]}}, NS, subresource="status")
 
-    pods = Informer(api, resources.PODS, [NS])
-    sessions = Informer(api, resources.GRIDSESSIONS, [NS])
-    pods.add_listener(on_pod)
-    sessions.add_listener(on_session)
-    await pods.start()
-    await sessions.start()
-    with tempfile.TemporaryDirectory() as tmp:
-        kubeconfig = pathlib.Path(tmp, "kubeconfig")
+    def start_operator(self) -> None:
+        kubeconfig = pathlib.Path(self.tmp.name, "kubeconfig")
         kubeconfig.write_text(yaml.safe_dump({
             "apiVersion": "v1", "kind": "Config", "current-context": "emu",
-            "clusters": [{"name": "emu", "cluster": {"server": url}}],
+            "clusters": [{"name": "emu", "cluster": {"server": self.url}}],
             "users": [{"name": "u", "user": {}}],
             "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "u", "namespace": NS}}],
         }))
-        port = free_port()
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "GRIDOP_OPERATOR_NAMESPACE": NS, "GRIDOP_METRICS_PORT": str(port),
+        env = {**os.environ, "PYTHONPATH": str(self.tree / "operator"), "KUBECONFIG": str(kubeconfig),
+               # (GRIDOP_NAMESPACE for revisions that named the operator's namespace so)
+               "GRIDOP_OPERATOR_NAMESPACE": NS, "GRIDOP_NAMESPACE": NS, "GRIDOP_METRICS_PORT": str(self.port),
                "GRIDOP_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"), "GRIDOP_LOG_FORMAT": "text"}
-        proc = subprocess.Popen([sys.executable, "-m", "gridop", "operator"], env=env, stdin=subprocess.DEVNULL,
-                                stderr=open(os.environ["BENCH_LOG"], "w") if os.environ.get("BENCH_LOG") else subprocess.DEVNULL)  # noqa: SIM115
-        workers = [asyncio.create_task(kubelet()) for _ in range(4)]
-        try:
-            await asyncio.sleep(4)  # started, caches synced, signing keys created
-            idle_rss, _ = rss_kib(proc.pid)
-            before = requests(port)
-            op_cpu = cpu_seconds(proc.pid)
-            for i in range(n):
-                name = f"s{i:04d}"
-                created[name] = time.perf_counter()
-                await api.create(resources.GRIDSESSIONS, {"metadata": {"name": name}, "spec": {
-                    "user": "bench", "node": "w1", "config": {"airgen": {}, "grid": {}}}}, NS)
-            await asyncio.wait_for(all_ready.wait(), timeout=600)
-            await asyncio.sleep(2.5)  # let deferred writes and echoes settle, then count
-            rss, hwm = rss_kib(proc.pid)
-            op_cpu = cpu_seconds(proc.pid) - op_cpu
-            used = delta(requests(port), before)
-        finally:
-            for w in workers:
-                w.cancel()
-            proc.terminate()
-            proc.wait(timeout=30)
-            await pods.stop()
-            await sessions.stop()
-            await api.close()
+        if self.redis_url:
+            env["GRIDOP_REDIS_URL"] = self.redis_url
+        log = open(os.environ["BENCH_LOG"], "a") if os.environ.get("BENCH_LOG") else subprocess.DEVNULL  # noqa: SIM115
+        self.operator: subprocess.Popen[bytes] | None = subprocess.Popen(
+            [sys.executable, "-m", "gridop", "operator"], env=env, cwd=self.tmp.name, stdin=subprocess.DEVNULL,
+            stderr=log)
 
-    to_pod = [pod_seen[k] - created[k] for k in created]
-    to_ready = [ready[k] - created[k] for k in created]
-    span = max(ready.values()) - min(created.values())
-    reads = sum(v for (verb, _), v in used.items() if verb in ("get", "list"))
-    events = sum(v for (_, res), v in used.items() if res == "events")
-    writes = sum(v for (verb, res), v in used.items() if verb in ("create", "patch", "update", "delete") and res != "events")
-    print(f"gridop session start on the API emulator: {n} sessions created at once")
-    print(f"  creation -> pod created: p50 {statistics.median(to_pod)*1000:7.0f} ms   p99 {pct(to_pod, .99)*1000:7.0f} ms")
-    print(f"  creation -> Ready      : p50 {statistics.median(to_ready)*1000:7.0f} ms   p99 {pct(to_ready, .99)*1000:7.0f} ms"
-          f"   max {max(to_ready)*1000:7.0f} ms")
-    print(f"  all {n} Ready after {span:.2f} s ({n/span:.0f} sessions/s)")
-    print(f"  API requests per session start: {reads/n:.2f} reads, {writes/n:.2f} writes (+ {events/n:.2f} Events)")
-    print("    by verb and resource: " + ", ".join(f"{verb} {res} {v/n:.2f}" for (verb, res), v in sorted(used.items())))
-    print(f"  operator CPU: {op_cpu:.1f} s ({op_cpu / n * 1000:.1f} ms per session start)")
-    print(f"  operator RSS: idle {idle_rss/1024:.0f} MiB, with {n} sessions {rss/1024:.0f} MiB (peak {hwm/1024:.0f} MiB)")
+    async def __aexit__(self, *exc: object) -> None:
+        for task in self.kubelets:
+            task.cancel()
+        if getattr(self, "operator", None) is not None:
+            assert self.operator is not None
+            self.operator.terminate()
+            self.operator.wait(timeout=30)
+        await self.api.close()
+        self.emulator.terminate()
+        self.emulator.wait(timeout=10)
+        self.tmp.cleanup()
+
+
+async def watch(world: World, resource: Any, on_event: Callable[[str, dict[str, Any]], None]) -> Informer:
+    informer = Informer(world.api, resource, [NS])
+    informer.add_listener(on_event)
+    await informer.start()
+    await informer.synced.wait()
+    return informer
+
+
+async def apply_all(n: int, create: Callable[[int], Awaitable[None]]) -> None:
+    """Objects 0..n-1 created by APPLIERS parallel appliers, as `kubectl apply` runs would."""
+    async def applier(k: int) -> None:
+        for i in range(k, n, APPLIERS):
+            await create(i)
+
+    await asyncio.gather(*(applier(k) for k in range(APPLIERS)))
+
+
+# -- sessions ----------------------------------------------------------------------------------
+
+async def sessions_round(tree: pathlib.Path | None, n: int) -> dict[str, Any]:
+    """All Ready after (s) for gridop from `tree`, or for the floor (tree None)."""
+    async with World(tree or ROOT, None) as world:
+        created: dict[str, float] = {}
+        ready: dict[str, float] = {}
+        done = asyncio.Event()
+
+        def on_pod(kind: str, pod: dict[str, Any]) -> None:
+            name = pod["metadata"]["name"]
+            if kind == "ADDED":
+                world.binds.put_nowait(name)
+            conditions = (pod.get("status") or {}).get("conditions") or []
+            if tree is None and name not in ready and any(c.get("type") == "Ready" and c.get("status") == "True"
+                                                          for c in conditions):
+                ready[name] = time.perf_counter()
+                if len(ready) == n:
+                    done.set()
+
+        def on_session(kind: str, gs: dict[str, Any]) -> None:
+            name = gs["metadata"]["name"]
+            conditions = (gs.get("status") or {}).get("conditions") or []
+            if name not in ready and any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+                ready[name] = time.perf_counter()
+                if len(ready) == n:
+                    done.set()
+
+        informers = [await watch(world, resources.PODS, on_pod)]
+        if tree is not None:
+            informers.append(await watch(world, resources.GRIDSESSIONS, on_session))
+            world.start_operator()
+            await asyncio.sleep(4)  # started, caches synced, signing keys created
+            before, cpu0 = scrape(world.port), cpu_seconds(world.operator.pid)  # type: ignore[union-attr]
+
+        async def create_session(i: int) -> None:
+            name = f"s{i:04d}"
+            created[name] = time.perf_counter()
+            await world.api.create(resources.GRIDSESSIONS, {"metadata": {"name": name}, "spec": {
+                "user": "bench", "node": "w1", "config": {"airgen": {}, "grid": {}}}}, NS)
+
+        async def create_children(i: int) -> None:  # what one session makes, created directly
+            name = f"s{i:04d}"
+            created[name] = time.perf_counter()
+            meta = {"name": name, "labels": {"bench": name}}
+            await world.api.create(resources.CONFIGMAPS, {"metadata": meta, "data": {"session.json": "{}"}}, NS)
+            await world.api.create(resources.SECRETS, {"metadata": {**meta, "name": f"{name}-token"},
+                                                       "data": {"token": "eA=="}}, NS)
+            await world.api.create(resources.SERVICES, {"metadata": meta, "spec": {
+                "selector": {"bench": name}, "ports": [{"name": "http", "port": 8080}]}}, NS)
+            await world.api.create(resources.PODS, {"metadata": meta, "spec": {
+                "containers": [{"name": "session", "image": "busybox:1.36"}]}}, NS)
+
+        await apply_all(n, create_session if tree is not None else create_children)
+        await asyncio.wait_for(done.wait(), timeout=900)
+        span = max(ready.values()) - min(created.values())
+        result: dict[str, Any] = {"span": span, "ready": [ready[k] - created[k] for k in created]}
+        if tree is not None:
+            await asyncio.sleep(2.5)  # deferred writes and echoes settle, then count
+            after = scrape(world.port)
+            result["requests"] = delta(requests(after), requests(before))
+            result["cpu"] = cpu_seconds(world.operator.pid) - cpu0  # type: ignore[union-attr]
+        for informer in informers:
+            await informer.stop()
+        return result
+
+
+def report_sessions(n: int, results: dict[str, list[dict[str, Any]]], labels: dict[str, str]) -> None:
+    print(f"\n{n} GridSessions applied by {APPLIERS} appliers ({len(results['floor'])} rounds, interleaved)")
+    print(f"  {'':40}{'all Ready after (s): min / median / max':>42}{'x floor (median)':>18}")
+    floor = statistics.median(r["span"] for r in results["floor"])
+    for key, rounds in results.items():
+        spans = sorted(r["span"] for r in rounds)
+        print(f"  {labels[key]:40}{spans[0]:>18.2f} / {statistics.median(spans):.2f} / {spans[-1]:.2f}"
+              f"{statistics.median(spans) / floor:>18.2f}")
+    for key, rounds in results.items():
+        if key == "floor":
+            continue
+        last = rounds[-1]
+        reads, writes = split(last["requests"])
+        ready = last["ready"]
+        print(f"  {labels[key]}: creation -> Ready p50 {statistics.median(ready)*1000:.0f} ms, p99 "
+              f"{pct(ready, .99)*1000:.0f} ms; per start {reads/n:.2f} reads, {writes/n:.2f} writes, "
+              f"{last['cpu'] / n * 1000:.1f} ms operator CPU")
+
+
+# -- batches and pools -------------------------------------------------------------------------
+
+async def objects_round(kind: str, tree: pathlib.Path, n: int, redis_url: str, window: float) -> dict[str, Any]:
+    from gridop.client.tasks import AsyncGridConnector
+
+    resource = resources.TASKBATCHES if kind == "batches" else resources.TASKPOOLS
+    async with World(tree, redis_url) as world:
+        serving: set[str] = set()
+        done = asyncio.Event()
+
+        def on_object(event: str, obj: dict[str, Any]) -> None:
+            st = obj.get("status") or {}
+            if st.get("workers") and (kind == "pools" or st.get("phase") == "Running"):
+                serving.add(obj["metadata"]["name"])
+                if len(serving) == n:
+                    done.set()
+
+        informer = await watch(world, resource, on_object)
+        world.start_operator()
+        await asyncio.sleep(4)
+        started = time.perf_counter()
+
+        async def create(i: int) -> None:
+            spec: dict[str, Any] = {"handler": "bench.handlers:zero", "workers": {"max": 4, "tasksPerWorker": 10}}
+            await world.api.create(resource, {"apiVersion": "gridop.io/v1alpha1", "kind": resource.kind,
+                                              "metadata": {"name": f"o{i:04d}"}, "spec": spec}, NS)
+
+        await apply_all(n, create)
+        config = {"redis_url": redis_url, "namespace": NS}
+        async with AsyncGridConnector(config) as client:
+            for i in range(n):
+                if kind == "batches":
+                    await client.send([{"n": k} for k in range(10)], session_id=f"o{i:04d}")
+                else:
+                    async with AsyncGridConnector({**config, "pool": f"o{i:04d}"}) as pooled:
+                        await pooled.send([{"n": k} for k in range(10)])
+        await asyncio.wait_for(done.wait(), timeout=600)
+        to_serving = time.perf_counter() - started
+        await asyncio.sleep(3)  # settle
+        assert world.operator is not None
+        before, cpu0 = scrape(world.port), cpu_seconds(world.operator.pid)
+        await asyncio.sleep(window)
+        after, cpu1 = scrape(world.port), cpu_seconds(world.operator.pid)
+        await informer.stop()
+        used = delta(requests(after), requests(before))
+        label = "TaskBatch" if kind == "batches" else "TaskPool"
+        return {"serving": to_serving, "requests": used, "cpu": cpu1 - cpu0,
+                "passes": passes(after, label) - passes(before, label)}
+
+
+def report_objects(kind: str, n: int, window: float, results: dict[str, list[dict[str, Any]]],
+                   labels: dict[str, str]) -> None:
+    what = "TaskBatches" if kind == "batches" else "TaskPools"
+    print(f"\n{n} {what} applied at once, 10 tasks each, no workers running them ({len(results['gridop'])} rounds, "
+          f"interleaved; then {window:.0f} s of running)")
+    print(f"  {'':34}{'all serving (s)':>18}{'reads/obj/min':>15}{'writes/obj/min':>16}{'CPU ms/obj/min':>16}"
+          f"{'CPU ms/pass':>13}")
+    per_min = 60.0 / window / n
+    for key, rounds in results.items():
+        for r in rounds:
+            reads, writes = split(r["requests"])
+            cpu_pass = f"{r['cpu'] / r['passes'] * 1000:.2f}" if r["passes"] else "-"
+            print(f"  {labels[key]:34}{r['serving']:>18.2f}{reads * per_min:>15.2f}{writes * per_min:>16.2f}"
+                  f"{r['cpu'] * 1000 * per_min:>16.1f}{cpu_pass:>13}")
+
+
+def unpack(revision: str, into: pathlib.Path) -> pathlib.Path:
+    from bench.rtt_floor import unpack as unpack_tree
+
+    return unpack_tree(revision, into)
+
+
+async def main(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = {"gridop": ROOT}
+        labels = {"floor": "floor (the children, created directly)", "gridop": "gridop"}
+        if args.baseline:
+            trees["baseline"] = unpack(args.baseline, pathlib.Path(tmp))
+            labels["baseline"] = f"gridop at {args.baseline}"
+        redis_proc = None
+        if args.kind != "sessions":
+            port = free_port()
+            redis_proc = start_redis(port, tmp)
+        try:
+            for n in args.count:
+                results: dict[str, list[dict[str, Any]]] = {}
+                for r in range(args.rounds):
+                    if args.kind == "sessions":
+                        results.setdefault("floor", []).append(await sessions_round(None, n))
+                    for key, tree in trees.items():
+                        if args.kind == "sessions":
+                            results.setdefault(key, []).append(await sessions_round(tree, n))
+                        else:
+                            url = f"redis://127.0.0.1:{port}/{r % 8}"
+                            import redis as sync_redis
+
+                            sync_redis.Redis.from_url(url).flushdb()
+                            results.setdefault(key, []).append(
+                                await objects_round(args.kind, tree, n, url, args.window))
+                if args.kind == "sessions":
+                    report_sessions(n, results, labels)
+                else:
+                    report_objects(args.kind, n, args.window, results, labels)
+        finally:
+            if redis_proc is not None:
+                redis_proc.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    redis_proc.wait(timeout=10)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sessions", type=int, nargs="+", default=[50])
-    asyncio.run(main(parser.parse_args().sessions))
+    parser.add_argument("--kind", choices=["sessions", "batches", "pools"], default="sessions")
+    parser.add_argument("--count", "--sessions", type=int, nargs="+", default=[50], help="objects applied at once")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of each (interleaved)")
+    parser.add_argument("--window", type=float, default=30.0, help="batches/pools: seconds of running measured")
+    parser.add_argument("--baseline", metavar="REVISION", help="also run gridop at this git revision (interleaved)")
+    asyncio.run(main(parser.parse_args()))

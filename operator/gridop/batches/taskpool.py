@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -60,6 +61,7 @@ class TaskPoolReconciler:
             await self.writer.release(body)  # a finalizer an earlier gridop version put there
             self.forget(namespace, name)
             return None
+        started = time.perf_counter()
         spec = TaskPoolSpec.model_validate(body["spec"])
         status = TaskPoolStatus.model_validate(body.get("status") or {})
         store = self.data.store(namespace)
@@ -82,6 +84,7 @@ class TaskPoolReconciler:
         new = pool_status(body["metadata"], status, sessions, counts, replicas, ready, error, self.clock())
         await self.writer.status(body, new.to_kube(),
                                  urgent=[c.status for c in status.conditions] != [c.status for c in new.conditions])
+        metrics.RECONCILE_SECONDS.labels("TaskPool").observe(time.perf_counter() - started)
         return BUSY_RESYNC if counts.pending + counts.retrying + counts.processing else IDLE_RESYNC
 
     async def _apply_deployment(self, body: Mapping[str, Any], spec: TaskPoolSpec, replicas: int) -> int:

@@ -164,52 +164,97 @@ def decide(
     return d
 
 
+@dataclasses.dataclass
+class _Pass:
+    """One decision in the making: what it reads, and the Decision it fills in."""
+
+    session: GridSession
+    observed: Observed
+    now: datetime.datetime
+    settings: Settings
+    d: Decision
+
+    @property
+    def st(self) -> GridSessionStatus:
+        return self.d.status
+
+    @property
+    def gen(self) -> int | None:
+        return self.session.metadata.get("generation")
+
+    def ready(self, ok: bool, reason: str, message: str) -> None:
+        _ready(self.d, ok, reason, message, self.now, self.gen)
+
+    def scheduled(self, ok: bool, reason: str, message: str) -> None:
+        _scheduled(self.d, ok, reason, message, self.now, self.gen)
+
+
 def _decide(
     session: GridSession, observed: Observed, *, now: datetime.datetime, settings: Settings
 ) -> Decision:
-    prev = session.status
-    gen = session.metadata.get("generation")
-    d = Decision(status=prev.model_copy(deep=True))
-    st = d.status
-    st.observed_generation = gen
-    name = session.metadata["name"]
-    if settings.gateway_url:
-        base = settings.gateway_url.rstrip("/")
-        ns = session.metadata.get("namespace", "default")
-        st.console = ConsoleURLs(interact=f"{base}/interact/{ns}/{name}", tail=f"{base}/tail/{ns}/{name}")
+    """The session's life, stage by stage: each stage returns True when the decision is made."""
+    d = Decision(status=session.status.model_copy(deep=True))
+    d.status.observed_generation = session.metadata.get("generation")
+    p = _Pass(session, observed, now, settings, d)
+    _console_urls(p)
+    for stage in (_terminal, _stopping, _attachments_and_deadlines, _placement, _rejected, _children,
+                  _without_pod, _pod_in_the_way, _pod_lost_or_outdated, _scheduling, _pod_progress):
+        if stage(p):
+            break
+    return d
 
-    # Terminal phases: keep the pod gone, then honour the TTL.
-    if Phase(st.phase).is_terminal:
-        st.attached_clients = []
-        if observed.pod is not None and not observed.pod["metadata"].get("deletionTimestamp"):
+
+def _console_urls(p: _Pass) -> None:
+    if p.settings.gateway_url:
+        base = p.settings.gateway_url.rstrip("/")
+        ns, name = p.session.metadata.get("namespace", "default"), p.session.metadata["name"]
+        p.st.console = ConsoleURLs(interact=f"{base}/interact/{ns}/{name}", tail=f"{base}/tail/{ns}/{name}")
+
+
+def _terminal(p: _Pass) -> bool:
+    """Stopped or Failed: keep the pod gone, then honour the TTL."""
+    st, d = p.st, p.d
+    if not Phase(st.phase).is_terminal:
+        return False
+    st.attached_clients = []
+    if p.observed.pod is not None and not p.observed.pod["metadata"].get("deletionTimestamp"):
+        d.actions.append(Do.DELETE_POD)
+    if p.session.spec.ttl_seconds_after_stopped is not None and st.stop_time is not None:
+        expires = st.stop_time + datetime.timedelta(seconds=p.session.spec.ttl_seconds_after_stopped)
+        if p.now >= expires:
+            d.actions.append(Do.DELETE_SESSION)
+        else:
+            d.requeue((expires - p.now).total_seconds())
+    return True
+
+
+def _stopping(p: _Pass) -> bool:
+    """Stopping: the pod goes, then the session is Stopped."""
+    st, d = p.st, p.d
+    if st.phase != Phase.STOPPING:
+        return False
+    if p.observed.pod is not None:
+        if not p.observed.pod["metadata"].get("deletionTimestamp"):
             d.actions.append(Do.DELETE_POD)
-        if session.spec.ttl_seconds_after_stopped is not None and st.stop_time is not None:
-            expires = st.stop_time + datetime.timedelta(seconds=session.spec.ttl_seconds_after_stopped)
-            if now >= expires:
-                d.actions.append(Do.DELETE_SESSION)
-            else:
-                d.requeue((expires - now).total_seconds())
-        return d
+        d.requeue(FAST_REQUEUE)
+        return True
+    st.phase = Phase.STOPPED
+    st.stop_time = p.now
+    st.pod_name = st.pod_uid = None
+    ready = find_condition(st.conditions, READY)
+    reason = ready.reason if ready else "Stopped"
+    message = ready.message if ready else "session stopped"
+    p.ready(False, reason, message)
+    d.events.append(Event("Normal", "Stopped", f"session stopped ({reason})"))
+    if p.session.spec.ttl_seconds_after_stopped is not None:
+        d.requeue(float(p.session.spec.ttl_seconds_after_stopped))
+    return True
 
-    if st.phase == Phase.STOPPING:
-        if observed.pod is not None:
-            if not observed.pod["metadata"].get("deletionTimestamp"):
-                d.actions.append(Do.DELETE_POD)
-            d.requeue(FAST_REQUEUE)
-            return d
-        st.phase = Phase.STOPPED
-        st.stop_time = now
-        st.pod_name = st.pod_uid = None
-        ready = find_condition(st.conditions, READY)
-        reason = ready.reason if ready else "Stopped"
-        message = ready.message if ready else "session stopped"
-        _ready(d, False, reason, message, now, gen)
-        d.events.append(Event("Normal", "Stopped", f"session stopped ({reason})"))
-        if session.spec.ttl_seconds_after_stopped is not None:
-            d.requeue(float(session.spec.ttl_seconds_after_stopped))
-        return d
 
-    # Attachments (leases): report the live ones, prune the lapsed ones, wake when the next lapses.
+def _attachments_and_deadlines(p: _Pass) -> bool:
+    """Attachments (leases): report the live ones, prune the lapsed ones, wake when the next lapses.
+    Then activity and deadlines, for a session that has started: stop one that is due."""
+    session, st, d, now = p.session, p.st, p.d, p.now
     recorded = attachments.parse(session.metadata.get("annotations"))
     st.attached_clients = attachments.live(recorded, now)
     d.expired_attachments = [attachments.PREFIX + a.client for a in recorded if a.expires <= now]
@@ -218,61 +263,72 @@ def _decide(
     if st.attached_clients:
         d.requeue(max(0.0, (min(a.expires for a in st.attached_clients) - now).total_seconds()) + 0.05)
 
-    # Activity and deadlines, for a session that has started.
     st.last_active_time = last_active_time(session.model_copy(update={"status": st}), now)
-    if st.phase in ACTIVE_PHASES:
-        why = stop_reason(session, st, now)
-        if why is None and session.spec.close_when_unused and prev.attached_clients and not st.attached_clients:
-            why = "Unused", "the last attached client detached or lapsed (closeWhenUnused)"
-        if why is not None:
-            reason, message = why
-            st.phase = Phase.STOPPING
-            _ready(d, False, reason, message, now, gen)
-            d.events.append(Event("Normal", reason, message))
-            if observed.pod is not None:
-                d.actions.append(Do.DELETE_POD)
-            d.requeue(FAST_REQUEUE)
-            return d
+    if st.phase not in ACTIVE_PHASES:
+        return False
+    why = stop_reason(session, st, now)
+    if why is None and session.spec.close_when_unused and session.status.attached_clients and not st.attached_clients:
+        why = "Unused", "the last attached client detached or lapsed (closeWhenUnused)"
+    if why is None:
+        return False
+    reason, message = why
+    st.phase = Phase.STOPPING
+    p.ready(False, reason, message)
+    d.events.append(Event("Normal", reason, message))
+    if p.observed.pod is not None:
+        d.actions.append(Do.DELETE_POD)
+    d.requeue(FAST_REQUEUE)
+    return True
 
-    # Things only the operator can check: placement and the signing key.
+
+def _placement(p: _Pass) -> bool:
+    """What only the operator can check: the pinned node, a selector's nodes, the signing key."""
+    session, observed, st, d = p.session, p.observed, p.st, p.d
     if session.spec.node and observed.pinned_node is None:
         st.phase = Phase.PENDING if observed.pod is None else st.phase
         msg = f"node {session.spec.node!r} does not exist; fix spec.node or add the node"
-        _scheduled(d, False, "NodeNotFound", msg, now, gen)
-        _ready(d, False, "NodeNotFound", msg, now, gen)
+        p.scheduled(False, "NodeNotFound", msg)
+        p.ready(False, "NodeNotFound", msg)
         d.requeue(PLACEMENT_RETRY)
         if observed.pod is None:
-            return d
+            return True
     if session.spec.node_selector and observed.matching_nodes == 0 and observed.pod is None:
         st.phase = Phase.PENDING
         sel = ",".join(f"{k}={v}" for k, v in sorted(session.spec.node_selector.items()))
         msg = f"no node matches spec.nodeSelector {sel}"
-        _scheduled(d, False, "NoMatchingNode", msg, now, gen)
-        _ready(d, False, "NoMatchingNode", msg, now, gen)
+        p.scheduled(False, "NoMatchingNode", msg)
+        p.ready(False, "NoMatchingNode", msg)
         d.requeue(PLACEMENT_RETRY)
-        return d
+        return True
     if observed.signing_key_error is not None:
-        msg = f"cannot sign the session token: {observed.signing_key_error}"
-        _ready(d, False, "SigningKeyUnavailable", msg, now, gen)
+        p.ready(False, "SigningKeyUnavailable", f"cannot sign the session token: {observed.signing_key_error}")
         st.phase = Phase.PENDING if observed.pod is None else st.phase
         d.requeue(PLACEMENT_RETRY)
         if observed.pod is None:
-            return d
+            return True
+    return False
 
-    if observed.rejected is not None:
-        # Creating it again would be refused again: wait for a new spec.
-        msg = f"the API server refused {observed.rejected}; fix the session's spec"
-        st.phase = Phase.PENDING if observed.pod is None else st.phase
-        _ready(d, False, "SpecRejected", msg, now, gen)
-        d.events.append(Event("Warning", "SpecRejected", msg))
-        return d
 
-    # Children that must exist before the pod can start.
+def _rejected(p: _Pass) -> bool:
+    """A child of this generation the API server refused: creating it again would be refused
+    again, so wait for a new spec."""
+    if p.observed.rejected is None:
+        return False
+    msg = f"the API server refused {p.observed.rejected}; fix the session's spec"
+    p.st.phase = Phase.PENDING if p.observed.pod is None else p.st.phase
+    p.ready(False, "SpecRejected", msg)
+    p.d.events.append(Event("Warning", "SpecRejected", msg))
+    return True
+
+
+def _children(p: _Pass) -> bool:
+    """The children that must exist before the pod can start: ConfigMap, token Secret, Service."""
+    session, observed, st, d, now = p.session, p.observed, p.st, p.d, p.now
     if not plan.config_map_current(session, observed.config_map):
         d.actions.append(Do.APPLY_CONFIG_MAP)
     st.config_map_name = plan.config_map_name(session)
     if observed.signing_key_error is None:
-        renew_at = _renew_at(observed.token_expires, token_lifetime(session, settings))
+        renew_at = _renew_at(observed.token_expires, token_lifetime(session, p.settings))
         if renew_at is None or now >= renew_at:
             d.actions.append(Do.ISSUE_TOKEN)
         elif renew_at is not None:
@@ -283,72 +339,98 @@ def _decide(
         if observed.service is None or observed.service.get("spec", {}).get("ports") != desired_service["spec"]["ports"]:
             d.actions.append(Do.APPLY_SERVICE)
         st.service_name = plan.service_name(session)
+    return False
 
-    pod = observed.pod
-    if pod is None:
-        if st.pod_name is not None and st.phase in ACTIVE_PHASES:
-            _lose_pod(d, session, "PodLost", f"pod {st.pod_name!r} was deleted", now, gen)
-            if st.phase == Phase.FAILED:
-                return d
-        d.actions.append(Do.CREATE_POD)
-        if st.phase == Phase.PENDING or st.phase not in ACTIVE_PHASES:
-            st.phase = Phase.STARTING
-            _ready(d, False, "PodCreating", f"creating pod {plan.pod_name(session)!r}", now, gen)
-        d.requeue(FAST_REQUEUE)
-        return d
 
-    meta = pod.get("metadata", {})
-    if not plan.is_owned_by(pod, session):
+def _without_pod(p: _Pass) -> bool:
+    """No pod: create it (a lost one counts against the recovery budget)."""
+    st, d = p.st, p.d
+    if p.observed.pod is not None:
+        return False
+    if st.pod_name is not None and st.phase in ACTIVE_PHASES:
+        _lose_pod(d, p.session, "PodLost", f"pod {st.pod_name!r} was deleted", p.now, p.gen)
+        if st.phase == Phase.FAILED:
+            return True
+    d.actions.append(Do.CREATE_POD)
+    if st.phase == Phase.PENDING or st.phase not in ACTIVE_PHASES:
+        st.phase = Phase.STARTING
+        p.ready(False, "PodCreating", f"creating pod {plan.pod_name(p.session)!r}")
+    d.requeue(FAST_REQUEUE)
+    return True
+
+
+def _pod_in_the_way(p: _Pass) -> bool:
+    """A pod of the session's name that is not its own, or its old pod still going."""
+    meta = (p.observed.pod or {}).get("metadata", {})
+    if not plan.is_owned_by(p.observed.pod or {}, p.session):
         msg = f"a pod named {meta.get('name')!r} exists and is not owned by this session; delete or rename it"
-        _ready(d, False, "NameConflict", msg, now, gen)
-        d.requeue(PLACEMENT_RETRY)
-        return d
+        p.ready(False, "NameConflict", msg)
+        p.d.requeue(PLACEMENT_RETRY)
+        return True
     if meta.get("deletionTimestamp"):
-        d.requeue(FAST_REQUEUE)  # wait for the old pod to go before making a new one
-        return d
+        p.d.requeue(FAST_REQUEUE)  # wait for the old pod to go before making a new one
+        return True
+    return False
 
+
+def _pod_lost_or_outdated(p: _Pass) -> bool:
+    """The session's pod: lost (node gone, evicted, failed) or made from an older spec."""
+    st, d = p.st, p.d
+    pod = p.observed.pod or {}
+    meta = pod.get("metadata", {})
     st.pod_name = meta.get("name")
     st.pod_uid = meta.get("uid")
-    loss = _pod_loss(session, observed)
+    loss = _pod_loss(p.session, p.observed)
     if loss is not None:
         reason, message = loss
         d.actions.append(Do.FORCE_DELETE_POD if reason == "NodeLost" else Do.DELETE_POD)
-        _lose_pod(d, session, reason, message, now, gen)
-        return d
-
-    desired_hash = plan.template_hash(plan.pod_spec(session, settings))
+        _lose_pod(d, p.session, reason, message, p.now, p.gen)
+        return True
+    desired_hash = plan.template_hash(plan.pod_spec(p.session, p.settings))
     if meta.get("annotations", {}).get(plan.TEMPLATE_HASH) != desired_hash:
         d.actions.append(Do.DELETE_POD)
         st.phase = Phase.STARTING
-        _ready(d, False, "SpecChanged", "the workload changed; replacing the pod", now, gen)
+        p.ready(False, "SpecChanged", "the workload changed; replacing the pod")
         d.events.append(Event("Normal", "SpecChanged", "the workload changed; replacing the pod"))
         d.requeue(FAST_REQUEUE)
-        return d
+        return True
+    return False
 
-    pst = pod.get("status", {})
+
+def _scheduling(p: _Pass) -> bool:
+    """Where the pod runs; a pod not yet bound to a node waits (or says why it cannot be)."""
+    st, d = p.st, p.d
+    pod = p.observed.pod or {}
     node_name = pod.get("spec", {}).get("nodeName")
     if node_name:
         st.node_name = node_name
-        st.node_ip = pst.get("hostIP") or st.node_ip
-        _scheduled(d, True, "Scheduled", f"pod {st.pod_name!r} is on node {node_name!r}", now, gen)
+        st.node_ip = pod.get("status", {}).get("hostIP") or st.node_ip
+        p.scheduled(True, "Scheduled", f"pod {st.pod_name!r} is on node {node_name!r}")
+        return False
+    sched = _pod_condition(pod, "PodScheduled")
+    if sched is not None and sched.get("status") == "False":
+        p.scheduled(False, sched.get("reason") or "Unschedulable", sched.get("message", ""))
+        p.ready(False, "Unschedulable", sched.get("message", "pod cannot be scheduled"))
     else:
-        sched = _pod_condition(pod, "PodScheduled")
-        if sched is not None and sched.get("status") == "False":
-            _scheduled(d, False, sched.get("reason") or "Unschedulable", sched.get("message", ""), now, gen)
-            _ready(d, False, "Unschedulable", sched.get("message", "pod cannot be scheduled"), now, gen)
-        else:
-            _ready(d, False, "PodPending", f"waiting for pod {st.pod_name!r} to be scheduled", now, gen)
-        st.phase = Phase.STARTING
-        d.requeue(settings.resync_seconds)
-        return d
+        p.ready(False, "PodPending", f"waiting for pod {st.pod_name!r} to be scheduled")
+    st.phase = Phase.STARTING
+    d.requeue(p.settings.resync_seconds)
+    return True
 
+
+def _pod_progress(p: _Pass) -> bool:
+    """A bound pod: its workload completed, running and ready, or still starting."""
+    st, d, now = p.st, p.d, p.now
+    pod = p.observed.pod or {}
+    pst = pod.get("status", {})
+    node_name = pod.get("spec", {}).get("nodeName")
     if pst.get("phase") == "Succeeded":
         st.phase = Phase.STOPPED
         st.stop_time = now
         st.pod_name = st.pod_uid = None
-        _ready(d, False, "WorkloadCompleted", "the session workload exited successfully", now, gen)
+        p.ready(False, "WorkloadCompleted", "the session workload exited successfully")
         d.events.append(Event("Normal", "WorkloadCompleted", "the session workload exited successfully"))
-        return d
+        return True
 
     pod_ready = (_pod_condition(pod, "Ready") or {}).get("status") == "True"
     if pst.get("phase") == "Running" and pod_ready:
@@ -356,16 +438,16 @@ def _decide(
             d.events.append(Event("Normal", "Running", f"session running on node {node_name!r}"))
         st.phase = Phase.RUNNING
         st.start_time = st.start_time or now
-        st.last_active_time = last_active_time(session.model_copy(update={"status": st}), now)
-        if observed.pod_node is not None and not _node_ready(observed.pod_node):
-            _ready(d, False, "NodeNotReady", f"node {node_name!r} is not ready; the pod may be evicted", now, gen)
+        st.last_active_time = last_active_time(p.session.model_copy(update={"status": st}), now)
+        if p.observed.pod_node is not None and not _node_ready(p.observed.pod_node):
+            p.ready(False, "NodeNotReady", f"node {node_name!r} is not ready; the pod may be evicted")
         else:
-            _ready(d, True, "Running", f"session running on node {node_name!r} ({st.node_ip or 'no IP yet'})", now, gen)
-        d.requeue(settings.resync_seconds)
-        deadline = next_deadline(session, st, now)
+            p.ready(True, "Running", f"session running on node {node_name!r} ({st.node_ip or 'no IP yet'})")
+        d.requeue(p.settings.resync_seconds)
+        deadline = next_deadline(p.session, st, now)
         if deadline is not None:
             d.requeue(deadline)
-        return d
+        return True
 
     st.phase = Phase.STARTING
     waiting = next(
@@ -373,9 +455,9 @@ def _decide(
         None,
     ) or {}
     reason = waiting.get("reason") or "ContainerStarting"
-    _ready(d, False, reason, waiting.get("message") or f"waiting for pod {st.pod_name!r} to become ready", now, gen)
-    d.requeue(FAST_REQUEUE if not waiting else settings.resync_seconds / 3)
-    return d
+    p.ready(False, reason, waiting.get("message") or f"waiting for pod {st.pod_name!r} to become ready")
+    d.requeue(FAST_REQUEUE if not waiting else p.settings.resync_seconds / 3)
+    return True
 
 
 def token_lifetime(session: GridSession, settings: Settings) -> datetime.timedelta:
