@@ -140,6 +140,10 @@ def test_cluster_rbac_grants_what_the_operator_does_and_no_wildcards() -> None:
         ("coordination.k8s.io", "leases", "update"),
         ("gridop.io", "taskbatches", "watch"), ("gridop.io", "taskbatches/status", "patch"),
         ("batch", "jobs", "create"), ("batch", "jobs", "patch"),
+        # the batch and pool controllers' caches, and a batch's finalizer
+        ("batch", "jobs", "list"), ("batch", "jobs", "watch"), ("apps", "deployments", "list"),
+        ("apps", "deployments", "watch"), ("apps", "deployments", "create"), ("apps", "deployments", "patch"),
+        ("gridop.io", "taskbatches", "patch"), ("gridop.io", "taskpools", "watch"), ("gridop.io", "taskpools/status", "patch"),
     }
     assert needed <= rules, needed - rules
     assert not any("*" in part for rule in rules for part in rule)

@@ -65,6 +65,8 @@ BLOCKS: dict[tuple[str, str], tuple[str, str]] = {
     ("docs/htc-grid.md", "-from api.connector import AWSConnector"): (
         RUN, "HTC-Grid's clients with this one change run in tests/integration/test_htcgrid_clients.py"),
     ("docs/htc-grid.md", "# kubectl apply -n team-a -f taskpool.yaml"): (RUN, "test_every_yaml_object_is_admitted"),
+    ("docs/operations.md", ".venv/bin/python -m bench.session_start --kind sessions --count 200 1000"): (
+        RUN, "test_operations_page.py::test_the_benchmark_commands_run (a few objects, one round)"),
     ("docs/operations.md", "helm upgrade --install gridop charts/gridop -n gridop-system --create-namespace"): (
         CLUSTER, "installs into a cluster; the chart with its defaults renders and lints in tests/chart"),
     ("docs/operations.md", "kubectl label node worker-1 gridop.io/resource-node=true"): (

@@ -37,12 +37,14 @@ app.kubernetes.io/component: operator
 - apiGroups: [gridop.io]
   resources: [gridsessions/finalizers, taskbatches/finalizers, taskpools/finalizers]
   verbs: [update]
+# Batch and pool workers. list/watch feed the controllers' caches (label-selected:
+# gridop.io/taskbatch, gridop.io/taskpool).
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, create, delete, patch]

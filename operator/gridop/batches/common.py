@@ -81,6 +81,7 @@ class ObjectWriter:
         now = asyncio.get_running_loop().time()
         if not patch or (not urgent and now - self._written.get(key, float("-inf")) < self.min_interval):
             return False
+        log.debug("%s %s/%s: status %s", self.resource.kind, meta["namespace"], meta["name"], patch)
         try:
             answer = await self.client.patch(self.resource, meta["name"], {"status": patch}, meta["namespace"],
                                              subresource="status")

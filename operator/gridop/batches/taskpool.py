@@ -3,7 +3,8 @@
 A pass reads the pool and its Deployment from the caches (never the API server), reads the
 counters of the pool's sessions from Redis (its workers sweep them), scales the Deployment (and
 patches its template when the spec changed it), and writes the status at a bounded rate. A pool
-with work asks for its next pass in 2 s, an idle one in 5 s; the key's timer brings it.
+asks for its next pass a second later, busy or idle (tasks sent to an idle pool reach it through
+Redis, where no watch event announces them); the key's timer brings it.
 
 Pools hold no data of their own beyond their sessions, which their clients own: a pool carries no
 finalizer (one left by an earlier gridop version is taken off when the pool is deleted).
@@ -32,7 +33,7 @@ from .workers import POOL_LABEL, deployment_name, pool_deployment
 
 log = logging.getLogger(__name__)
 
-BUSY_RESYNC, IDLE_RESYNC = 2.0, 5.0
+RESYNC = 1.0  # seconds between a pool's passes: how soon new work scales its workers
 
 
 class TaskPoolReconciler:
@@ -85,7 +86,7 @@ class TaskPoolReconciler:
         await self.writer.status(body, new.to_kube(),
                                  urgent=[c.status for c in status.conditions] != [c.status for c in new.conditions])
         metrics.RECONCILE_SECONDS.labels("TaskPool").observe(time.perf_counter() - started)
-        return BUSY_RESYNC if counts.pending + counts.retrying + counts.processing else IDLE_RESYNC
+        return RESYNC
 
     async def _apply_deployment(self, body: Mapping[str, Any], spec: TaskPoolSpec, replicas: int) -> int:
         """Create or scale the pool's Deployment (its template is patched when the spec changes it);

@@ -13,9 +13,7 @@ at capacity), upstream stream (502/503). Only then is the client's websocket acc
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import dataclasses
 import datetime
 import json
 import logging
@@ -35,12 +33,12 @@ from ..api import console as wire
 from ..api.v1alpha1 import utcnow
 from ..auth.keystore import PublicKeySource
 from ..kube import KubeClient, KubeError, resources
-from ..kube.events import EventRecorder
 from ..kube.informer import Informer
-from ..sessions.plan import LAST_ACTIVE_ANNOTATION
 from ..settings import Settings
 from . import channels
+from .activity import Activity
 from .authz import Authorizer, Denied, KubeReviewer, Principal, Unavailable
+from .connections import Connection, Connections
 from .recording import Recording, header, recording_path
 from .requests import BadRequest, ConsoleRequest, bearer_token, offered_protocols, parse_request
 from .streams import ConsoleHub, UpstreamError, Viewer, pump_logs
@@ -66,20 +64,6 @@ def _upstream_failures(endpoint: str, what: str) -> Iterator[None]:
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         metrics.CONSOLE_UPSTREAM_ERRORS.labels(endpoint, "unreachable").inc()
         raise UpstreamError(503, f"the Kubernetes API is unreachable: {exc}") from exc
-
-
-@dataclasses.dataclass(eq=False)
-class Connection:
-    id: str
-    principal: Principal
-    request: ConsoleRequest
-    namespace: str
-    session: str
-    pod_uid: str | None
-    viewer: Viewer
-    peer: str | None
-    started: float = dataclasses.field(default_factory=time.monotonic)
-    started_at: datetime.datetime = dataclasses.field(default_factory=utcnow)
 
 
 @web.middleware
@@ -129,46 +113,28 @@ class Gateway:
             audience=settings.token_audience, token_audiences=settings.gateway_token_audiences,
             cache_seconds=settings.gateway_auth_cache_seconds,
         )
-        self.events = EventRecorder(client, component="gridop-gateway")
         self.hubs: dict[tuple[str, str], ConsoleHub] = {}
-        self.connections: dict[tuple[str, str], set[Connection]] = collections.defaultdict(set)
-        self.per_user: collections.Counter[str] = collections.Counter()
-        self.open_count = 0
-        self._touched: dict[tuple[str, str], float] = {}
-        self._background: set[asyncio.Task[Any]] = set()
+        self.activity = Activity(client, settings, clock)
+        self.connections = Connections(settings, self.activity, self.sessions.get, clock)
         self._janitor: asyncio.Task[None] | None = None
-        # Events go out through a bounded queue and a few posters: a burst of connections must not
-        # become a burst of API writes. Beyond the queue they are shed (the JSON audit line stays).
-        self._events: asyncio.Queue[tuple[dict[str, Any], str, str, str]] = asyncio.Queue(maxsize=1000)
-        self._posters: list[asyncio.Task[None]] = []
-        self._shed = 0
-        self.sessions.add_listener(self._session_changed)
+        self.sessions.add_listener(self.connections.session_changed)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         await self.sessions.start()
-        self._janitor = asyncio.create_task(self._sweep_forever())
-        self._posters = [asyncio.create_task(self._post_events()) for _ in range(4)]
+        self._janitor = asyncio.create_task(self.connections.sweep_forever())
+        self.activity.start()
 
     async def stop(self) -> None:
-        for conns in list(self.connections.values()):
-            for conn in list(conns):
-                conn.viewer.close(wire.CLOSE_GOING_AWAY, "gateway shutting down; reconnect")
-        waits = [c.viewer.closed.wait() for conns in self.connections.values() for c in conns]
-        if waits:
-            await asyncio.wait([asyncio.ensure_future(w) for w in waits], timeout=5)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._events.join(), 5)  # the closing Events of the connections just closed
-        for task in [self._janitor, *self._posters]:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await self.connections.close_all(wire.CLOSE_GOING_AWAY, "gateway shutting down; reconnect", wait=5)
+        if self._janitor is not None:
+            self._janitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._janitor
         for hub in list(self.hubs.values()):
             await hub.shutdown()
         await self.sessions.stop()
-        if self._background:
-            await asyncio.wait(list(self._background), timeout=5)
+        await self.activity.stop()  # the closing Events of the connections just closed, first
 
     @property
     def ready(self) -> bool:
@@ -271,10 +237,7 @@ class Gateway:
             raise Denied(409, f"session {name!r} is {phase}: its console opens when it is Running")
         if endpoint == "tail" and not pod:
             raise Denied(409, f"session {name!r} is {phase} and has no pod whose console could be tailed")
-        if self.open_count >= self.settings.gateway_max_connections:
-            raise Unavailable(f"the gateway holds its maximum of {self.settings.gateway_max_connections} connections; retry later")
-        if self.per_user[principal.user] >= self.settings.gateway_max_connections_per_user:
-            raise Denied(429, f"user {principal.user!r} already has {self.per_user[principal.user]} console connections open (the limit)")
+        self.connections.check_limits(principal)
         if endpoint == "interact":
             return await self._interact(request, ws, req, principal, namespace, name, session)
         return await self._tail(request, ws, req, principal, namespace, name, session)
@@ -303,14 +266,14 @@ class Gateway:
         except BaseException:
             if not hub.viewers:  # nobody joined: don't keep the upstream open for no one
                 self._hub_empty(hub)
-                self._spawn(hub.shutdown())
+                self.activity.spawn(hub.shutdown())
             raise
         await ws.prepare(request)
         viewer = self._viewer(request, ws, req, recording)
         hub.join(viewer, principal.user)
-        conn = self._register(conn_id, principal, req, namespace, name, session, viewer, request)
+        conn = self.connections.register(conn_id, principal, req, namespace, name, session, viewer, request)
         if req.mode == wire.MODE_INTERACTIVE:
-            self._touch(namespace, name)
+            self.activity.touch(namespace, name)
         try:
             async for msg in ws:
                 if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
@@ -321,7 +284,7 @@ class Gateway:
             hub.leave(viewer)
             if viewer.closing is None:
                 viewer.close(wire.CLOSE_NORMAL, hub.ended or "client closed")
-            await self._unregister(conn)
+            await self.connections.unregister(conn)
         return ws
 
     async def _attach(self, namespace: str, session: dict[str, Any]) -> aiohttp.ClientWebSocketResponse:
@@ -377,7 +340,7 @@ class Gateway:
         viewer.bytes_in += len(data)
         metrics.CONSOLE_BYTES.labels("interact", "in").inc(len(data))
         await hub.send_input(data)
-        self._touch(conn.namespace, conn.session)
+        self.activity.touch(conn.namespace, conn.session)
 
     # -- tail --------------------------------------------------------------------------------
     async def _tail(
@@ -408,7 +371,7 @@ class Gateway:
                 opening.result().release()
             raise
         viewer = self._viewer(request, ws, req, None)
-        conn = self._register(uuid.uuid4().hex[:12], principal, req, namespace, name, session, viewer, request)
+        conn = self.connections.register(uuid.uuid4().hex[:12], principal, req, namespace, name, session, viewer, request)
 
         async def drain_client() -> None:
             async for msg in ws:  # tail takes no input; this notices the client leaving
@@ -440,7 +403,7 @@ class Gateway:
                 opening.result().release()  # idempotent: also when pump_logs never got it
             if viewer.closing is None:
                 viewer.close(wire.CLOSE_NORMAL, "client closed")
-            await self._unregister(conn)
+            await self.connections.unregister(conn)
         return ws
 
     # -- connections -------------------------------------------------------------------------
@@ -454,65 +417,6 @@ class Gateway:
         viewer.start()
         return viewer
 
-    def _register(
-        self, conn_id: str, principal: Principal, req: ConsoleRequest, namespace: str, name: str,
-        session: dict[str, Any], viewer: Viewer, request: web.Request,
-    ) -> Connection:
-        conn = Connection(
-            id=conn_id, principal=principal, request=req, namespace=namespace, session=name,
-            pod_uid=(session.get("status") or {}).get("podUID"), viewer=viewer, peer=request.remote,
-        )
-        self.connections[(namespace, name)].add(conn)
-        self.per_user[principal.user] += 1
-        self.open_count += 1
-        metrics.CONSOLE_CONNECTIONS.labels(req.endpoint, viewer.mode).inc()
-        metrics.CONSOLE_CONNECTIONS_TOTAL.labels(req.endpoint, viewer.mode).inc()
-        tenant = req.tenant or principal.tenant
-        log.info(
-            "console opened: %s %s/%s by %s (%s)", req.endpoint, namespace, name, principal.user, viewer.mode,
-            extra={"fields": {"event": "console.open", "connection": conn_id, "user": principal.user,
-                              "auth": principal.kind, "tenant": tenant, "namespace": namespace, "session": name,
-                              "endpoint": req.endpoint, "mode": viewer.mode, "peer": request.remote}},
-        )
-        self._event(session, "Normal", "ConsoleOpened",
-                    f"{principal.user} opened {req.endpoint} ({viewer.mode}){f' for tenant {tenant}' if tenant else ''} [{conn_id}]")
-        return conn
-
-    async def _unregister(self, conn: Connection) -> None:
-        await conn.viewer.closed.wait()
-        key = (conn.namespace, conn.session)
-        conns = self.connections.get(key)
-        if conns is None or conn not in conns:
-            return
-        conns.discard(conn)
-        if not conns:
-            del self.connections[key]
-        self.per_user[conn.principal.user] -= 1
-        if self.per_user[conn.principal.user] <= 0:
-            del self.per_user[conn.principal.user]
-        self.open_count -= 1
-        viewer = conn.viewer
-        metrics.CONSOLE_CONNECTIONS.labels(conn.request.endpoint, viewer.mode).dec()
-        code, reason = viewer.closing or (wire.CLOSE_NORMAL, "closed")
-        duration = time.monotonic() - conn.started
-        tenant = conn.request.tenant or conn.principal.tenant
-        fields = {
-            "event": "console.close", "connection": conn.id, "user": conn.principal.user, "auth": conn.principal.kind,
-            "tenant": tenant, "namespace": conn.namespace, "session": conn.session, "endpoint": conn.request.endpoint,
-            "mode": viewer.mode, "start": conn.started_at.isoformat(), "duration_seconds": round(duration, 3),
-            "bytes_in": viewer.bytes_in, "bytes_out": viewer.bytes_out, "close_code": code, "close_reason": reason,
-        }
-        if viewer.recording is not None:
-            fields["recording"] = str(viewer.recording.path)
-        log.info("console closed: %s %s/%s by %s after %.1fs (%d B in, %d B out, %d %s)", conn.request.endpoint,
-                 conn.namespace, conn.session, conn.principal.user, duration, viewer.bytes_in, viewer.bytes_out,
-                 code, reason, extra={"fields": fields})
-        session = self.sessions.get(conn.namespace, conn.session)
-        if session is not None:
-            self._event(session, "Normal", "ConsoleClosed",
-                        f"{conn.principal.user} closed {conn.request.endpoint} ({viewer.mode}) after {duration:.0f}s: "
-                        f"{viewer.bytes_in} B in, {viewer.bytes_out} B out, close {code} ({reason}) [{conn.id}]")
-
     async def _open_recording(self, namespace: str, name: str, principal: Principal, conn_id: str) -> Recording | None:
         assert self.settings.gateway_recording_dir
         now = self.clock()
@@ -525,91 +429,6 @@ class Gateway:
                 raise Unavailable(f"cannot record this console ({exc.strerror or exc}); recording is required") from exc
             log.warning("recording of %s/%s unavailable, continuing without: %s", namespace, name, exc)
             return None
-
-    # -- what ends connections ---------------------------------------------------------------------
-    def _session_changed(self, kind: str, obj: dict[str, Any]) -> None:
-        meta, status = obj.get("metadata") or {}, obj.get("status") or {}
-        key = (meta.get("namespace"), meta.get("name"))
-        conns = self.connections.get(key)  # type: ignore[arg-type]
-        if not conns:
-            return
-        phase = status.get("phase")
-        if kind == "DELETED" or meta.get("deletionTimestamp"):
-            why = "session deleted"
-        elif phase not in ACTIVE_PHASES:
-            why = f"session {phase.lower() if phase else 'stopped'}"
-        else:
-            why = None
-        for conn in list(conns):
-            reason = why
-            if reason is None and conn.pod_uid and status.get("podUID") and status.get("podUID") != conn.pod_uid:
-                reason = "session pod replaced; reconnect"
-            if reason is not None:
-                metrics.CONSOLE_CLOSES.labels(conn.request.endpoint, "session").inc()
-                conn.viewer.close(wire.CLOSE_POLICY, reason)
-
-    async def _sweep_forever(self) -> None:
-        """Token expiry, idle time and failed recordings, checked once a second for every connection."""
-        while True:
-            await asyncio.sleep(1.0)
-            now, mono = self.clock(), time.monotonic()
-            idle = self.settings.gateway_idle_timeout_seconds
-            for conns in list(self.connections.values()):
-                for conn in list(conns):
-                    viewer = conn.viewer
-                    if viewer.closing is not None:
-                        continue
-                    if conn.principal.expires is not None and now >= conn.principal.expires:
-                        metrics.CONSOLE_CLOSES.labels(conn.request.endpoint, "token").inc()
-                        viewer.close(wire.CLOSE_POLICY, "token expired; reconnect with a fresh token")
-                    elif idle and mono - viewer.last_activity >= idle:
-                        metrics.CONSOLE_CLOSES.labels(conn.request.endpoint, "idle").inc()
-                        viewer.close(wire.CLOSE_POLICY, f"idle for {idle:.0f}s")
-                    elif viewer.recording is not None and viewer.recording.failed and self.settings.gateway_recording_required:
-                        viewer.close(wire.CLOSE_UPSTREAM_ERROR, "recording failed; recording is required")
-
-    # -- activity and audit ------------------------------------------------------------------------
-    def _touch(self, namespace: str, name: str) -> None:
-        """Refresh the session's last-active annotation, at most once per interval per session."""
-        now = time.monotonic()
-        key = (namespace, name)
-        if now - self._touched.get(key, float("-inf")) < self.settings.gateway_activity_interval_seconds:
-            return
-        self._touched[key] = now
-        stamp = self.clock().astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        patch = {"metadata": {"annotations": {LAST_ACTIVE_ANNOTATION: stamp}}}
-
-        async def write() -> None:
-            try:
-                await self.client.patch(resources.GRIDSESSIONS, name, patch, namespace)
-            except (TimeoutError, KubeError, aiohttp.ClientError, OSError) as exc:
-                self._touched.pop(key, None)  # try again on the next keystroke
-                log.warning("could not record activity on session %s/%s: %s", namespace, name, exc)
-
-        self._spawn(write())
-
-    def _event(self, session: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        body = {"apiVersion": session.get("apiVersion"), "kind": session.get("kind"), "metadata": session.get("metadata", {})}
-        try:
-            self._events.put_nowait((body, type_, reason, message))
-        except asyncio.QueueFull:
-            self._shed += 1
-            if self._shed in (1, 10, 100) or self._shed % 1000 == 0:
-                log.warning("the API is slow to take Events: %d console Events shed (the audit log lines are kept)", self._shed)
-
-    async def _post_events(self) -> None:
-        while True:
-            body, type_, reason, message = await self._events.get()
-            try:
-                await self.events.record(body, type_, reason, message)
-            finally:
-                self._events.task_done()
-
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
 
 async def run_gateway(
     settings: Settings,

@@ -42,7 +42,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
 from .codec import PayloadError, decode, encode
@@ -287,53 +287,73 @@ class Worker:
         """Whether the worker holds claimed tasks (running them, or about to report them)."""
         return bool(self._held)
 
-    async def run(self, stop: asyncio.Event | None = None) -> WorkerStats:
-        stop = stop or asyncio.Event()
-        loop = asyncio.get_running_loop()
+    @contextlib.asynccontextmanager
+    async def _heartbeating(self) -> AsyncIterator[None]:
+        """The heartbeat thread that renews the worker's leases while it runs; wound down after."""
         beating = threading.Event()
-        heartbeats = threading.Thread(target=self._heartbeat_thread, args=(loop, beating), name="gridop-heartbeat",
-                                      daemon=True)
+        heartbeats = threading.Thread(target=self._heartbeat_thread, args=(asyncio.get_running_loop(), beating),
+                                      name="gridop-heartbeat", daemon=True)
         heartbeats.start()
+        try:
+            yield
+        finally:
+            await self._wind_down(beating, heartbeats)
+
+    async def _step(self, sid: str, claimed: list[ClaimedTask],
+                    then: Callable[[], tuple[int, float]]) -> tuple[str | None, list[ClaimedTask]]:
+        """Run a claim, report it, and take the next step in the same round trip: claim up to
+        `then()[0]` more tasks, or (none left) register for hand-off for `then()[1]` seconds (asked
+        after the work, so a stop meanwhile counts). Returns (idle registration, next claim)."""
+        outcomes = await self._work_on(claimed)
+        next_count, idle_ttl = then()
+        _, stale, idle_entry, following = await self.store.complete_and_next(
+            sid, outcomes, worker=self.worker_id, next_count=next_count, lease_seconds=self.lease_seconds,
+            idle_ttl=idle_ttl)
+        self._done_with(claimed, outcomes, stale)
+        return idle_entry, following
+
+    async def run(self, stop: asyncio.Event | None = None) -> WorkerStats:
+        """Run the batch's tasks until it is done (or `stop` is set: then finish the claim in hand)."""
+        stop = stop or asyncio.Event()
+
+        def then() -> tuple[int, float]:  # after a claim: the next one, or wait for a hand-off
+            return (0, 0.0) if stop.is_set() else (self.claim_size(), self.idle_wait + 1)
+
+        async with self._heartbeating():
+            stop_watch = asyncio.ensure_future(stop.wait())
+            stop_watch.add_done_callback(self._cut_idle_wait)
+            try:
+                await self._run_batch_loop(stop, then)
+            finally:
+                stop_watch.cancel()
+        return self.stats
+
+    async def _run_batch_loop(self, stop: asyncio.Event, then: Callable[[], tuple[int, float]]) -> None:
         claimed: list[ClaimedTask] = []
         idle_entry: str | None = None  # our direct-handoff registration, when the last step made one
-        stop_watch = asyncio.ensure_future(stop.wait())
-        stop_watch.add_done_callback(self._cut_idle_wait)
-        try:
-            while claimed or not stop.is_set():
-                wanted = self.claim_size()
-                if not claimed and idle_entry is None:  # (a report that found nothing to claim registered us idle)
-                    claimed = await self.store.claim(self.sid, self.worker_id, wanted, self.lease_seconds)
-                if not claimed:
-                    if self.exit_when_done and await self.store.done(self.sid):
-                        if idle_entry is not None:
-                            claimed = [t for t in [await self.store.unidle(self.sid, idle_entry)] if t]
-                            idle_entry = None
-                            continue
-                        break
-                    claimed = await self._wait_for_work(stop, idle_entry)
-                    idle_entry = None
-                    continue
-                if len(claimed) >= wanted:
-                    await self.store.nudge(self.sid)  # likely more work: wake an idle sibling
-                outcomes = await self._work_on(claimed)
-                # Report what is left, and take the next batch (or register as idle) in the same round trip.
-                stopping = stop.is_set()
-                _, stale, idle_entry, following = await self.store.complete_and_next(
-                    self.sid, outcomes, worker=self.worker_id, next_count=0 if stopping else self.claim_size(),
-                    lease_seconds=self.lease_seconds, idle_ttl=0 if stopping else self.idle_wait + 1,
-                )
-                self._done_with(claimed, outcomes, stale)
-                claimed = following
-            if idle_entry is not None:
-                # Stopping while offered for handoff: withdraw, and finish a task handed over meanwhile.
-                handed = await self.store.unidle(self.sid, idle_entry)
-                if handed is not None:
-                    outcomes = await self._work_on([handed])
-                    self._done_with([handed], outcomes, (await self.store.complete(self.sid, outcomes))[1])
-        finally:
-            stop_watch.cancel()
-            await self._wind_down(beating, heartbeats)
-        return self.stats
+        while claimed or not stop.is_set():
+            wanted = self.claim_size()
+            if not claimed and idle_entry is None:  # (a report that found nothing to claim registered us idle)
+                claimed = await self.store.claim(self.sid, self.worker_id, wanted, self.lease_seconds)
+            if not claimed:
+                if self.exit_when_done and await self.store.done(self.sid):
+                    if idle_entry is not None:
+                        claimed = [t for t in [await self.store.unidle(self.sid, idle_entry)] if t]
+                        idle_entry = None
+                        continue
+                    break
+                claimed = await self._wait_for_work(stop, idle_entry)
+                idle_entry = None
+                continue
+            if len(claimed) >= wanted:
+                await self.store.nudge(self.sid)  # likely more work: wake an idle sibling
+            idle_entry, claimed = await self._step(self.sid, claimed, then)
+        if idle_entry is not None:
+            # Stopping while offered for handoff: withdraw, and finish a task handed over meanwhile.
+            handed = await self.store.unidle(self.sid, idle_entry)
+            if handed is not None:
+                outcomes = await self._work_on([handed])
+                self._done_with([handed], outcomes, (await self.store.complete(self.sid, outcomes))[1])
 
     async def _wind_down(self, beating: threading.Event, heartbeats: threading.Thread) -> None:
         """The worker is done (or cut short): a withdrawal in flight gets a moment to finish, the
@@ -445,12 +465,7 @@ class Worker:
         stop = stop or asyncio.Event()
         self.pool, self.retention = pool, retention
         estimates: dict[str, float | None] = {}  # seconds per task, per session: handlers differ by input
-        loop = asyncio.get_running_loop()
-        beating = threading.Event()
-        heartbeats = threading.Thread(target=self._heartbeat_thread, args=(loop, beating), name="gridop-heartbeat",
-                                      daemon=True)
-        heartbeats.start()
-        try:
+        async with self._heartbeating():
             while not stop.is_set():
                 sid = await self.store.pool_pick(pool)
                 if sid is None:
@@ -466,18 +481,14 @@ class Worker:
                     await self.store.pool_idle(pool, sid)
                     continue
                 turn_ends = time.monotonic() + slice_seconds
-                while claimed:
-                    outcomes = await self._work_on(claimed)
+
+                def then(turn_ends: float = turn_ends) -> tuple[int, float]:  # more of this session while its turn lasts
                     more = not stop.is_set() and time.monotonic() < turn_ends
-                    _, stale, _, following = await self.store.complete_and_next(
-                        sid, outcomes, worker=self.worker_id, next_count=self.claim_size() if more else 0,
-                        lease_seconds=self.lease_seconds,
-                    )
-                    self._done_with(claimed, outcomes, stale)
-                    claimed = following
+                    return (self.claim_size() if more else 0), 0.0
+
+                while claimed:
+                    _, claimed = await self._step(sid, claimed, then)
                 estimates[sid] = self._per_task
-        finally:
-            await self._wind_down(beating, heartbeats)
         return self.stats
 
     async def _wait_for_pool(self, pool: str, stop: asyncio.Event) -> None:
