@@ -151,6 +151,26 @@ class World:
             [sys.executable, "-m", "gridop", "operator"], env=env, cwd=self.tmp.name, stdin=subprocess.DEVNULL,
             stderr=log)
 
+    def _ready_now(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as answer:
+                return bool(answer.status == 200)
+        except OSError:
+            return False
+
+    async def ready(self, timeout: float = 60.0) -> None:
+        """Until the operator says it is ready (caches synced, signing keys there): /readyz answers 200."""
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.operator is not None
+            if self.operator.poll() is not None:
+                raise SystemExit(f"the operator exited ({self.operator.returncode}); set BENCH_LOG=FILE to see why")
+            if await asyncio.to_thread(self._ready_now):
+                return
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the operator was not ready within {timeout:.0f}s")
+            await asyncio.sleep(0.1)
+
     async def __aexit__(self, *exc: object) -> None:
         for task in self.kubelets:
             task.cancel()
@@ -213,7 +233,7 @@ async def sessions_round(tree: pathlib.Path | None, n: int) -> dict[str, Any]:
         if tree is not None:
             informers.append(await watch(world, resources.GRIDSESSIONS, on_session))
             world.start_operator()
-            await asyncio.sleep(4)  # started, caches synced, signing keys created
+            await world.ready()  # started, caches synced, signing keys created
             before, cpu0 = scrape(world.port), cpu_seconds(world.operator.pid)  # type: ignore[union-attr]
 
         async def create_session(i: int) -> None:
@@ -287,7 +307,7 @@ async def objects_round(kind: str, tree: pathlib.Path, n: int, redis_url: str, w
 
         informer = await watch(world, resource, on_object)
         world.start_operator()
-        await asyncio.sleep(4)
+        await world.ready()
         started = time.perf_counter()
 
         async def create(i: int) -> None:
@@ -306,7 +326,7 @@ async def objects_round(kind: str, tree: pathlib.Path, n: int, redis_url: str, w
                         await pooled.send([{"n": k} for k in range(10)])
         await asyncio.wait_for(done.wait(), timeout=600)
         to_serving = time.perf_counter() - started  # (tasks are sent after the last object is applied)
-        await asyncio.sleep(3)  # settle
+        await asyncio.sleep(min(3.0, window))  # settle
         assert world.operator is not None
         before, cpu0 = scrape(world.port), cpu_seconds(world.operator.pid)
         await asyncio.sleep(window)
