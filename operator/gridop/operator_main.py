@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -114,18 +115,30 @@ async def _run(
     pools = TaskPoolReconciler(client, settings, data, namespaces=namespaces, **kwargs)
     ready = ready_flag or asyncio.Event()
     stop = stop_flag or asyncio.Event()
-    controllers = Controllers([sessions, batches.controller(), pools.controller()], on_failure=stop.set)
+    elector = (LeaderElector(client, settings.operator_namespace, settings.lease_name, settings.pod_name)
+               if settings.leader_election else None)
+    lost = asyncio.Event()
+    holding: asyncio.Task[None] | None = None  # the renewals of the Lease, while this replica leads
+
+    async def release_leadership() -> None:
+        # As soon as the controllers have stopped: renewals end, and a standby takes over at its
+        # next look, while kopf still winds the process down.
+        if holding is not None:
+            holding.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await holding
+        if elector is not None and not lost.is_set():
+            await elector.release()
+
+    controllers = Controllers([sessions, batches.controller(), pools.controller()], on_failure=stop.set,
+                              after_stop=release_leadership)
     served = asyncio.Event()
     checking = asyncio.create_task(_watch_served_kinds(client, settings, served))
     runner = await metrics.serve_health(
         settings.metrics_port, lambda: ready.is_set() and served.is_set() and controllers.fresh,
     ) if serve_metrics else None
-    elector: LeaderElector | None = None
-    holding: asyncio.Task[None] | None = None
-    lost = asyncio.Event()
     try:
-        if settings.leader_election:
-            elector = LeaderElector(client, settings.operator_namespace, settings.lease_name, settings.pod_name)
+        if elector is not None:
             await elector.acquire()
             log.info("leading as %s", settings.pod_name)
 
@@ -144,11 +157,9 @@ async def _run(
             ready_flag=ready,
         )
     finally:
-        await controllers.stop()  # if kopf's cleanup did not (a start-up that failed)
         if holding is not None:
             holding.cancel()
-        if elector is not None and not lost.is_set():
-            await elector.release()
+        await controllers.stop()  # if kopf's cleanup did not (a start-up that failed); releases the Lease
         if runner is not None:
             await runner.cleanup()
         if redis is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
@@ -28,9 +28,11 @@ class Controllers:
     """The operator's controllers, run as one group: one that dies of a bug stops the operator
     (`on_failure`), and the pod restarts, rather than limping on without it."""
 
-    def __init__(self, controllers: list[Controller], on_failure: Callable[[], None]):
+    def __init__(self, controllers: list[Controller], on_failure: Callable[[], None],
+                 after_stop: Callable[[], Awaitable[None]] | None = None):
         self.all = controllers
         self._on_failure = on_failure
+        self._after_stop = after_stop  # once every controller has stopped (the leader Lease goes then)
         self._tasks: list[asyncio.Task[None]] = []
         self.failure: BaseException | None = None  # what stopped a controller, if anything did
 
@@ -56,6 +58,9 @@ class Controllers:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        after, self._after_stop = self._after_stop, None
+        if after is not None:
+            await after()
 
 
 def build_registry() -> kopf.OperatorRegistry:

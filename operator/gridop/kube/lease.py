@@ -1,8 +1,13 @@
 """Leader election on a coordination.k8s.io Lease, so only one operator replica acts at a time.
 
-The holder renews the Lease every `renew_seconds`; a candidate takes it over once it has not
-been renewed for `lease_seconds`. Updates carry the resourceVersion they read, so two
-candidates racing for an expired Lease cannot both win.
+The holder renews the Lease every `renew_seconds` (5 s); a standby looks every `retry_seconds`
+(1 s) and takes it over once it has seen no renewal for `lease_seconds` (15 s) by its own clock,
+as client-go does: the holder's renewTime is compared with the last one seen, never with the
+standby's clock, so clocks that disagree cannot make two leaders. After a leader dies, a standby
+leads 15-17 s after the last renewal (10-17 s after the death). A leader that stops cleanly
+releases the Lease, and a standby takes over at its next look (within `retry_seconds`).
+Updates carry the resourceVersion they read, so two candidates racing for an expired Lease
+cannot both win.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from .client import AlreadyExists, Conflict, KubeClient, KubeError
@@ -42,7 +48,9 @@ class LeaderElector:
         *,
         lease_seconds: int = 15,
         renew_seconds: float = 5.0,
+        retry_seconds: float = 1.0,
         clock: Callable[[], datetime.datetime] = _now,
+        monotonic: Callable[[], float] = time.monotonic,
     ):
         self.client = client
         self.namespace = namespace
@@ -50,7 +58,11 @@ class LeaderElector:
         self.identity = identity
         self.lease_seconds = lease_seconds
         self.renew_seconds = renew_seconds
+        self.retry_seconds = retry_seconds
         self.clock = clock
+        self.monotonic = monotonic
+        self._seen: tuple[object, ...] | None = None  # the holder's record as last seen
+        self._seen_at = 0.0  # when (our monotonic clock) it was first seen
 
     async def try_acquire(self) -> bool:
         """One attempt to take or renew the Lease; True while we hold it."""
@@ -68,9 +80,11 @@ class LeaderElector:
                 return False
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity")
-        renewed = _parse(spec.get("renewTime")) or _parse(spec.get("acquireTime"))
-        duration = datetime.timedelta(seconds=int(spec.get("leaseDurationSeconds") or self.lease_seconds))
-        expired = renewed is None or now - renewed > duration
+        record = (holder, spec.get("renewTime"), spec.get("acquireTime"), spec.get("leaseTransitions"))
+        if record != self._seen:
+            self._seen, self._seen_at = record, self.monotonic()
+        duration = float(spec.get("leaseDurationSeconds") or self.lease_seconds)
+        expired = self.monotonic() - self._seen_at > duration
         if holder not in (None, "", self.identity) and not expired:
             return False
         taking_over = holder != self.identity
@@ -109,7 +123,7 @@ class LeaderElector:
             if not logged:
                 log.info("waiting for leadership lease %s/%s", self.namespace, self.name)
                 logged = True
-            await asyncio.sleep(self.renew_seconds)
+            await asyncio.sleep(self.retry_seconds)
 
     async def hold(self, on_lost: Callable[[], Awaitable[None] | None]) -> None:
         """Renew until cancelled; call `on_lost` once a renewal has not succeeded for a full lease."""
