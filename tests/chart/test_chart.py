@@ -136,8 +136,8 @@ def test_cluster_rbac_grants_what_the_operator_does_and_no_wildcards() -> None:
         # the session controller's caches
         ("", "pods", "list"), ("", "services", "list"), ("", "services", "watch"), ("", "configmaps", "list"),
         ("", "configmaps", "watch"), ("", "secrets", "list"), ("", "secrets", "watch"), ("", "nodes", "list"),
-        ("", "nodes", "get"), ("", "nodes", "watch"), ("", "events", "create"),
-        ("coordination.k8s.io", "leases", "update"),
+        ("", "nodes", "watch"), ("", "events", "create"),
+        ("coordination.k8s.io", "leases", "patch"),
         ("gridop.io", "taskbatches", "watch"), ("gridop.io", "taskbatches/status", "patch"),
         ("batch", "jobs", "create"), ("batch", "jobs", "patch"),
         # the batch and pool controllers' caches, and a batch's finalizer
@@ -258,10 +258,14 @@ def test_the_gateway_runs_restricted_with_least_privilege() -> None:
     rules = set().union(*(_rules(r) for r in gateway_roles))
     assert {
         ("authentication.k8s.io", "tokenreviews", "create"), ("authorization.k8s.io", "subjectaccessreviews", "create"),
-        ("", "pods/attach", "create"), ("", "pods/exec", "create"), ("", "pods/attach", "get"), ("", "pods/log", "get"),
+        ("", "pods/attach", "create"), ("", "pods/attach", "get"), ("", "pods/log", "get"),
         ("gridop.io", "gridsessions", "watch"), ("gridop.io", "gridsessions", "patch"), ("", "events", "create"),
         ("", "configmaps", "get"),
     } <= rules
+    # exec only for a console that is a command; then no attach.
+    assert not any(res == "pods/exec" for _, res, _ in rules)
+    exec_rules = set().union(*(_rules(r) for r in by_kind(render("gateway.consoleCommand={sh,-l}"), "ClusterRole", "gateway")))
+    assert ("", "pods/exec", "create") in exec_rules and not any(res == "pods/attach" for _, res, _ in exec_rules)
     # Never the signing keys, never pods themselves, nothing but the public-key ConfigMap in its namespace.
     assert not any(res in ("secrets", "pods") for _, res, _ in rules)
     (keys,) = [r for r in by_kind(docs, "Role", "gateway") if r["metadata"]["name"].endswith("-keys")]

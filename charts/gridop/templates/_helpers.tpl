@@ -28,12 +28,20 @@ app.kubernetes.io/component: operator
 
 {{/* Rules on namespaced objects: granted cluster-wide or per watched namespace. */}}
 {{- define "gridop.namespacedRules" -}}
+# What the operator's code does, and nothing more (tests/integration/test_rbac_coverage.py runs
+# the operator and checks every request it made against these rules, and these rules against the
+# requests). Writes are patches; children go with their owner by garbage collection.
 - apiGroups: [gridop.io]
-  resources: [gridsessions, taskbatches, taskpools]
-  verbs: [get, list, watch, patch, update, delete]
+  resources: [gridsessions, taskbatches]
+  verbs: [list, watch, patch, delete]  # delete: ttlSecondsAfterStopped / ttlSecondsAfterFinished
+- apiGroups: [gridop.io]
+  resources: [taskpools]
+  verbs: [list, watch, patch]
 - apiGroups: [gridop.io]
   resources: [gridsessions/status, taskbatches/status, taskpools/status]
-  verbs: [get, patch, update]
+  verbs: [patch]
+# Children carry blockOwnerDeletion: with the OwnerReferencesPermissionEnforcement admission
+# plugin, setting it needs update on the owner's finalizers.
 - apiGroups: [gridop.io]
   resources: [gridsessions/finalizers, taskbatches/finalizers, taskpools/finalizers]
   verbs: [update]
@@ -41,21 +49,25 @@ app.kubernetes.io/component: operator
 # gridop.io/taskbatch, gridop.io/taskpool).
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [list, watch, create, patch]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [list, watch, create, patch]
+# Sessions' children. list/watch feed the operator's caches; they are label-selected
+# (gridop.io/session), and ConfigMaps and Secrets are watched as metadata only. get: a pod create
+# that finds the name taken reads it once; the namespace's data-plane Secret is read once.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch, create, delete, patch]
-# Sessions' children. list/watch feed the operator's caches; they are label-selected
-# (gridop.io/session), and ConfigMaps and Secrets are watched as metadata only.
+  verbs: [get, list, watch, create, delete]
 - apiGroups: [""]
-  resources: [services, configmaps, secrets]
-  verbs: [get, list, watch, create, patch, delete]
-- apiGroups: ["", events.k8s.io]
+  resources: [services, configmaps]
+  verbs: [list, watch, create, patch]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 {{- end -}}
 
 
@@ -79,15 +91,16 @@ app.kubernetes.io/component: gateway
 {{- define "gridop.gatewayNamespacedRules" -}}
 - apiGroups: [gridop.io]
   resources: [gridsessions]
-  verbs: [get, list, watch, patch]
+  verbs: [get, list, watch, patch]  # patch: the last-active annotation
 - apiGroups: [""]
   resources: [pods/log]
   verbs: [get]
-# Kubernetes 1.35+ authorizes websocket upgrades of attach/exec as `create`.
+# Kubernetes 1.35+ authorizes websocket upgrades of attach/exec as `create`. exec only when the
+# console is a command (gateway.consoleCommand); otherwise the gateway attaches.
 - apiGroups: [""]
-  resources: [pods/attach, pods/exec]
+  resources: [{{ if .Values.gateway.consoleCommand }}pods/exec{{ else }}pods/attach{{ end }}]
   verbs: [get, create]
-- apiGroups: ["", events.k8s.io]
+- apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 {{- end -}}
