@@ -256,3 +256,42 @@ async def test_deleting_batches_and_pools_is_quiet(
     await asyncio.sleep(1)
     noisy = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert not [m for m in noisy if "Will escalate" in m or "cancelled" in m], noisy
+
+
+async def test_what_a_namespace_stops_using_leaves_redis(
+    emulator: kmock.KubernetesEmulator, operator, api: KubeClient, redis_url: str, batch_store: TaskStore
+) -> None:
+    """A pool's own keys go with the pool, and the namespace's Redis user with its last batch or
+    pool (a new one defines it again, with the password its Secret keeps)."""
+    admin = aioredis.Redis.from_url(redis_url)
+    user = f"gridop-{NAMESPACE}"
+    pool = {"apiVersion": "gridop.io/v1alpha1", "kind": "TaskPool", "metadata": {"name": "p1"},
+            "spec": {"handler": "tests.dataplane.handlers:echo"}}
+    try:
+        await api.create(resources.TASKBATCHES, taskbatch("last"), NAMESPACE)
+        await api.create(resources.TASKPOOLS, pool, NAMESPACE)
+        await eventually(lambda: admin.acl_getuser(user))
+        async with AsyncGridConnector({"redis_url": redis_url, "namespace": NAMESPACE, "pool": "p1"}) as c:
+            await c.send([{"n": 1}])  # the pool's wake list and ready set
+        await batch_store.pool_pick("p1")  # a worker's pick moves the pool's turn counter
+        assert await admin.exists(batch_store.pool_key("p1", "turn"), batch_store.pool_key("p1", "wake")) == 2
+
+        await api.delete(resources.TASKPOOLS, "p1", NAMESPACE)
+        await eventually(lambda: _no_keys(admin, batch_store.pool_key("p1", "turn"), batch_store.pool_key("p1", "wake")))
+        assert await admin.acl_getuser(user), "the batch still uses the namespace's data plane"
+
+        await api.delete(resources.TASKBATCHES, "last", NAMESPACE)
+        await eventually(lambda: _user_gone(admin, user), what="the namespace's Redis user removed")
+
+        await api.create(resources.TASKBATCHES, taskbatch("again"), NAMESPACE)
+        await eventually(lambda: admin.acl_getuser(user), what="the user defined again for a new batch")
+    finally:
+        await admin.aclose()
+
+
+async def _no_keys(admin, *keys: str) -> bool:
+    return await admin.exists(*keys) == 0
+
+
+async def _user_gone(admin, user: str) -> bool:
+    return await admin.acl_getuser(user) is None

@@ -49,10 +49,21 @@ class DataPlane:
     def __init__(self, client: KubeClient, settings: Settings, redis: Any | None):
         self.redis = redis
         self._stores: dict[str, TaskStore] = {}
+        self.users: list[Informer] = []  # the caches of the kinds that use a namespace's data plane
         self.credentials = (
             DataPlaneCredentials(client, redis, settings.redis_url, acl=settings.redis_acl)
             if redis is not None and settings.redis_url else None
         )
+
+    async def release_if_unused(self, namespace: str) -> None:
+        """After a batch or pool is gone: a namespace with none left loses its Redis user."""
+        if self.credentials is None or any(
+                (obj.get("metadata") or {}).get("namespace") == namespace for cache in self.users for obj in cache.items()):
+            return
+        try:
+            await self.credentials.release(namespace)
+        except Exception as exc:  # Redis away: the user stays until the next batch's refresh
+            log.warning("could not remove the data-plane user of namespace %s: %s", namespace, exc)
 
     def store(self, namespace: str) -> TaskStore | None:
         if self.redis is None:

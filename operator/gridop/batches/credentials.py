@@ -121,6 +121,23 @@ class DataPlaneCredentials:
         self._refreshed[namespace] = now
         return SECRET_NAME
 
+    async def release(self, namespace: str) -> None:
+        """The namespace runs no batch or pool any more: its Redis user goes (a new batch or pool
+        defines it again, with the password its Secret keeps)."""
+        async with self._locks.setdefault(namespace, asyncio.Lock()):
+            self._refreshed.pop(namespace, None)
+            self._passwords.pop(namespace, None)
+            self._written.pop(namespace, None)
+            if self.acl:
+                where = {"target_nodes": RedisCluster.ALL_NODES} if isinstance(self.redis, RedisCluster) else {}
+                try:
+                    await self.redis.execute_command("ACL", "DELUSER", acl_user(namespace), **where)
+                except ResponseError as exc:
+                    log.debug("ACL DELUSER %s refused: %s", acl_user(namespace), exc)
+                else:
+                    log.info("namespace %s runs no batch or pool: its data-plane user %s is removed", namespace,
+                             acl_user(namespace))
+
     async def _read(self, namespace: str) -> str:
         """The password the namespace's Secret already holds (kept across operator restarts), or
         a new one."""

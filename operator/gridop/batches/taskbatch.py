@@ -61,6 +61,7 @@ class TaskBatchReconciler:
                              transform=child_view("parallelism", "suspend"), **scoped)
         self.writer = ObjectWriter(client, self.batches, settings.batch_status_interval_seconds)
         self._terminating = TerminatingNamespaces()
+        data.users.append(self.batches)
 
     def controller(self) -> Controller:
         return Controller("TaskBatch", self, self.batches, children={self.jobs: BATCH_LABEL})
@@ -69,6 +70,7 @@ class TaskBatchReconciler:
         body = self.batches.get(namespace, name)
         if body is None:
             self.forget(namespace, name)
+            await self.data.release_if_unused(namespace)
             return None
         if body["metadata"].get("deletionTimestamp"):
             return await self.finalize(body)

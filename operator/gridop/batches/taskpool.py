@@ -49,6 +49,7 @@ class TaskPoolReconciler:
                                     transform=child_view("replicas", status_fields=("readyReplicas",)), **scoped)
         self.writer = ObjectWriter(client, self.pools, settings.batch_status_interval_seconds)
         self._terminating = TerminatingNamespaces()
+        data.users.append(self.pools)
 
     def controller(self) -> Controller:
         return Controller("TaskPool", self, self.pools, children={self.deployments: POOL_LABEL})
@@ -57,6 +58,7 @@ class TaskPoolReconciler:
         body = self.pools.get(namespace, name)
         if body is None:
             self.forget(namespace, name)
+            await self._forget_data(namespace, name)
             return None
         if body["metadata"].get("deletionTimestamp"):
             await self.writer.release(body)  # a finalizer an earlier gridop version put there
@@ -119,6 +121,16 @@ class TaskPoolReconciler:
                 raise
             self._terminating.mark(namespace, "pool workers")
         return int(((current or {}).get("status") or {}).get("readyReplicas") or 0)
+
+    async def _forget_data(self, namespace: str, name: str) -> None:
+        """The pool is gone: its own data-plane keys go, and its namespace's Redis user when unused."""
+        store = self.data.store(namespace)
+        if store is not None:
+            try:
+                await store.forget_pool(name)
+            except Exception as exc:  # Redis away: two small keys stay behind
+                log.warning("taskpool %s/%s: could not remove its data-plane keys: %s", namespace, name, exc)
+        await self.data.release_if_unused(namespace)
 
     def forget(self, namespace: str, name: str) -> None:
         self.writer.forget(namespace, name)

@@ -674,6 +674,11 @@ class TaskStore:
     def pool_key(self, pool: str, role: str) -> str:
         return f"{self.prefix}:{{pool:{pool}}}:{role}"
 
+    async def forget_pool(self, pool: str) -> int:
+        """Remove what only a live pool uses: its turn counter and its wake list (the sweeper
+        lock expires by itself; the sessions, theirs to their clients, stay until they expire)."""
+        return int(await self.redis.delete(self.pool_key(pool, "turn"), self.pool_key(pool, "wake")))
+
     async def pool_join(self, pool: str, sid: str, *, owner: str = "", priority: int = 0) -> None:
         """Put a session in a pool's hands: its workers will find it, wake up, and claim."""
         pipe = self.redis.pipeline(transaction=False)
