@@ -158,8 +158,8 @@ class ConsoleEnv:
 class GatewayProcess:
     """`python -m gridop gateway` on free local ports."""
 
-    def __init__(self, kubeconfig: pathlib.Path, log_path: pathlib.Path, **settings: Any):
-        self.port = free_port()
+    def __init__(self, kubeconfig: pathlib.Path, log_path: pathlib.Path, *, port: int | None = None, **settings: Any):
+        self.port = port or free_port()
         self.metrics_port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDOP_")}
         env.update({

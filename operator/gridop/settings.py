@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     gateway_ping_seconds: float = Field(default=30.0, gt=0, description="Websocket ping interval on both legs.")
     gateway_activity_interval_seconds: float = Field(
         default=30.0, ge=1, description="At most one lastActive write per session per interval.")
+    gateway_writer_lease_seconds: float = Field(
+        default=15.0, ge=3, description="A console writer's lock across replicas lapses this long after its replica stops renewing it.")
     gateway_auth_cache_seconds: float = Field(
         default=10.0, ge=0, description="How long TokenReview/SubjectAccessReview answers are reused.")
     gateway_recording_dir: str | None = Field(default=None, description="Record interactive consoles as asciicast v2 files here.")

@@ -269,7 +269,14 @@ def test_the_gateway_runs_restricted_with_least_privilege() -> None:
     # Never the signing keys, never pods themselves, nothing but the public-key ConfigMap in its namespace.
     assert not any(res in ("secrets", "pods") for _, res, _ in rules)
     (keys,) = [r for r in by_kind(docs, "Role", "gateway") if r["metadata"]["name"].endswith("-keys")]
-    assert keys["rules"] == [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["gridop-signing-keys-public"], "verbs": ["get"]}]
+    assert keys["rules"] == [
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["gridop-signing-keys-public"], "verbs": ["get"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "patch", "delete"]},
+    ]
+    # Two replicas by default, sharing one writer per session, with a PodDisruptionBudget.
+    (deploy,) = by_kind(docs, "Deployment", "gateway")
+    assert deploy["spec"]["replicas"] == 2
+    assert [p for p in by_kind(docs, "PodDisruptionBudget") if "gateway" in p["metadata"]["name"]]
     assert not any("*" in part for rule in rules for part in rule)
 
 
@@ -285,7 +292,7 @@ def test_the_operator_reports_the_gateway_url() -> None:
 
 
 def test_gateway_recording_and_settings() -> None:
-    docs = render("gateway.recording.enabled=true", "gateway.allowedOrigins={https://console.example}",
+    docs = render("gateway.recording.enabled=true", "gateway.replicas=1", "gateway.allowedOrigins={https://console.example}",
                   "gateway.limits.maxConnectionsPerUser=8")
     (pvc,) = by_kind(docs, "PersistentVolumeClaim")
     assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"

@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import pathlib
+import signal
 import socket
+import time
 from collections.abc import Iterator
 
 import aiohttp
@@ -649,3 +652,96 @@ async def test_an_execd_console_ends_when_its_last_viewer_leaves(
             await eventually(lambda c=console: c.exited.is_set(), timeout=10, what="the exec'd shell ended")
     finally:
         assert await asyncio.to_thread(execs.stop) == 0
+
+
+async def test_replicas_share_one_writer_and_a_lost_replicas_writer_lapses(
+    env: ConsoleEnv, tmp_path: pathlib.Path, http: aiohttp.ClientSession,
+) -> None:
+    """Two gateway processes: the second refuses a writer the first holds; a replica that stops
+    (SIGTERM) closes its consoles with 1001 and frees the writer at once; one killed outright holds
+    it no longer than the writer lease (3 s here)."""
+    env.session(NS, "shared")
+
+    def replica(i: int) -> GatewayProcess:
+        return GatewayProcess(env.write_kubeconfig(tmp_path / f"kubeconfig-{i}"), tmp_path / f"gateway-{i}.log",
+                              watch_namespaces=[NS, OTHER_NS], gateway_default_namespace=NS,
+                              gateway_writer_lease_seconds=3)
+
+    async def writer_on(gw: GatewayProcess) -> aiohttp.ClientWebSocketResponse | None:
+        try:
+            return await http.ws_connect(f"{gw.url}/interact/{NS}/shared", headers=bearer("alice-k8s"))
+        except aiohttp.WSServerHandshakeError:
+            return None
+
+    replicas = [await asyncio.to_thread(replica, i) for i in range(2)]
+    try:
+        first, second = replicas
+        writer = await http.ws_connect(f"{first.url}/interact/{NS}/shared", headers=bearer("alice-k8s"))
+        status, body = await refused(http, f"{second.url}/interact/{NS}/shared", bearer("alice-k8s"))
+        assert status == 409 and body["message"] == (
+            "session 'shared' already has a writer (alice, on another gateway replica); connect with ?mode=monitor to watch")
+        async with http.ws_connect(f"{second.url}/interact/{NS}/shared?mode=monitor", headers=bearer("bob-k8s")):
+            pass  # watching is for anyone, on any replica
+
+        # SIGTERM: the console is closed with "going away", and the writer may come back at once.
+        first.proc.send_signal(signal.SIGTERM)
+        msg = await writer.receive(timeout=10)
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED) and writer.close_code == wire.CLOSE_GOING_AWAY
+        moved = await eventually(lambda: writer_on(second), timeout=3, interval=0.1, what="the writer on the other replica")
+        assert await asyncio.to_thread(first.proc.wait, 20) == 0
+
+        # SIGKILL: nobody releases the writer lock; it lapses after the writer lease.
+        third = await asyncio.to_thread(replica, 2)
+        replicas.append(third)
+        second.proc.kill()
+        killed = time.monotonic()
+        back = await eventually(lambda: writer_on(third), timeout=15, interval=0.2, what="the writer back after the kill")
+        lapsed = time.monotonic() - killed
+        assert lapsed <= 3 + 3, f"the dead replica's writer held the session for {lapsed:.1f}s"
+        print(f"writer back {lapsed:.1f}s after the kill")
+        await back.close()
+        await moved.close()
+    finally:
+        for gw in replicas:
+            if gw.proc.poll() is None:
+                gw.proc.kill()
+            gw.proc.wait(10)
+
+
+async def test_a_followed_tail_rides_out_a_gateway_restart_without_repeating_lines(
+    env: ConsoleEnv, tmp_path: pathlib.Path,
+) -> None:
+    """The gateway behind the client's URL goes away (1001) and comes back (a rolling update
+    behind a Service): ConsoleClient's followed tail reconnects, and shows each line once."""
+    console = env.session(NS, "rolling")
+    assert console is not None
+    console.write(b"for i in 1 2 3; do echo before-$i; done\r")
+    await eventually(lambda: b"before-3\r\n" in console.log)
+    kubeconfig = env.write_kubeconfig(tmp_path / "kubeconfig")
+    first = await asyncio.to_thread(GatewayProcess, kubeconfig, tmp_path / "gateway-1.log", watch_namespaces=[NS])
+    client = ConsoleClient(first.url, token="alice-k8s", namespace=NS)
+    seen: list[str] = []
+
+    async def follow() -> None:
+        async for line in client.tail("rolling", lines=4, follow=True):
+            seen.append(line)
+
+    tailing = asyncio.create_task(follow())
+    try:
+        await eventually(lambda: "before-3\r\n" in seen, what="the tail's first lines")
+        assert await asyncio.to_thread(first.stop) == 0  # SIGTERM: 1001 to every console
+        second = await asyncio.to_thread(GatewayProcess, kubeconfig, tmp_path / "gateway-2.log", port=first.port,
+                                         watch_namespaces=[NS])
+        try:
+            console.write(b"echo after\r")
+            await eventually(lambda: "after\r\n" in seen, timeout=20, what="a line written after the restart")
+            assert not tailing.done()
+            lines = [line for line in seen if line.startswith(("before-", "after"))]
+            assert lines == ["before-1\r\n", "before-2\r\n", "before-3\r\n", "after\r\n"], seen
+        finally:
+            tailing.cancel()
+            await asyncio.gather(tailing, return_exceptions=True)
+            assert await asyncio.to_thread(second.stop) == 0
+    finally:
+        if first.proc.poll() is None:
+            first.proc.kill()

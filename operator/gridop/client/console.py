@@ -11,8 +11,10 @@ A refused connection raises `ConsoleError` with the gateway's HTTP status and it
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -27,6 +29,21 @@ from ..api import console as wire
 
 DETACH_KEY = b"\x1d"  # Ctrl-]: leave the console, as telnet does
 QUIET_AFTER_INPUT = 1.0  # at the end of piped input: leave once the console has been quiet this long
+RECONNECT_SECONDS = 30.0  # how long a followed tail tries to reach another gateway replica
+RECONNECT_PAUSE = 0.2  # the first wait before reconnecting (doubling, up to 2 s)
+RESUME_LINES = 200  # lines a followed tail asks for again after a reconnect, to find its place
+SEAM_WAIT = 1.0  # how long the lines asked for again may pause before the tail goes on without the rest
+
+log = logging.getLogger(__name__)
+
+
+def _overlap(shown: list[str], again: list[str]) -> int:
+    """How many of the lines received again (`again`) repeat the end of what was shown: the longest
+    k with again[:k] == shown[-k:]."""
+    for k in range(min(len(shown), len(again)), 0, -1):
+        if again[:k] == shown[-k:]:
+            return k
+    return 0
 
 
 class ConsoleError(Exception):
@@ -136,28 +153,72 @@ class ConsoleClient:
         return ConsoleStream(await self._connect(url, self._headers()))
 
     async def tail(self, session: str, lines: int | None = None, follow: bool = False) -> AsyncIterator[str]:
-        """The console log, line by line (with line endings), then new lines while `follow`."""
+        """The console log, line by line (with line endings), then new lines while `follow`.
+
+        A followed tail outlives a gateway replica that stops (close code 1001, a rolling update or
+        a drain): it reconnects with backoff for up to `RECONNECT_SECONDS`, asks again for the last
+        lines it showed, and skips those (a line written twice in a row at the seam may be skipped
+        once, where the log cannot tell them apart)."""
         if lines is not None and (not isinstance(lines, int) or isinstance(lines, bool) or lines < 0):
             raise ValueError(f"lines must be a non-negative integer, got {lines!r}")
-        headers = {wire.FOLLOW_HEADER: "true" if follow else "false"}
-        if lines is not None:
-            headers[wire.LINES_HEADER] = str(lines)
-        ws = await self._connect(self.url("tail", session), self._headers(headers))
-        pending = ""
-        try:
-            async for message in ws:
-                pending += message if isinstance(message, str) else message.decode(errors="replace")
-                *complete, pending = pending.split("\n")
-                for line in complete:
-                    yield line + "\n"
-        except ConnectionClosed:
-            pass
-        finally:
-            await ws.close()
+        shown: collections.deque[str] = collections.deque(maxlen=RESUME_LINES)
+        ask = lines
+        again = False
+        while True:
+            headers = {wire.FOLLOW_HEADER: "true" if follow else "false"}
+            if ask is not None:
+                headers[wire.LINES_HEADER] = str(ask)
+            url, full = self.url("tail", session), self._headers(headers)
+            ws = await (self._reconnect(url, full) if again else self._connect(url, full))
+            # After a reconnect, the lines asked for again: held until all are here (or the stream
+            # pauses), then the longest run that repeats the end of what was shown is skipped.
+            seam: list[str] | None = list(shown) if again and shown else None
+            held: list[str] = []
+            pending = ""
+            try:
+                while True:
+                    try:
+                        async with asyncio.timeout(SEAM_WAIT if seam is not None else None):
+                            message = await ws.recv()
+                    except TimeoutError:
+                        message = ""
+                    pending += message if isinstance(message, str) else message.decode(errors="replace")
+                    *complete, pending = pending.split("\n")
+                    fresh = [text + "\n" for text in complete]
+                    if seam is not None:
+                        held += fresh
+                        if len(held) < len(seam) and message:
+                            continue
+                        fresh, seam = held[_overlap(seam, held):], None
+                    for line in fresh:
+                        shown.append(line)
+                        yield line
+            except ConnectionClosed:
+                pass
+            finally:
+                await ws.close()
+            if not (follow and ws.close_code == wire.CLOSE_GOING_AWAY):
+                break
+            log.info("console gateway went away (%s); reconnecting", ws.close_reason or "1001")
+            again, ask = True, len(shown)
         if pending:
             yield pending
         if ws.close_code not in (None, wire.CLOSE_NORMAL, 1005):
             raise ConsoleError(0, ws.close_reason or f"console closed with code {ws.close_code}")
+
+    async def _reconnect(self, url: str, headers: dict[str, str]) -> ClientConnection:
+        """Connect again after the gateway went away: with backoff, while nothing answers or the
+        gateway says it is unavailable, for up to RECONNECT_SECONDS; any other refusal at once."""
+        deadline = asyncio.get_running_loop().time() + RECONNECT_SECONDS
+        pause = RECONNECT_PAUSE
+        while True:
+            await asyncio.sleep(pause)
+            try:
+                return await self._connect(url, headers)
+            except ConsoleError as exc:
+                if exc.status not in (0, 502, 503) or asyncio.get_running_loop().time() + pause > deadline:
+                    raise
+            pause = min(2.0, pause * 2)
 
     async def interact(
         self,

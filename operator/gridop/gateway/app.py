@@ -42,6 +42,7 @@ from .connections import Connection, Connections
 from .recording import Recording, header, recording_path
 from .requests import BadRequest, ConsoleRequest, bearer_token, offered_protocols, parse_request
 from .streams import ConsoleHub, UpstreamError, Viewer, pump_logs
+from .writers import WriterLock, WriterLocks
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,9 @@ class Gateway:
         self.hubs: dict[tuple[str, str], ConsoleHub] = {}
         self.activity = Activity(client, settings, clock)
         self.connections = Connections(settings, self.activity, self.sessions.get, clock)
+        self.writers = WriterLocks(client, settings.operator_namespace, f"{settings.pod_name}/{uuid.uuid4().hex[:8]}",
+                                   lease_seconds=settings.gateway_writer_lease_seconds,
+                                   renew_seconds=settings.gateway_writer_lease_seconds / 3)
         self._janitor: asyncio.Task[None] | None = None
         self.sessions.add_listener(self.connections.session_changed)
 
@@ -255,7 +259,10 @@ class Gateway:
             hub = ConsoleHub(key, lambda: self._attach(namespace, session), self._hub_empty,
                              owns_process=bool(self.settings.gateway_console_command))
             self.hubs[key] = hub
+        lock: WriterLock | None = None
         try:
+            if req.mode == wire.MODE_INTERACTIVE:  # one writer across every replica
+                lock = await self.writers.acquire(namespace, name, principal.user)
             await hub.open()
             if req.mode == wire.MODE_INTERACTIVE and hub.writer is not None:  # lost a race while connecting
                 raise Denied(409, f"session {name!r} already has a writer ({hub.writer_user}); connect with ?mode=monitor to watch")
@@ -264,6 +271,8 @@ class Gateway:
             if self.settings.gateway_recording_dir and req.mode == wire.MODE_INTERACTIVE:
                 recording = await self._open_recording(namespace, name, principal, conn_id)
         except BaseException:
+            if lock is not None:
+                await lock.release()
             if not hub.viewers:  # nobody joined: don't keep the upstream open for no one
                 self._hub_empty(hub)
                 self.activity.spawn(hub.shutdown())
@@ -274,6 +283,7 @@ class Gateway:
         conn = self.connections.register(conn_id, principal, req, namespace, name, session, viewer, request)
         if req.mode == wire.MODE_INTERACTIVE:
             self.activity.touch(namespace, name)
+        watching = asyncio.create_task(self._writer_lost(lock, viewer)) if lock is not None else None
         try:
             async for msg in ws:
                 if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
@@ -281,11 +291,21 @@ class Gateway:
                 elif msg.type == aiohttp.WSMsgType.ERROR:
                     break
         finally:
-            hub.leave(viewer)
+            if watching is not None:
+                watching.cancel()
+            hub.leave(viewer)  # first: the next writer on this replica takes over this one's lock
             if viewer.closing is None:
                 viewer.close(wire.CLOSE_NORMAL, hub.ended or "client closed")
+            if lock is not None:
+                await lock.release()
             await self.connections.unregister(conn)
         return ws
+
+    async def _writer_lost(self, lock: WriterLock, viewer: Viewer) -> None:
+        """A writer whose lock could not be kept (cut off from the API for a whole lease) stops
+        writing: another replica may have a writer now."""
+        await lock.lost.wait()
+        viewer.close(wire.CLOSE_POLICY, "the session's writer lock was lost; reconnect")
 
     async def _attach(self, namespace: str, session: dict[str, Any]) -> aiohttp.ClientWebSocketResponse:
         pod = (session.get("status") or {})["podName"]
