@@ -130,7 +130,8 @@ class WriterLocks:
             seen = self._seen.get(name)
             if seen is None or seen[0] != record:
                 self._seen[name] = seen = (record, self.monotonic())
-            if self.monotonic() - seen[1] <= float(held.get("leaseDurationSeconds") or self.lease_seconds):
+            ours = held.get("holderIdentity") == self.identity  # left behind by this replica (a failed release)
+            if not ours and self.monotonic() - seen[1] <= float(held.get("leaseDurationSeconds") or self.lease_seconds):
                 writer = (current["metadata"].get("annotations") or {}).get(USER_ANNOTATION, "someone")
                 raise Denied(409, f"session {session!r} already has a writer ({writer}, on another gateway replica); "
                                   "connect with ?mode=monitor to watch")
