@@ -39,12 +39,14 @@ import urllib.request
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import redis
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.localredis import start_redis  # noqa: E402
+from bench.rtt_floor import unpack  # noqa: E402
 from gridop.kube import ClusterAccess, KubeClient, resources  # noqa: E402
 from gridop.kube.informer import Informer  # noqa: E402
 
@@ -357,12 +359,6 @@ def report_objects(kind: str, n: int, window: float, results: dict[str, list[dic
                     f"{verb} {res} {v * per_min:.2f}" for (verb, res), v in sorted(r["requests"].items())))
 
 
-def unpack(revision: str, into: pathlib.Path) -> pathlib.Path:
-    from bench.rtt_floor import unpack as unpack_tree
-
-    return unpack_tree(revision, into)
-
-
 async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"gridop": ROOT}
@@ -385,9 +381,7 @@ async def main(args: argparse.Namespace) -> None:
                             results.setdefault(key, []).append(await sessions_round(tree, n))
                         else:
                             url = f"redis://127.0.0.1:{port}/{r % 8}"
-                            import redis as sync_redis
-
-                            sync_redis.Redis.from_url(url).flushdb()
+                            redis.Redis.from_url(url).flushdb()
                             results.setdefault(key, []).append(
                                 await objects_round(args.kind, tree, n, url, args.window))
                 if args.kind == "sessions":

@@ -157,8 +157,6 @@ async def _run(
             ready_flag=ready,
         )
     finally:
-        if holding is not None:
-            holding.cancel()
         await controllers.stop()  # if kopf's cleanup did not (a start-up that failed); releases the Lease
         if runner is not None:
             await runner.cleanup()

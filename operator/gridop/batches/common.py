@@ -16,6 +16,7 @@ from typing import Any
 from ..api.v1alpha1.common import FINALIZER
 from ..kube import Conflict, KubeClient, NotFound, Resource, merge_patch
 from ..kube.informer import Informer
+from ..kube.meta import metadata_view
 from ..settings import Settings
 from ..tasks.store import TaskStore, key_prefix
 from .credentials import DataPlaneCredentials
@@ -23,8 +24,6 @@ from .credentials import DataPlaneCredentials
 log = logging.getLogger(__name__)
 
 NO_DATA_PLANE = "the operator has no data plane: set GRIDOP_REDIS_URL (chart value redis)"
-_META_KEPT = ("name", "namespace", "uid", "resourceVersion", "generation", "labels", "annotations",
-              "ownerReferences", "deletionTimestamp", "creationTimestamp")
 
 
 def child_view(*spec_fields: str, status_fields: tuple[str, ...] = ()) -> Any:
@@ -32,10 +31,9 @@ def child_view(*spec_fields: str, status_fields: tuple[str, ...] = ()) -> Any:
     the object (its pod template above all) is neither stored nor a reason to wake anyone."""
 
     def view(obj: dict[str, Any]) -> dict[str, Any]:
-        meta = obj.get("metadata") or {}
         spec, status = obj.get("spec") or {}, obj.get("status") or {}
         return {
-            "metadata": {k: meta[k] for k in _META_KEPT if k in meta},
+            **metadata_view(obj),
             "spec": {k: spec[k] for k in spec_fields if k in spec},
             "status": {k: status[k] for k in status_fields if k in status},
         }

@@ -60,12 +60,15 @@ def with_credentials(url: str, username: str, password: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+def _every_node(redis: Any) -> dict[str, Any]:
+    """On a Redis Cluster every node keeps its own users: an ACL command goes to all of them."""
+    return {"target_nodes": RedisCluster.ALL_NODES} if isinstance(redis, RedisCluster) else {}
+
+
 async def define_user(redis: Any, namespace: str, password: str) -> bool:
     """Create or refresh the namespace's ACL user; False if this Redis refuses ACL commands."""
     try:
-        # On a Redis Cluster, every node keeps its own users: define it on all of them.
-        where = {"target_nodes": RedisCluster.ALL_NODES} if isinstance(redis, RedisCluster) else {}
-        await redis.execute_command("ACL", "SETUSER", *acl_rules(namespace, password), **where)
+        await redis.execute_command("ACL", "SETUSER", *acl_rules(namespace, password), **_every_node(redis))
     except ResponseError as exc:
         log.warning("Redis refused ACL SETUSER (%s): namespace %s gets the shared data-plane URL", exc, namespace)
         return False
@@ -129,9 +132,8 @@ class DataPlaneCredentials:
             self._passwords.pop(namespace, None)
             self._written.pop(namespace, None)
             if self.acl:
-                where = {"target_nodes": RedisCluster.ALL_NODES} if isinstance(self.redis, RedisCluster) else {}
                 try:
-                    await self.redis.execute_command("ACL", "DELUSER", acl_user(namespace), **where)
+                    await self.redis.execute_command("ACL", "DELUSER", acl_user(namespace), **_every_node(self.redis))
                 except ResponseError as exc:
                     log.debug("ACL DELUSER %s refused: %s", acl_user(namespace), exc)
                 else:

@@ -23,7 +23,7 @@ from ..api.v1alpha1 import utcnow
 from ..api.v1alpha1.common import FINALIZER
 from ..api.v1alpha1.taskbatch import BatchPhase, ErrorCounts, TaskBatchSpec, TaskBatchStatus, TaskCounts
 from ..kube import AlreadyExists, KubeClient, KubeError, resources
-from ..kube.controller import Controller, TerminatingNamespaces, being_terminated
+from ..kube.controller import Controller, TerminatingNamespaces
 from ..kube.events import EventRecorder
 from ..kube.informer import Informer
 from ..settings import Settings
@@ -148,7 +148,7 @@ class TaskBatchReconciler:
         except AlreadyExists:
             pass  # made by an earlier leader and not cached yet: its watch event brings it, and a pass
         except KubeError as exc:
-            if not being_terminated(exc):
+            if not exc.being_terminated:
                 raise
             self._terminating.mark(namespace, "batch workers")
 

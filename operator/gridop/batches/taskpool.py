@@ -23,7 +23,7 @@ from ..api.v1alpha1 import utcnow
 from ..api.v1alpha1.taskbatch import TaskCounts
 from ..api.v1alpha1.taskpool import TaskPoolSpec, TaskPoolStatus
 from ..kube import AlreadyExists, KubeClient, KubeError, resources
-from ..kube.controller import Controller, TerminatingNamespaces, being_terminated
+from ..kube.controller import Controller, TerminatingNamespaces
 from ..kube.informer import Informer
 from ..kube.meta import TEMPLATE_HASH
 from ..settings import Settings
@@ -117,7 +117,7 @@ class TaskPoolReconciler:
         except AlreadyExists:
             return 0  # made by an earlier leader and not cached yet: its watch event brings it, and a pass
         except KubeError as exc:
-            if not being_terminated(exc):
+            if not exc.being_terminated:
                 raise
             self._terminating.mark(namespace, "pool workers")
         return int(((current or {}).get("status") or {}).get("readyReplicas") or 0)

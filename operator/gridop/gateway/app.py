@@ -38,7 +38,7 @@ from ..settings import Settings
 from . import channels
 from .activity import Activity
 from .authz import Authorizer, Denied, KubeReviewer, Principal, Unavailable
-from .connections import Connection, Connections
+from .connections import ACTIVE_PHASES, Connection, Connections
 from .recording import Recording, header, recording_path
 from .requests import BadRequest, ConsoleRequest, bearer_token, offered_protocols, parse_request
 from .streams import ConsoleHub, UpstreamError, Viewer, pump_logs
@@ -47,7 +47,6 @@ from .writers import WriterLock, WriterLocks
 log = logging.getLogger(__name__)
 
 MAX_CLIENT_FRAME = 64 * 1024
-ACTIVE_PHASES = ("Starting", "Running")
 SERVICE_PREFIX = "/apis/console-operator/console-operator"
 MAX_HEADER_BYTES = 64 * 1024  # a request's headers, all told (a long token in Sec-WebSocket-Protocol fits)
 PARSE_LIMIT_BYTES = 256 * 1024  # a header line the HTTP layer reads at all (past it: a bare 400)

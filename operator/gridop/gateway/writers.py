@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import hashlib
 import logging
 import time
 from collections.abc import Callable
 
 from ..kube import AlreadyExists, Conflict, KubeClient, KubeError, NotFound, resources
+from ..kube.lease import LapseWatch, lease_time
 from .authz import Denied, Unavailable
 
 log = logging.getLogger(__name__)
@@ -29,10 +29,6 @@ USER_ANNOTATION = "gridop.io/writer"
 
 def lease_name(namespace: str, session: str) -> str:
     return f"console-writer-{hashlib.sha256(f'{namespace}/{session}'.encode()).hexdigest()[:20]}"
-
-
-def _now() -> str:
-    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class WriterLock:
@@ -54,7 +50,7 @@ class WriterLock:
             try:
                 answer = await self.locks.client.patch(
                     resources.LEASES, self.name,
-                    {"metadata": {"resourceVersion": self.version}, "spec": {"renewTime": _now()}},
+                    {"metadata": {"resourceVersion": self.version}, "spec": {"renewTime": lease_time()}},
                     self.locks.namespace)
                 self.version = answer["metadata"]["resourceVersion"]
                 failing_since = None
@@ -95,8 +91,7 @@ class WriterLocks:
                  renew_seconds: float = 5.0, monotonic: Callable[[], float] = time.monotonic):
         self.client, self.namespace, self.identity = client, namespace, identity
         self.lease_seconds, self.renew_seconds = lease_seconds, renew_seconds
-        self.monotonic = monotonic
-        self._seen: dict[str, tuple[tuple[object, ...], float]] = {}  # lease -> (record, first seen)
+        self._lapses = LapseWatch(monotonic)
         self.local: dict[str, WriterLock] = {}  # the writer Leases this replica holds
         self.releasing: dict[str, asyncio.Future[None]] = {}  # ... and those it is giving up
 
@@ -111,7 +106,7 @@ class WriterLocks:
         if name in self.releasing:  # a writer of this replica is leaving: its Lease goes first
             await asyncio.shield(self.releasing[name])
         spec = {"holderIdentity": self.identity, "leaseDurationSeconds": int(self.lease_seconds),
-                "acquireTime": _now(), "renewTime": _now()}
+                "acquireTime": lease_time(), "renewTime": lease_time()}
         meta = {"name": name, "namespace": self.namespace,
                 "labels": {"app.kubernetes.io/managed-by": "gridop", "app.kubernetes.io/component": "console-writer"},
                 "annotations": {SESSION_ANNOTATION: f"{namespace}/{session}", USER_ANNOTATION: user}}
@@ -126,12 +121,8 @@ class WriterLocks:
                 answer = await self.client.create(resources.LEASES, {"metadata": meta, "spec": spec}, self.namespace)
                 return WriterLock(self, name, answer["metadata"]["resourceVersion"])
             held = current.get("spec") or {}
-            record = (held.get("holderIdentity"), held.get("renewTime"))
-            seen = self._seen.get(name)
-            if seen is None or seen[0] != record:
-                self._seen[name] = seen = (record, self.monotonic())
             ours = held.get("holderIdentity") == self.identity  # left behind by this replica (a failed release)
-            if not ours and self.monotonic() - seen[1] <= float(held.get("leaseDurationSeconds") or self.lease_seconds):
+            if not ours and not self._lapses.lapsed(name, held, self.lease_seconds):
                 writer = (current["metadata"].get("annotations") or {}).get(USER_ANNOTATION, "someone")
                 raise Denied(409, f"session {session!r} already has a writer ({writer}, on another gateway replica); "
                                   "connect with ?mode=monitor to watch")
@@ -139,7 +130,7 @@ class WriterLocks:
                 resources.LEASES, name,
                 {"metadata": {"resourceVersion": current["metadata"]["resourceVersion"],
                               "annotations": meta["annotations"]}, "spec": spec}, self.namespace)
-            self._seen.pop(name, None)
+            self._lapses.forget(name)
             log.info("took over the console writer lease of %s/%s (its replica stopped renewing it)", namespace, session)
             return WriterLock(self, name, answer["metadata"]["resourceVersion"])
         except (AlreadyExists, Conflict):

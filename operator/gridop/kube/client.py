@@ -27,6 +27,11 @@ class KubeError(RuntimeError):
         self.api_message = message
         self.body = dict(body or {})
 
+    @property
+    def being_terminated(self) -> bool:
+        """The API server's answer to a create in a namespace that is being deleted (403)."""
+        return self.status == 403 and "being terminated" in (self.api_message or str(self))
+
 
 class NotFound(KubeError):
     pass

@@ -150,11 +150,6 @@ class Controller:
 
 
 
-def being_terminated(exc: KubeError) -> bool:
-    """The API server's answer to a create in a namespace that is being deleted (403)."""
-    return exc.status == 403 and "being terminated" in (exc.api_message or str(exc))
-
-
 class TerminatingNamespaces:
     """Namespaces seen being deleted: a controller creates nothing there, quietly, for `hold`
     seconds at a time (a namespace deleted and made again under the same name is served again)."""

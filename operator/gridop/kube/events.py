@@ -51,7 +51,7 @@ class EventRecorder:
         try:
             await self._client.create(EVENTS, body, namespace)
         except KubeError as exc:
-            if exc.status == 403 and "being terminated" in (exc.api_message or str(exc)):
+            if exc.being_terminated:
                 return  # the namespace is being deleted: nothing new can be created there, events included
             log.warning("could not post event %s on %s/%s: %s", reason, namespace, meta.get("name"), exc)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:

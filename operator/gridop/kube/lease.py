@@ -17,6 +17,7 @@ import datetime
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from .client import AlreadyExists, Conflict, KubeClient, KubeError
 from .resources import LEASES
@@ -30,6 +31,32 @@ def _now() -> datetime.datetime:
 
 def _fmt(t: datetime.datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def lease_time(t: datetime.datetime | None = None) -> str:
+    """A Lease's MicroTime (acquireTime, renewTime): `t`, or now."""
+    return _fmt(t or _now())
+
+
+class LapseWatch:
+    """Whether Leases held by others have lapsed, judged by this process's own clock (client-go's
+    rule): a holder's record counts from when it was first seen to change, so clocks that disagree
+    cannot make two holders."""
+
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic):
+        self.monotonic = monotonic
+        self._seen: dict[str, tuple[tuple[object, ...], float]] = {}  # lease -> (record, first seen)
+
+    def lapsed(self, name: str, spec: dict[str, Any], default_seconds: float) -> bool:
+        record = (spec.get("holderIdentity"), spec.get("renewTime"), spec.get("acquireTime"),
+                  spec.get("leaseTransitions"))
+        seen = self._seen.get(name)
+        if seen is None or seen[0] != record:
+            self._seen[name] = seen = (record, self.monotonic())
+        return self.monotonic() - seen[1] > float(spec.get("leaseDurationSeconds") or default_seconds)
+
+    def forget(self, name: str) -> None:
+        self._seen.pop(name, None)
 
 
 def _parse(value: str | None) -> datetime.datetime | None:
@@ -60,9 +87,7 @@ class LeaderElector:
         self.renew_seconds = renew_seconds
         self.retry_seconds = retry_seconds
         self.clock = clock
-        self.monotonic = monotonic
-        self._seen: tuple[object, ...] | None = None  # the holder's record as last seen
-        self._seen_at = 0.0  # when (our monotonic clock) it was first seen
+        self._lapses = LapseWatch(monotonic)
 
     async def try_acquire(self) -> bool:
         """One attempt to take or renew the Lease; True while we hold it."""
@@ -80,11 +105,7 @@ class LeaderElector:
                 return False
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity")
-        record = (holder, spec.get("renewTime"), spec.get("acquireTime"), spec.get("leaseTransitions"))
-        if record != self._seen:
-            self._seen, self._seen_at = record, self.monotonic()
-        duration = float(spec.get("leaseDurationSeconds") or self.lease_seconds)
-        expired = self.monotonic() - self._seen_at > duration
+        expired = self._lapses.lapsed(self.name, spec, self.lease_seconds)
         if holder not in (None, "", self.identity) and not expired:
             return False
         taking_over = holder != self.identity

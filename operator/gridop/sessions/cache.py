@@ -12,15 +12,8 @@ from typing import Any
 
 from ..kube import KubeClient, resources
 from ..kube.informer import Informer
+from ..kube.meta import metadata_view
 from .plan import SESSION_LABEL
-
-_META_KEPT = ("name", "namespace", "uid", "resourceVersion", "labels", "annotations", "ownerReferences",
-              "deletionTimestamp", "creationTimestamp")
-
-
-def metadata_view(obj: dict[str, Any]) -> dict[str, Any]:
-    meta = obj.get("metadata") or {}
-    return {"metadata": {k: meta[k] for k in _META_KEPT if k in meta}}
 
 
 def node_view(obj: dict[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from ..api.v1alpha1.common import FINALIZER, set_condition, set_progress
 from ..auth.keystore import KeyringSource
 from ..auth.tokens import SigningKeyError, issue_session_token
 from ..kube import AlreadyExists, Conflict, KubeClient, KubeError, NotFound, merge_patch, resources
-from ..kube.controller import TerminatingNamespaces, being_terminated
+from ..kube.controller import TerminatingNamespaces
 from ..kube.events import EventRecorder
 from ..kube.informer import Informer
 from ..settings import Settings
@@ -259,7 +259,7 @@ class SessionReconciler:
         try:
             await self._step(session, decision, observed, action)
         except KubeError as exc:
-            if being_terminated(exc):
+            if exc.being_terminated:
                 self._terminating.mark(meta["namespace"], "session children")
                 return
             if exc.status in (400, 422) and action in CREATES:
