@@ -57,7 +57,7 @@ e2e: venv
 
 crds: venv
 	$(BIN)/gridop crds --output crds
-	$(BIN)/gridop crds --output charts/gridop/crds
+	$(BIN)/gridop crds --chart --output charts/gridop/templates/crds
 
 image:
 	docker build -t $(IMAGE) .

@@ -314,7 +314,7 @@ async def objects_round(kind: str, tree: pathlib.Path, n: int, redis_url: str, w
 
         async def create(i: int) -> None:
             spec: dict[str, Any] = {"handler": "bench.handlers:zero", "workers": {"max": 4, "tasksPerWorker": 10}}
-            await world.api.create(resource, {"apiVersion": "gridop.io/v1alpha1", "kind": resource.kind,
+            await world.api.create(resource, {"apiVersion": "gridop.io/v1beta1", "kind": resource.kind,
                                               "metadata": {"name": f"o{i:04d}"}, "spec": spec}, NS)
 
         await apply_all(n, create)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import shutil
 import signal
@@ -13,6 +14,11 @@ import pytest
 import redis
 
 from bench.localredis import LocalCluster, free_port
+
+# An operator started by a test (in-process or as a process) serves no conversion webhook unless
+# the test asks for one: many operators run side by side here, and one port cannot serve them all.
+# The webhook's own tests, the RBAC coverage run and the upgrade test turn it on, each on a free port.
+os.environ.setdefault("GRIDOP_WEBHOOK", "false")
 
 
 class RedisProcess:

@@ -103,7 +103,7 @@ class ConsoleEnv:
         spec: dict[str, Any] = {"user": user, "node": node, "config": {"airgen": {}, "grid": {}}}
         if tenant:
             spec["tenant"] = tenant
-        body = {"apiVersion": "gridop.io/v1alpha1", "kind": "GridSession", "metadata": {"name": name}, "spec": spec}
+        body = {"apiVersion": "gridop.io/v1beta1", "kind": "GridSession", "metadata": {"name": name}, "spec": spec}
         await self.api.create(resources.GRIDSESSIONS, body, namespace)
         status: dict[str, Any] = {"phase": phase, "nodeName": node, "nodeIP": "172.18.0.3"}
         if pod:

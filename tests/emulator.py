@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import base64
 import collections
+import copy
 import datetime
 import itertools
 import pathlib
 import re
+import ssl
 import uuid
 from typing import Any
 
+import aiohttp
 import jsonpatch
 import kmock
 import yaml
 from kmock._internal.k8s import KubernetesObjectConflictError, KubernetesObjectNotFoundError
+from kmock._internal.k8s_views import _parse_resource
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _rv = itertools.count(1000)
@@ -44,12 +49,32 @@ class ApiServer(kmock.KubernetesEmulator):
         self.selectors: dict[tuple[str, str], set[str | None]] = collections.defaultdict(set)
         # Namespaces being deleted: a real API server refuses every create in them (403).
         self.terminating: set[str] = set()
+        # The CRDs' versions, as an API server serves them: (group, plural) -> the versions whose
+        # copies of the objects are kept (a version is filled the first time anyone asks for it,
+        # through the CRD's conversion: the webhook's for strategy Webhook).
+        self.materialized: dict[tuple[str, str], set[str]] = {}
+        # (group, plural, namespace, name) -> the version its last write was encoded at (storage).
+        self.encoded: dict[tuple[str, str, str | None, str], str] = {}
+        # Where the cluster's network puts the conversion webhook's Service (host:port), set by a test.
+        self.webhook_endpoint: str | None = None
+        self.conversions = 0  # webhook calls
+        self._in_flight: set[int] = set()
 
     def count(self, agent: str, action: str, resource: str | None = None) -> int:
         return sum(n for (a, act, res), n in self.counts.items()
                    if a == agent and act == action and (resource is None or res == resource))
 
     async def _handle(self, request: kmock.Request) -> Any:
+        self._in_flight.add(id(request))  # kmock finds a request's reaction in its log: keep it there
+        try:
+            return await self._handle_logged(request)
+        finally:
+            self._in_flight.discard(id(request))
+
+    async def _handle_logged(self, request: kmock.Request) -> Any:
+        crd = self._crd(request.resource) if request.resource is not None else None
+        if crd is not None:
+            await self._materialize(crd, request.resource.version)
         if request.resource is not None and request.action is not None:
             plural = str(request.resource.plural) + (f"/{request.subresource}" if request.subresource else "")
             agent = request.headers.get("User-Agent", "")
@@ -57,7 +82,8 @@ class ApiServer(kmock.KubernetesEmulator):
             if request.action in (kmock.action.LIST, kmock.action.WATCH):
                 self.selectors[(agent, plural)].add((request.params or {}).get("labelSelector"))
         if len(self._requests) > 2 * self.request_log_limit:
-            del self._requests[: -self.request_log_limit]
+            cut = len(self._requests) - self.request_log_limit
+            self._requests[:] = [r for i, r in enumerate(self._requests) if i >= cut or id(r) in self._in_flight]
         if request.action == kmock.action.CREATE and request.resource is not None:
             self._admit(request)
         if request.resource is not None and request.data is not None:
@@ -72,7 +98,119 @@ class ApiServer(kmock.KubernetesEmulator):
             raise kmock.KubernetesError(status=409, reason="AlreadyExists", message=f"{request.data.get('metadata', {}).get('name')} already exists") from exc
         if request.action == kmock.action.DELETE and request.resource is not None and request.name:
             await self._collect_garbage()
+        if crd is not None and request.action in (kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE):
+            name = request.name or ((request.data or {}).get("metadata") or {}).get("name")
+            namespace = request.namespace or ((request.data or {}).get("metadata") or {}).get("namespace")
+            await self._replicate(crd, request.resource, namespace, name)
         return response
+
+    # -- a CRD's versions ------------------------------------------------------------------------
+
+    def apply_crd(self, crd: dict[str, Any]) -> None:
+        """`kubectl apply` of a CRD: its served versions become resources, its storage version joins
+        status.storedVersions (as the API server records it), the CRD object is stored."""
+        names, group = crd["spec"]["names"], crd["spec"]["group"]
+        for version in crd["spec"]["versions"]:
+            self.resources[f"{group}/{version['name']}/{names['plural']}"] = kmock.ResourceInfo(
+                kind=names["kind"], singular=names["singular"], namespaced=crd["spec"]["scope"] == "Namespaced",
+                verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+                shortnames=set(names.get("shortNames", [])), categories=set(names.get("categories", [])),
+                subresources=set(version.get("subresources", {})))
+        key = (CRD_RESOURCE, None, crd["metadata"]["name"])
+        existing = self.objects._objects.get(key)
+        before = copy.deepcopy(existing.raw) if existing is not None and not existing.deleted else {}
+        stored = list((before.get("status") or {}).get("storedVersions") or [])
+        storage = next(v["name"] for v in crd["spec"]["versions"] if v["storage"])
+        caBundle = (((before.get("spec") or {}).get("conversion") or {}).get("webhook") or {}).get("clientConfig", {}).get("caBundle")
+        crd = copy.deepcopy(crd)
+        if caBundle and crd["spec"].get("conversion", {}).get("strategy") == "Webhook":
+            crd["spec"]["conversion"]["webhook"]["clientConfig"]["caBundle"] = caBundle  # apply keeps what it does not set
+        crd.setdefault("metadata", {}).setdefault("uid", str(uuid.uuid4()))
+        crd["metadata"]["resourceVersion"] = rv()
+        crd["status"] = {"storedVersions": [*stored, storage] if storage not in stored else stored}
+        self.objects["apiextensions.k8s.io/v1/customresourcedefinitions", None, crd["metadata"]["name"]] = crd
+        self.materialized.setdefault((group, names["plural"]), set())
+
+    def crd_object(self, name: str) -> dict[str, Any]:
+        return self.objects._objects[(CRD_RESOURCE, None, name)].raw
+
+    def _crd(self, resource: Any) -> dict[str, Any] | None:
+        if resource is None or (str(resource.group), str(resource.plural)) not in self.materialized:
+            return None
+        obj = self.objects._objects.get((CRD_RESOURCE, None, f"{resource.plural}.{resource.group}"))
+        return None if obj is None or obj.deleted else obj.raw
+
+    def _others(self, crd: dict[str, Any], version: str) -> list[Any]:
+        group, plural = crd["spec"]["group"], crd["spec"]["names"]["plural"]
+        return [_parse_resource(f"{group}/{v}/{plural}") for v in sorted(self.materialized[(group, plural)]) if v != version]
+
+    async def _materialize(self, crd: dict[str, Any], version: str) -> None:
+        """Copies at `version` of every object, converted from a version that holds them (a real
+        API server converts on each read; keeping copies is the emulator's way to serve watches)."""
+        group, plural = crd["spec"]["group"], crd["spec"]["names"]["plural"]
+        have = self.materialized[(group, plural)]
+        if version in have:
+            return
+        if have:
+            source = _parse_resource(f"{group}/{sorted(have)[0]}/{plural}")
+            target = _parse_resource(f"{group}/{version}/{plural}")
+            for (res, namespace, name), obj in list(self.objects._objects.items()):
+                if res == source and not obj.deleted:
+                    self.objects._objects[(target, namespace, name)] = kmock.Object(await self._convert(crd, obj.raw, version))
+        have.add(version)
+
+    async def _replicate(self, crd: dict[str, Any], resource: Any, namespace: str | None, name: str | None) -> None:
+        """A write at one version, seen at every other: converted copies and their watch events."""
+        if name is None:
+            return
+        obj = self.objects._objects.get((resource, namespace, name))
+        storage = next(v["name"] for v in crd["spec"]["versions"] if v["storage"])
+        if obj is not None and not obj.deleted:
+            self.encoded[(str(resource.group), str(resource.plural), namespace, name)] = storage
+        for other in self._others(crd, str(resource.version)):
+            mirror = self.objects._objects.get((other, namespace, name))
+            if obj is None or obj.deleted:
+                if mirror is not None and not mirror.deleted:
+                    raw = mirror.raw
+                    mirror.delete()
+                    await self._buses[other].put({"type": "DELETED", "object": raw})
+                continue
+            converted = await self._convert(crd, obj.raw, str(other.version))
+            event = "ADDED" if mirror is None or mirror.deleted else "MODIFIED"
+            self.objects._objects[(other, namespace, name)] = kmock.Object(converted)
+            await self._buses[other].put({"type": event, "object": converted})
+
+    async def _convert(self, crd: dict[str, Any], obj: dict[str, Any], version: str) -> dict[str, Any]:
+        """The CRD's conversion: renaming apiVersion (None), or a ConversionReview to the webhook
+        over TLS, trusting only the CRD's caBundle, as the API server does."""
+        conversion = crd["spec"].get("conversion") or {"strategy": "None"}
+        target = f"{crd['spec']['group']}/{version}"
+        if conversion["strategy"] == "None":
+            return {**copy.deepcopy(obj), "apiVersion": target}
+        config = conversion["webhook"]["clientConfig"]
+        service = config["service"]
+        failed = f"conversion webhook for {target}, Kind={crd['spec']['names']['kind']} failed"
+        if self.webhook_endpoint is None:
+            raise kmock.KubernetesError(status=500, reason="InternalError", message=f"{failed}: no endpoints available for service")
+        context = ssl.create_default_context(cadata=base64.b64decode(config["caBundle"]).decode() if config.get("caBundle") else None)
+        uid = str(uuid.uuid4())
+        review = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "ConversionReview",
+                  "request": {"uid": uid, "desiredAPIVersion": target, "objects": [obj]}}
+        url = f"https://{self.webhook_endpoint}{service.get('path', '/')}"
+        try:
+            async with aiohttp.ClientSession() as http, http.post(
+                    url, json=review, ssl=context, server_hostname=f"{service['name']}.{service['namespace']}.svc",
+                    timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                answer = await resp.json()
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            raise kmock.KubernetesError(status=500, reason="InternalError", message=f"{failed}: {exc}") from exc
+        self.conversions += 1
+        response = answer.get("response") or {}
+        if response.get("uid") != uid or (response.get("result") or {}).get("status") != "Success":
+            raise kmock.KubernetesError(status=500, reason="InternalError",
+                                        message=f"{failed}: {(response.get('result') or {}).get('message')}")
+        (converted,) = response["convertedObjects"]
+        return converted
 
     def _admit(self, request: kmock.Request) -> None:
         """The refusals of a real API server that gridop must answer to: a create in a namespace
@@ -121,6 +259,12 @@ class ApiServer(kmock.KubernetesEmulator):
 
     async def _serve_list(self, request: kmock.Request) -> Any:
         payload = await super()._serve_list(request)
+        # A real list names its kind (kubectl's decoder insists): `TaskBatchList`, `v1`'s `PodList`.
+        res = request.resource
+        info = self.resources._resources.get(res)
+        if info is not None and info.kind:
+            payload = {"kind": f"{info.kind}List", "apiVersion": f"{res.group}/{res.version}" if res.group else str(res.version),
+                       **payload}
         selector = _selector(request)
         if selector is not None:
             payload["items"] = [o for o in payload["items"] if selector(o)]
@@ -220,21 +364,13 @@ def _selector(request: kmock.Request) -> Any:
     return lambda obj: all(t((obj.get("metadata") or {}).get("labels") or {}) for t in terms)
 
 
-def register_crds(emulator: kmock.KubernetesEmulator) -> None:
-    """Make the emulator discover our kinds from the committed CRD YAML (so the YAML is exercised)."""
-    for path in sorted((ROOT / "crds").glob("*.yaml")):
-        crd = yaml.safe_load(path.read_text())
-        names = crd["spec"]["names"]
-        for version in crd["spec"]["versions"]:
-            emulator.resources[f"{crd['spec']['group']}/{version['name']}/{names['plural']}"] = kmock.ResourceInfo(
-                kind=names["kind"],
-                singular=names["singular"],
-                namespaced=crd["spec"]["scope"] == "Namespaced",
-                verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
-                shortnames=set(names.get("shortNames", [])),
-                categories=set(names.get("categories", [])),
-                subresources=set(version.get("subresources", {})),
-            )
+CRD_RESOURCE = _parse_resource("apiextensions.k8s.io/v1/customresourcedefinitions")
+
+
+def register_crds(emulator: ApiServer, directory: pathlib.Path = ROOT / "crds") -> None:
+    """Apply the committed CRD YAML to the emulator (so the YAML is exercised)."""
+    for path in sorted(directory.glob("*.yaml")):
+        emulator.apply_crd(yaml.safe_load(path.read_text()))
 
 
 async def serve(port: int) -> None:

@@ -130,6 +130,7 @@ def operator(namespaces: tuple[str, ...]) -> int:
     from .kube.access import AccessError, load_cluster_access
     from .logs import setup_logging
     from .operator_main import LeadershipLost, run_operator
+    from .webhook import WebhookError
 
     settings = _settings()
     if namespaces:
@@ -143,6 +144,9 @@ def operator(namespaces: tuple[str, ...]) -> int:
         asyncio.run(run_operator(settings, access))
     except LeadershipLost as exc:
         click.echo(f"gridop operator: {exc}; exiting to restart as a standby", err=True)
+        return UNFINISHED
+    except WebhookError as exc:
+        click.echo(f"gridop operator: {exc}", err=True)
         return UNFINISHED
     except KubeError as exc:
         click.echo(f"gridop operator: the Kubernetes API refused start-up: {exc.api_message or exc} "
@@ -290,11 +294,12 @@ def worker(**opts: Any) -> int:
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.option("-o", "--output", default="crds", metavar="DIR", help="directory to write into")
-def crds(output: str) -> int:
+@click.option("--chart", is_flag=True, help="write them as the chart's templates (release names, crds.install, crds.keep)")
+def crds(output: str, chart: bool) -> int:
     """Write the CustomResourceDefinitions generated from the API models."""
     from .api import crdgen
 
-    for path in crdgen.write(pathlib.Path(output)):
+    for path in crdgen.write(pathlib.Path(output), chart=chart):
         click.echo(path)
     return 0
 

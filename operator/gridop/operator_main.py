@@ -20,11 +20,13 @@ from .handlers import Controllers, build_registry
 from .kube import ClusterAccess, KubeClient, KubeError, NotFound, load_cluster_access, resources
 from .kube.events import EventRecorder
 from .kube.lease import LeaderElector
+from .kube.migration import migrate_all
 from .sessions.cache import SessionCache
 from .sessions.controller import SessionController
 from .sessions.reconciler import SessionReconciler
 from .settings import Settings
 from .tasks.connection import connect
+from .webhook import ConversionWebhook, MountedCertificate, SelfManagedCertificate
 
 log = logging.getLogger(__name__)
 KINDS_RECHECK_SECONDS = 10.0  # how often an operator that cannot read its kinds looks again
@@ -86,6 +88,16 @@ async def _watch_served_kinds(client: KubeClient, settings: Settings, served: as
         await asyncio.sleep(KINDS_RECHECK_SECONDS)
 
 
+def _webhook(settings: Settings, client: KubeClient) -> ConversionWebhook:
+    if settings.webhook_cert_dir:
+        source: MountedCertificate | SelfManagedCertificate = MountedCertificate(settings.webhook_cert_dir)
+    else:
+        source = SelfManagedCertificate(
+            client, settings.operator_namespace, settings.webhook_secret, settings.webhook_service,
+            settings.webhook_cert_validity_seconds, [f"{resources.TASKBATCHES.plural}.{resources.TASKBATCHES.group}"])
+    return ConversionWebhook(source, "", settings.webhook_port, settings.webhook_check_seconds)
+
+
 async def _run(
     settings: Settings,
     client: KubeClient,
@@ -132,8 +144,12 @@ async def _run(
 
     controllers = Controllers([sessions, batches.controller(), pools.controller()], on_failure=stop.set,
                               after_stop=release_leadership)
+    webhook = _webhook(settings, client) if settings.webhook else None
+    if webhook is not None:
+        await webhook.start()  # every replica, before the Lease: the API server may call any of them
     served = asyncio.Event()
     checking = asyncio.create_task(_watch_served_kinds(client, settings, served))
+    migrating: asyncio.Task[None] | None = None
     runner = await metrics.serve_health(
         settings.metrics_port, lambda: ready.is_set() and served.is_set() and controllers.fresh,
     ) if serve_metrics else None
@@ -147,6 +163,10 @@ async def _run(
                 stop.set()
 
             holding = asyncio.create_task(elector.hold(on_lost))
+        if settings.migrate_storage:
+            migrating = asyncio.create_task(migrate_all(
+                client, [resources.GRIDSESSIONS, resources.TASKBATCHES, resources.TASKPOOLS],
+                clusterwide=not settings.watch_namespaces))
         await kopf.operator(
             registry=build_registry(),
             memo=kopf.Memo(client=client, controllers=controllers),
@@ -163,6 +183,10 @@ async def _run(
         if redis is not None:
             await redis.aclose()
         checking.cancel()
+        if migrating is not None:
+            migrating.cancel()
+        if webhook is not None:
+            await webhook.stop()
     if controllers.failure is not None:
         raise controllers.failure  # a controller's bug: the process exits non-zero and restarts
     if lost.is_set():

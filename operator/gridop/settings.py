@@ -92,6 +92,19 @@ class Settings(BaseSettings):
     gateway_recording_dir: str | None = Field(default=None, description="Record interactive consoles as asciicast v2 files here.")
     gateway_recording_required: bool = Field(default=True, description="Refuse (or end) a console whose recording fails.")
 
+    # The CRDs' conversion webhook, served by every operator replica.
+    webhook: bool = Field(default=True, description="Serve the conversion webhook (the API server calls it to convert TaskBatches).")
+    webhook_port: int = Field(default=9443, ge=1, le=65535, description="Where the webhook serves HTTPS.")
+    webhook_service: str = Field(default="gridop-webhook", description="The webhook's Service (its certificate names it).")
+    webhook_secret: str = Field(default="gridop-webhook-tls", description="The Secret the operator keeps its webhook certificate in.")
+    webhook_cert_dir: str | None = Field(
+        default=None, description="Serve tls.crt/tls.key from here (cert-manager) instead of a certificate the operator issues.")
+    webhook_cert_validity_seconds: float = Field(
+        default=365 * 86400.0, ge=60, description="Lifetime of a certificate the operator issues; renewed in its last third.")
+    webhook_check_seconds: float = Field(default=600.0, gt=0, description="How often the certificate is looked at.")
+    migrate_storage: bool = Field(
+        default=True, description="Rewrite objects stored at an older version once, then trim the CRD's storedVersions.")
+
     metrics_port: int = 8080
     log_format: str = Field(default="json", pattern="^(json|text)$")
     log_level: str = "INFO"

@@ -22,8 +22,8 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(HELM), *args], capture_output=True, text=True, check=check, timeout=60)
 
 
-def render(*sets: str, include_crds: bool = False) -> list[dict[str, Any]]:
-    args = ["template", "gridop", str(CHART), "--namespace", "gridop-system"]
+def render(*sets: str, include_crds: bool = False, release: str = "gridop") -> list[dict[str, Any]]:
+    args = ["template", release, str(CHART), "--namespace", "gridop-system"]
     if include_crds:
         args.append("--include-crds")
     for s in sets:
@@ -51,7 +51,11 @@ def test_defaults_render_a_restricted_operator_with_crds_and_rbac() -> None:
     crds = {c["metadata"]["name"]: c for c in by_kind(docs, "CustomResourceDefinition")}
     for path in (ROOT / "crds").glob("*.yaml"):
         committed = yaml.safe_load(path.read_text())
-        assert crds[committed["metadata"]["name"]] == committed
+        rendered = crds[committed["metadata"]["name"]]
+        # The chart's CRDs are crds/ plus `keep` (for release `gridop` the webhook is named alike).
+        assert rendered["metadata"].pop("annotations") == {"helm.sh/resource-policy": "keep"}
+        assert rendered == committed
+
 
     (deploy,) = by_kind(docs, "Deployment", "operator")
     pod = deploy["spec"]["template"]["spec"]
@@ -69,6 +73,27 @@ def test_defaults_render_a_restricted_operator_with_crds_and_rbac() -> None:
     assert env["GRIDOP_REDIS_URL"] == {"secretKeyRef": {"name": "gridop-redis", "key": "url"}}
     assert env["GRIDOP_REDIS_ACL"] == "true"
     assert not by_kind(docs, "ServiceMonitor")
+
+
+def test_crds_are_templates_helm_upgrades_and_can_leave_to_the_user() -> None:
+    """`helm upgrade` applies the CRDs (a chart's crds/ directory it never upgrades); the webhook
+    they call is the release's; `crds.install=false` leaves them to `kubectl apply -f crds/`."""
+    docs = render("crds.keep=false", "webhook.certManager.enabled=true", release="grid")
+    crds = {c["metadata"]["name"]: c for c in by_kind(docs, "CustomResourceDefinition")}
+    batch = crds["taskbatches.gridop.io"]
+    assert batch["metadata"]["annotations"] == {"cert-manager.io/inject-ca-from": "gridop-system/grid-gridop-webhook"}
+    service = batch["spec"]["conversion"]["webhook"]["clientConfig"]["service"]
+    assert (service["namespace"], service["name"], service["path"]) == ("gridop-system", "grid-gridop-webhook", "/convert")
+    (svc,) = [s for s in by_kind(docs, "Service") if s["metadata"]["name"] == "grid-gridop-webhook"]
+    assert svc["spec"]["selector"]["gridop.io/conversion-webhook"] == "true"
+    (deploy,) = by_kind(docs, "Deployment", "operator")
+    assert deploy["spec"]["template"]["metadata"]["labels"]["gridop.io/conversion-webhook"] == "true"
+    (cert,) = by_kind(docs, "Certificate")
+    assert cert["spec"]["secretName"] == "grid-gridop-webhook-tls"
+    assert "grid-gridop-webhook.gridop-system.svc" in cert["spec"]["dnsNames"]
+    env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["GRIDOP_WEBHOOK_CERT_DIR"] == "/etc/gridop/webhook"
+    assert not by_kind(render("crds.install=false"), "CustomResourceDefinition")
 
 
 def test_embedded_redis_persists_and_has_a_generated_password() -> None:

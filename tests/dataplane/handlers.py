@@ -98,3 +98,15 @@ def lambda_context(event, context):
     return {"aws_request_id": context.aws_request_id, "function_name": context.function_name,
             "memory_limit_in_mb": context.memory_limit_in_mb, "remaining": context.get_remaining_time_in_millis(),
             "function_version": context.function_version, "log_stream_name": context.log_stream_name}
+
+
+def ledger(event, context):
+    """Writes the task's `n` to the file GRIDOP_TEST_LEDGER names, once per run of the handler (one
+    short O_APPEND write: whole lines even from many processes), so a test counts executions."""
+    time.sleep(event.get("seconds", 0.01))
+    fd = os.open(os.environ["GRIDOP_TEST_LEDGER"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, f"{event['n']}\n".encode())
+    finally:
+        os.close(fd)
+    return {"n": event["n"]}

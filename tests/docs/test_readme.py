@@ -18,7 +18,7 @@ README = "README.md"
 
 
 def test_the_session_yaml_is_what_the_example_file_holds_and_is_admitted() -> None:
-    shown = block(README, "apiVersion: gridop.io/v1alpha1")
+    shown = block(README, "apiVersion: gridop.io/v1beta1")
     (example,) = load_yaml(ROOT / "examples" / "gridsession.yaml")
     import yaml
 

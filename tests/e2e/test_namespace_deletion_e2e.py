@@ -37,7 +37,7 @@ async def test_deleting_a_namespace_with_all_three_kinds_finishes(
     redis_url = operator_env["GRIDOP_REDIS_URL"]
     session = yaml.safe_load((ROOT / "examples" / "gridsession.yaml").read_text())
     batch = yaml.safe_load((ROOT / "examples" / "taskbatch.yaml").read_text())
-    pool = {"apiVersion": "gridop.io/v1alpha1", "kind": "TaskPool", "metadata": {"name": "default"},
+    pool = {"apiVersion": "gridop.io/v1beta1", "kind": "TaskPool", "metadata": {"name": "default"},
             "spec": {"handler": batch["spec"]["handler"], "workers": {"min": 1, "max": 2}}}
     for res, body in ((resources.GRIDSESSIONS, session), (resources.TASKBATCHES, batch), (resources.TASKPOOLS, pool)):
         await kube.create(res, body, namespace)

@@ -94,7 +94,7 @@ def node(name: str, ip: str, labels: dict[str, str] | None = None, ready: bool =
 def gridsession(name: str, **spec: Any) -> dict[str, Any]:
     """A GridSession as `kubectl apply` would create it (with what the API server fills in)."""
     return {
-        "apiVersion": "gridop.io/v1alpha1",
+        "apiVersion": "gridop.io/v1beta1",
         "kind": "GridSession",
         "metadata": {
             "name": name,

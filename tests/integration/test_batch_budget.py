@@ -31,12 +31,12 @@ def writes(emulator, resource: str | None = None) -> int:
 
 
 def taskbatch(name: str) -> dict:
-    return {"apiVersion": "gridop.io/v1alpha1", "kind": "TaskBatch", "metadata": {"name": name},
+    return {"apiVersion": "gridop.io/v1beta1", "kind": "TaskBatch", "metadata": {"name": name},
             "spec": {"handler": "tests.dataplane.handlers:echo", "workers": {"max": 2, "tasksPerWorker": 10}}}
 
 
 def taskpool(name: str) -> dict:
-    return {"apiVersion": "gridop.io/v1alpha1", "kind": "TaskPool", "metadata": {"name": name},
+    return {"apiVersion": "gridop.io/v1beta1", "kind": "TaskPool", "metadata": {"name": name},
             "spec": {"handler": "tests.dataplane.handlers:echo", "workers": {"min": 1, "max": 4, "tasksPerWorker": 10}}}
 
 

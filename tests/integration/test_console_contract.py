@@ -32,7 +32,7 @@ async def test_the_console_contract_public_keys_verify_the_session_token_and_url
     from gridop.auth.keystore import JWKS_KEY
     from gridop.auth.tokens import public_keys_from_jwks, verify_token
 
-    seed(emulator, "gridop.io/v1alpha1/gridsessions", gridsession("consoled", node="worker-1", tenant="acme"))
+    seed(emulator, "gridop.io/v1beta1/gridsessions", gridsession("consoled", node="worker-1", tenant="acme"))
     gs = await eventually(lambda: phase_is(api, "consoled", "Running"), what="the session runs")
     assert gs["status"]["console"] == {
         "interact": f"wss://grid.example/console/interact/{NAMESPACE}/consoled",

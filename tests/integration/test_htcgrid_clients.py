@@ -96,7 +96,7 @@ async def test_htc_grid_clients_run_unchanged_on_a_task_pool(
     emulator: kmock.KubernetesEmulator, operator, api: KubeClient, redis_url: str, agent_config: pathlib.Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    pool = {"apiVersion": "gridop.io/v1alpha1", "kind": "TaskPool", "metadata": {"name": "default"},
+    pool = {"apiVersion": "gridop.io/v1beta1", "kind": "TaskPool", "metadata": {"name": "default"},
             "spec": {"handler": HANDLER, "workers": {"max": 3, "tasksPerWorker": 10}}}
     await api.create(resources.TASKPOOLS, pool, NAMESPACE)
 

@@ -15,7 +15,7 @@ import logging
 import pytest
 import redis.asyncio as aioredis
 
-from gridop.api.v1alpha1.common import FINALIZER
+from gridop.api.v1beta1.common import FINALIZER
 from gridop.client.tasks import AsyncGridConnector
 from gridop.kube import KubeClient, NotFound, resources
 from gridop.settings import Settings
@@ -61,11 +61,11 @@ async def test_deleting_a_namespace_runs_every_finalizer(
     seed(emulator, "v1/nodes", node("worker-1", "172.18.0.3"))
     await api.create(resources.GRIDSESSIONS, gridsession("s1", node="worker-1"), NAMESPACE)
     await api.create(resources.TASKBATCHES, {
-        "apiVersion": "gridop.io/v1alpha1", "kind": "TaskBatch", "metadata": {"name": "tb"},
+        "apiVersion": "gridop.io/v1beta1", "kind": "TaskBatch", "metadata": {"name": "tb"},
         "spec": {"handler": "tests.dataplane.handlers:echo"}}, NAMESPACE)
     for name, finalizers in (("pool", []), ("older-pool", [FINALIZER])):  # as an earlier gridop left one
         await api.create(resources.TASKPOOLS, {
-            "apiVersion": "gridop.io/v1alpha1", "kind": "TaskPool",
+            "apiVersion": "gridop.io/v1beta1", "kind": "TaskPool",
             "metadata": {"name": name, "finalizers": finalizers},
             "spec": {"handler": "tests.dataplane.handlers:echo"}}, NAMESPACE)
     async with AsyncGridConnector({"redis_url": redis_url, "namespace": NAMESPACE}) as c:

@@ -13,6 +13,7 @@ import asyncio
 
 import pytest
 
+from bench.localredis import free_port
 from gridop.client.tasks import AsyncGridConnector
 from gridop.kube import KubeClient, resources
 from gridop.settings import Settings
@@ -26,7 +27,7 @@ from .conftest import NAMESPACE, eventually, gridsession
 OPERATOR = "gridop-operator"
 VERBS = {"FETCH": "get", "LIST": "list", "WATCH": "watch", "CREATE": "create", "UPDATE": "patch", "DELETE": "delete"}
 GROUPS = {"gridsessions": "gridop.io", "taskbatches": "gridop.io", "taskpools": "gridop.io", "jobs": "batch",
-          "deployments": "apps", "leases": "coordination.k8s.io"}
+          "deployments": "apps", "leases": "coordination.k8s.io", "customresourcedefinitions": "apiextensions.k8s.io"}
 # Granted, though this run does not ask for them.
 NOT_EXERCISED = {
     ("", "pods", "get"): "a pod create that finds the name taken reads it once (another writer won)",
@@ -35,7 +36,10 @@ NOT_EXERCISED = {
     ("gridop.io", "taskpools/finalizers", "update"): "blockOwnerDeletion under OwnerReferencesPermissionEnforcement",
     ("", "configmaps", "patch"): "a session's configuration changed (and the public signing keys rotated)",
     ("", "services", "patch"): "a session's ports changed",
-    ("", "secrets", "patch"): "a session's token renewed; a namespace's data-plane credentials changed",
+    ("", "secrets", "patch"): "a session's token renewed; a namespace's data-plane credentials changed; "
+                              "the webhook's certificate renewed",
+    ("apiextensions.k8s.io", "customresourcedefinitions/status", "patch"):
+        "storedVersions trimmed after an upgrade (tests/integration/test_upgrade.py runs it)",
     ("gridop.io", "taskpools", "patch"): "a pool left with an earlier gridop's finalizer, let go on deletion",
     ("gridop.io", "gridsessions", "patch"): "lapsed attachments pruned; an earlier gridop's finalizer taken off",
     ("coordination.k8s.io", "leases", "patch"): "the leader's renewals (every 5 s) and its release on stop",
@@ -45,7 +49,8 @@ NOT_EXERCISED = {
 @pytest.fixture
 def settings(redis_url: str) -> Settings:
     return Settings(operator_namespace="gridop-system", log_format="text", redis_url=redis_url, leader_election=True,
-                    resync_seconds=5.0, batch_status_interval_seconds=0.2, pod_name="op-0")
+                    resync_seconds=5.0, batch_status_interval_seconds=0.2, pod_name="op-0",
+                    webhook=True, webhook_port=free_port())  # the webhook's certificate and CA injection too
 
 
 def granted() -> set[tuple[str, str, str]]:
@@ -74,11 +79,11 @@ async def test_the_chart_grants_what_the_operator_uses_and_no_more(
         "short", node="worker-1", workload={"ports": ports}, maxLifetimeSeconds=2, ttlSecondsAfterStopped=1), NAMESPACE)
     # A batch: run to the end, then deleted by its TTL.
     await api.create(resources.TASKBATCHES, {
-        "apiVersion": "gridop.io/v1alpha1", "kind": "TaskBatch", "metadata": {"name": "tb"},
+        "apiVersion": "gridop.io/v1beta1", "kind": "TaskBatch", "metadata": {"name": "tb"},
         "spec": {"handler": "tests.dataplane.handlers:echo", "ttlSecondsAfterFinished": 1}}, NAMESPACE)
     # A pool with work: its Deployment made and scaled.
     await api.create(resources.TASKPOOLS, {
-        "apiVersion": "gridop.io/v1alpha1", "kind": "TaskPool", "metadata": {"name": "default"},
+        "apiVersion": "gridop.io/v1beta1", "kind": "TaskPool", "metadata": {"name": "default"},
         "spec": {"handler": "tests.dataplane.handlers:echo", "workers": {"min": 0, "max": 2, "tasksPerWorker": 5}}},
         NAMESPACE)
     async with AsyncGridConnector({"redis_url": redis_url, "namespace": NAMESPACE}) as client:

@@ -124,7 +124,7 @@ async def test_a_stopped_leftover_is_replaced_and_a_terminating_one_refused(
             assert gs["metadata"]["uid"] != first_uid and gs["status"]["phase"] == "Running"
 
     # A session being deleted (held here by a foreign finalizer) is refused with its state.
-    seed(emulator, "gridop.io/v1alpha1/gridsessions", {
+    seed(emulator, "gridop.io/v1beta1/gridsessions", {
         **gridsession("leaving", user="alice", node="worker-1"),
         "metadata": {"name": "leaving", "namespace": NAMESPACE, "resourceVersion": "1",
                      "finalizers": ["example.com/hold"], "deletionTimestamp": "2026-01-01T00:00:00Z"},

@@ -24,7 +24,7 @@ from .conftest import NAMESPACE, eventually
 
 
 def taskbatch(name: str, **spec) -> dict:
-    return {"apiVersion": "gridop.io/v1alpha1", "kind": "TaskBatch", "metadata": {"name": name},
+    return {"apiVersion": "gridop.io/v1beta1", "kind": "TaskBatch", "metadata": {"name": name},
             "spec": {"handler": "tests.dataplane.handlers:echo", "workers": {"min": 0, "max": 3, "tasksPerWorker": 10},
                      **spec}}
 
@@ -203,7 +203,7 @@ async def test_the_spec_retry_policy_governs_the_tasks_and_appends_reopen_a_fini
     failed attempts are counted by kind in the status, and tasks appended to a finished batch
     bring it back to Running with workers."""
     await api.create(resources.TASKBATCHES, taskbatch("tb5", handler="tests.dataplane.handlers:exits",
-                                                      retry={"maxRetries": 0, "backoffSeconds": 0.1}), NAMESPACE)
+                                                      retry={"maxRetries": 0, "backoffMilliseconds": 100}), NAMESPACE)
     await eventually(lambda: phase_is(api, "tb5", "Pending"))
     meta = await eventually(lambda: _meta_with(batch_store, "tb5", "policy_source"))
     assert (meta["max_attempts"], meta["backoff"]) == ("1", "0.1")
@@ -239,7 +239,7 @@ async def test_deleting_batches_and_pools_is_quiet(
 ) -> None:
     """A normal delete stops the object's loop through its stop flag: no WARNING from kopf about
     cancelling and escalating, no ERROR."""
-    pool = {"apiVersion": "gridop.io/v1alpha1", "kind": "TaskPool", "metadata": {"name": "quiet"},
+    pool = {"apiVersion": "gridop.io/v1beta1", "kind": "TaskPool", "metadata": {"name": "quiet"},
             "spec": {"handler": "tests.dataplane.handlers:echo"}}
     await api.create(resources.TASKBATCHES, taskbatch("quiet"), NAMESPACE)
     await api.create(resources.TASKPOOLS, pool, NAMESPACE)
@@ -265,7 +265,7 @@ async def test_what_a_namespace_stops_using_leaves_redis(
     pool (a new one defines it again, with the password its Secret keeps)."""
     admin = aioredis.Redis.from_url(redis_url)
     user = f"gridop-{NAMESPACE}"
-    pool = {"apiVersion": "gridop.io/v1alpha1", "kind": "TaskPool", "metadata": {"name": "p1"},
+    pool = {"apiVersion": "gridop.io/v1beta1", "kind": "TaskPool", "metadata": {"name": "p1"},
             "spec": {"handler": "tests.dataplane.handlers:echo"}}
     try:
         await api.create(resources.TASKBATCHES, taskbatch("last"), NAMESPACE)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from gridop.api.v1alpha1 import GridSession
+from gridop.api.v1beta1 import GridSession
 from gridop.settings import Settings
 
 NOW = datetime.datetime(2026, 11, 1, 12, 0, tzinfo=datetime.UTC)

@@ -2,7 +2,7 @@
 
 import datetime
 
-from gridop.api.v1alpha1.taskbatch import TaskBatchSpec, TaskBatchStatus, TaskCounts
+from gridop.api.v1beta1.taskbatch import TaskBatchSpec, TaskBatchStatus, TaskCounts
 from gridop.batches.taskbatch_rules import decide, desired_workers
 
 NOW = datetime.datetime(2026, 11, 1, tzinfo=datetime.UTC)

@@ -103,7 +103,7 @@ def admit(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
 def session(**spec: Any) -> dict[str, Any]:
     base = {"user": "alice", "node": "w1", "config": {"airgen": {}, "grid": {}}}
     base.update(spec)
-    return {"apiVersion": "gridop.io/v1alpha1", "kind": "GridSession", "metadata": {"name": "s1"},
+    return {"apiVersion": "gridop.io/v1beta1", "kind": "GridSession", "metadata": {"name": "s1"},
             "spec": {k: v for k, v in base.items() if v is not None}}
 
 
@@ -155,7 +155,7 @@ def test_user_is_immutable_but_other_fields_may_change() -> None:
 
 
 def batch(**spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "gridop.io/v1alpha1", "kind": "TaskBatch", "metadata": {"name": "b1"},
+    return {"apiVersion": "gridop.io/v1beta1", "kind": "TaskBatch", "metadata": {"name": "b1"},
             "spec": {"handler": "tasks:run", **spec}}
 
 
@@ -198,7 +198,7 @@ def test_every_rule_is_evaluable_on_a_minimal_object(kind: str) -> None:
 
 
 def taskpool(**spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "gridop.io/v1alpha1", "kind": "TaskPool", "metadata": {"name": "default"},
+    return {"apiVersion": "gridop.io/v1beta1", "kind": "TaskPool", "metadata": {"name": "default"},
             "spec": {"handler": "tasks:run", **spec}}
 
 

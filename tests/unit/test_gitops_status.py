@@ -13,8 +13,8 @@ from typing import Any
 import lupa
 import pytest
 
-from gridop.api.v1alpha1.taskbatch import TaskBatchSpec, TaskBatchStatus, TaskCounts
-from gridop.api.v1alpha1.taskpool import TaskPoolStatus
+from gridop.api.v1beta1.taskbatch import TaskBatchSpec, TaskBatchStatus, TaskCounts
+from gridop.api.v1beta1.taskpool import TaskPoolStatus
 from gridop.batches import taskbatch_rules as batch
 from gridop.batches.taskpool_rules import pool_status
 from gridop.sessions import plan

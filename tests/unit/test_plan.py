@@ -20,7 +20,7 @@ def test_pod_runs_the_workload_with_config_and_token_mounted() -> None:
     assert pod["spec"]["restartPolicy"] == "Never" and pod["spec"]["automountServiceAccountToken"] is False
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
     assert pod["metadata"]["ownerReferences"][0] == {
-        "apiVersion": "gridop.io/v1alpha1", "kind": "GridSession", "name": "s1", "uid": "u-1",
+        "apiVersion": "gridop.io/v1beta1", "kind": "GridSession", "name": "s1", "uid": "u-1",
         "controller": True, "blockOwnerDeletion": True,
     }
     assert pod["metadata"]["labels"][plan.SESSION_LABEL] == "s1"

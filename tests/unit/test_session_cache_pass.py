@@ -99,7 +99,7 @@ def world(api: Api) -> tuple[SessionReconciler, SessionCache, list[str]]:
 
 
 def new_session(api: Api, cache: SessionCache) -> dict[str, Any]:
-    body = {"apiVersion": "gridop.io/v1alpha1", "kind": "GridSession",
+    body = {"apiVersion": "gridop.io/v1beta1", "kind": "GridSession",
             "metadata": {"name": "s1", "namespace": NS, "uid": "uid-s1", "generation": 1, "resourceVersion": "10"},
             "spec": {"user": "alice", "node": "w1", "config": {"airgen": {}, "grid": {}}}}
     api.objects[("gridsessions", NS, "s1")] = copy.deepcopy(body)

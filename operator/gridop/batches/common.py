@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from ..api.v1alpha1.common import FINALIZER
+from ..api.v1beta1.common import FINALIZER
 from ..kube import Conflict, KubeClient, NotFound, Resource, merge_patch
 from ..kube.informer import Informer
 from ..kube.meta import metadata_view

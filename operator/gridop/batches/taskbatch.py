@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import metrics
-from ..api.v1alpha1 import utcnow
-from ..api.v1alpha1.common import FINALIZER
-from ..api.v1alpha1.taskbatch import BatchPhase, ErrorCounts, TaskBatchSpec, TaskBatchStatus, TaskCounts
+from ..api.v1beta1 import utcnow
+from ..api.v1beta1.common import FINALIZER
+from ..api.v1beta1.taskbatch import BatchPhase, ErrorCounts, TaskBatchSpec, TaskBatchStatus, TaskCounts, decimal_value
 from ..kube import AlreadyExists, KubeClient, KubeError, resources
 from ..kube.controller import Controller, TerminatingNamespaces
 from ..kube.events import EventRecorder
@@ -42,8 +42,9 @@ TASK_STATES = ("pending", "processing", "retrying", "finished", "failed", "cance
 
 def retry_policy(spec: TaskBatchSpec) -> RetryPolicy:
     r = spec.retry
-    return RetryPolicy(max_retries=r.max_retries, backoff_seconds=r.backoff_seconds,
-                       backoff_multiplier=r.backoff_multiplier, backoff_max_seconds=r.backoff_max_seconds,
+    return RetryPolicy(max_retries=r.max_retries, backoff_seconds=r.backoff_milliseconds / 1000,
+                       backoff_multiplier=decimal_value(r.backoff_multiplier),
+                       backoff_max_seconds=r.backoff_max_milliseconds / 1000,
                        max_infrastructure_retries=r.max_infrastructure_retries)
 
 

@@ -11,8 +11,8 @@ import datetime
 import math
 from typing import Any
 
-from ..api.v1alpha1 import find_condition, set_condition, set_progress
-from ..api.v1alpha1.taskbatch import BatchPhase, ErrorCounts, TaskBatchSpec, TaskBatchStatus, TaskCounts
+from ..api.v1beta1 import find_condition, set_condition, set_progress
+from ..api.v1beta1.taskbatch import BatchPhase, ErrorCounts, TaskBatchSpec, TaskBatchStatus, TaskCounts
 
 
 def desired_workers(spec: TaskBatchSpec, counts: TaskCounts) -> int:

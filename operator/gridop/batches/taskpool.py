@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import metrics
-from ..api.v1alpha1 import utcnow
-from ..api.v1alpha1.taskbatch import TaskCounts
-from ..api.v1alpha1.taskpool import TaskPoolSpec, TaskPoolStatus
+from ..api.v1beta1 import utcnow
+from ..api.v1beta1.taskbatch import TaskCounts
+from ..api.v1beta1.taskpool import TaskPoolSpec, TaskPoolStatus
 from ..kube import AlreadyExists, KubeClient, KubeError, resources
 from ..kube.controller import Controller, TerminatingNamespaces
 from ..kube.informer import Informer

@@ -10,9 +10,9 @@ import datetime
 import math
 from typing import Any
 
-from ..api.v1alpha1 import set_condition, set_progress
-from ..api.v1alpha1.taskbatch import TaskCounts
-from ..api.v1alpha1.taskpool import TaskPoolSpec, TaskPoolStatus
+from ..api.v1beta1 import set_condition, set_progress
+from ..api.v1beta1.taskbatch import TaskCounts
+from ..api.v1beta1.taskpool import TaskPoolSpec, TaskPoolStatus
 
 
 def desired_pool_workers(spec: TaskPoolSpec, counts: TaskCounts) -> int:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..api.v1alpha1 import taskbatch, taskpool
-from ..api.v1alpha1.taskbatch import OnError, TaskBatchSpec
-from ..api.v1alpha1.taskpool import TaskPoolSpec
+from ..api.v1beta1 import taskbatch, taskpool
+from ..api.v1beta1.taskbatch import OnError, TaskBatchSpec
+from ..api.v1beta1.taskpool import TaskPoolSpec
 from ..kube.meta import TEMPLATE_HASH, owner_reference, template_hash
 from ..settings import Settings
 from ..tasks.store import key_prefix
@@ -88,7 +88,7 @@ def worker_job(meta: dict[str, Any], spec: TaskBatchSpec, settings: Settings, pa
     name = meta["name"]
     labels = _labels(BATCH_LABEL, name)
     pod_spec = worker_pod_spec(spec, settings, meta["namespace"], redis_secret,
-                               [{"name": "GRIDOP_SESSION_ID", "value": name}], spec.retry.on_error, "OnFailure")
+                               [{"name": "GRIDOP_SESSION_ID", "value": name}], spec.on_error, "OnFailure")
     return {
         "metadata": {"name": job_name(name), "namespace": meta["namespace"], "labels": labels,
                      "ownerReferences": [owner_reference(taskbatch.KIND, meta)]},

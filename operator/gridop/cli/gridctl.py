@@ -21,8 +21,8 @@ from typing import Any
 
 import click
 
-from ..api.v1alpha1 import API_VERSION, GridSessionSpec, Phase
-from ..api.v1alpha1.gridsession import KIND
+from ..api.v1beta1 import API_VERSION, GridSessionSpec, Phase
+from ..api.v1beta1.gridsession import KIND
 from ..client.sessions import start_verdict, validate_session_id
 from ..kube import KubeClient, load_cluster_access, resources
 from ..sessions.config import read_session_config_file

@@ -21,8 +21,8 @@ from typing import Any
 
 import aiohttp
 
-from ..api.v1alpha1 import API_VERSION, GridSessionSpec, Phase
-from ..api.v1alpha1.gridsession import KIND, MAX_NAME_LENGTH, NAME_PATTERN
+from ..api.v1beta1 import API_VERSION, GridSessionSpec, Phase
+from ..api.v1beta1.gridsession import KIND, MAX_NAME_LENGTH, NAME_PATTERN
 from ..kube import AlreadyExists, ClusterAccess, Conflict, KubeClient, KubeError, load_cluster_access, resources
 from ..sessions.config import build_session_config, read_session_config_file
 from ..sessions.plan import LAST_ACTIVE_ANNOTATION

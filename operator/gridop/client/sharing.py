@@ -37,8 +37,8 @@ import random
 import uuid
 from typing import Any, Protocol
 
-from ..api.v1alpha1 import Phase
-from ..api.v1alpha1.gridsession import Sharing
+from ..api.v1beta1 import Phase
+from ..api.v1beta1.gridsession import Sharing
 from ..kube import Conflict, KubeClient, NotFound, resources
 from ..sessions import attachments
 

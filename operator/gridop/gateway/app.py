@@ -30,7 +30,7 @@ from multidict import MultiDict
 
 from .. import metrics
 from ..api import console as wire
-from ..api.v1alpha1 import utcnow
+from ..api.v1beta1 import utcnow
 from ..auth.keystore import PublicKeySource
 from ..kube import KubeClient, KubeError, resources
 from ..kube.informer import Informer

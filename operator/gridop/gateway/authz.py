@@ -27,8 +27,8 @@ from typing import Any, Protocol
 import jwt
 
 from ..api import console as wire
-from ..api.v1alpha1 import GROUP
-from ..api.v1alpha1.gridsession import PLURAL
+from ..api.v1beta1 import GROUP
+from ..api.v1beta1.gridsession import PLURAL
 from ..auth.tokens import TokenError, VerificationKeys, unverified_claims, verify_token
 from ..kube import resources
 from .requests import ConsoleRequest

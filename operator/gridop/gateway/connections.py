@@ -21,7 +21,7 @@ from aiohttp import web
 
 from .. import metrics
 from ..api import console as wire
-from ..api.v1alpha1 import utcnow
+from ..api.v1beta1 import utcnow
 from ..settings import Settings
 from .activity import Activity
 from .authz import Denied, Principal, Unavailable

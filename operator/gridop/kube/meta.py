@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Any
 
-from ..api.v1alpha1 import API_VERSION
+from ..api.v1beta1 import API_VERSION
 
 # The hash of the pod template a child was made from: a changed spec shows as a changed hash.
 TEMPLATE_HASH = "gridop.io/template-hash"

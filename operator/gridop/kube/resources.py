@@ -1,6 +1,6 @@
 """The resources gridop talks to."""
 
-from ..api.v1alpha1 import GROUP, VERSION, gridsession, taskbatch, taskpool
+from ..api.v1beta1 import GROUP, VERSION, gridsession, taskbatch, taskpool
 from .client import Resource
 
 PODS = Resource("", "v1", "pods", "Pod")

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from ..api.v1alpha1.gridsession import Attachment
+from ..api.v1beta1.gridsession import Attachment
 
 PREFIX = "attach.gridop.io/"
 CLIENT_PATTERN = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")

@@ -11,8 +11,8 @@ import datetime
 import hashlib
 from typing import Any
 
-from ..api.v1alpha1 import GridSession
-from ..api.v1alpha1.gridsession import KIND
+from ..api.v1beta1 import GridSession
+from ..api.v1beta1.gridsession import KIND
 from ..kube.meta import TEMPLATE_HASH, template_hash
 from ..kube.meta import owner_reference as _owner_reference
 from ..settings import Settings

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 
-from ..api.v1alpha1 import GridSession, GridSessionStatus
+from ..api.v1beta1 import GridSession, GridSessionStatus
 from .plan import LAST_ACTIVE_ANNOTATION
 
 

@@ -20,8 +20,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from .. import metrics
-from ..api.v1alpha1 import GridSession, GridSessionStatus, Phase, utcnow
-from ..api.v1alpha1.common import FINALIZER, set_condition, set_progress
+from ..api.v1beta1 import GridSession, GridSessionStatus, Phase, utcnow
+from ..api.v1beta1.common import FINALIZER, set_condition, set_progress
 from ..auth.keystore import KeyringSource
 from ..auth.tokens import SigningKeyError, issue_session_token
 from ..kube import AlreadyExists, Conflict, KubeClient, KubeError, NotFound, merge_patch, resources

@@ -12,8 +12,8 @@ import datetime
 import enum
 from typing import Any
 
-from ..api.v1alpha1 import GridSession, GridSessionStatus, Phase, find_condition, set_condition, set_progress
-from ..api.v1alpha1.gridsession import ConsoleURLs, PodLossPolicy
+from ..api.v1beta1 import GridSession, GridSessionStatus, Phase, find_condition, set_condition, set_progress
+from ..api.v1beta1.gridsession import ConsoleURLs, PodLossPolicy
 from ..settings import Settings
 from . import attachments, plan
 from .policy import last_active_time, next_deadline, stop_reason

@@ -1,51 +1,30 @@
-"""TaskBatch: one HTC-Grid session — a set of tasks, run by a pool of workers.
+"""TaskBatch at v1alpha1, as it was released: retry delays in float seconds and `retry.onError`.
 
-Tasks live in the Redis data plane, never here: the status holds counters per state, phase,
-times and conditions, written at a bounded rate whatever the number of tasks.
+v1beta1 moved `onError` up to the spec (where a TaskPool has it) and holds delays in integer
+milliseconds and the multiplier as an integer or decimal string (no floats in a spec).
 """
 
 from __future__ import annotations
 
-import datetime
-import enum
-
 from pydantic import Field
 
-from .common import CONDITIONS_LIST, Condition, KubeModel
-from .gridsession import EnvVar, ResourceRequirements
+from ..v1beta1.common import KubeModel
+from ..v1beta1.taskbatch import (
+    CATEGORIES,
+    KIND,
+    PLURAL,
+    PRINTER_COLUMNS,
+    ROOT_RULES,
+    SHORT_NAMES,
+    SINGULAR,
+    SPEC_RULES,
+    OnError,
+    TaskBatchStatus,
+    Workers,
+)
 
-KIND = "TaskBatch"
-PLURAL = "taskbatches"
-SINGULAR = "taskbatch"
-SHORT_NAMES = ["tb"]
-CATEGORIES = ["grid"]
-MAX_NAME_LENGTH = 53  # `<name>-workers` names the Job (and its pods' prefix)
-
-
-class BatchPhase(str, enum.Enum):
-    PENDING = "Pending"
-    RUNNING = "Running"
-    SUSPENDED = "Suspended"
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
-    CANCELLED = "Cancelled"
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in (BatchPhase.SUCCEEDED, BatchPhase.FAILED, BatchPhase.CANCELLED)
-
-
-class OnError(str, enum.Enum):
-    RETRY = "Retry"
-    FAIL = "Fail"
-
-
-class Workers(KubeModel):
-    min: int = Field(default=0, ge=0, le=1000, description="Workers kept while the batch has work.")
-    max: int = Field(default=4, ge=1, le=1000, description="Upper bound when scaling with queue depth.")
-    tasks_per_worker: int = Field(default=1000, ge=1, description="Queue depth one worker is expected to absorb.")
-    resources: ResourceRequirements | None = None
-    env: list[EnvVar] = Field(default_factory=list, max_length=128)
+__all__ = ["CATEGORIES", "FIELD_RULES", "KIND", "PLURAL", "PRINTER_COLUMNS", "ROOT_RULES", "SHORT_NAMES", "SINGULAR",
+           "SPEC_RULES", "RetryPolicySpec", "TaskBatchSpec", "TaskBatchStatus"]
 
 
 class RetryPolicySpec(KubeModel):
@@ -80,68 +59,7 @@ class TaskBatchSpec(KubeModel):
     cancel: bool = Field(default=False, description="Cancel every task not yet finished (cannot be undone).")
 
 
-class TaskCounts(KubeModel):
-    pending: int = 0
-    processing: int = 0
-    retrying: int = 0
-    finished: int = 0
-    failed: int = 0
-    cancelled: int = 0
-    total: int = 0
-
-
-class ErrorCounts(KubeModel):
-    """Failed attempts by what they are blamed on (a task retried twice counts twice)."""
-
-    application: int = Field(default=0, description="The handler raised (or called sys.exit()).")
-    timeout: int = Field(default=0, description="The handler ran past taskTimeoutSeconds.")
-    infrastructure: int = Field(default=0, description="The worker died or lost contact: its lease lapsed.")
-
-
-class TaskBatchStatus(KubeModel):
-    phase: BatchPhase = BatchPhase.PENDING
-    counts: TaskCounts = Field(default_factory=TaskCounts)
-    errors: ErrorCounts = Field(default_factory=ErrorCounts)
-    workers: int = 0
-    start_time: datetime.datetime | None = None
-    completion_time: datetime.datetime | None = None
-    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_LIST)
-    observed_generation: int | None = Field(default=None, ge=0)
-
-
-# Rules of the worker settings a TaskBatch and a TaskPool share.
-WORKER_RULES = [
-    {"rule": "self.workers.min <= self.workers.max", "message": "spec.workers.min must not exceed spec.workers.max",
-     "fieldPath": ".workers.min"},
-    {"rule": "self.leaseSeconds > self.heartbeatSeconds", "message": "spec.leaseSeconds must exceed spec.heartbeatSeconds",
-     "fieldPath": ".leaseSeconds"},
-]
-SPEC_RULES = WORKER_RULES
 FIELD_RULES = {
     "cancel": [{"rule": "oldSelf == false || self == true", "message": "spec.cancel cannot be undone"}],
     "handler": [{"rule": "self == oldSelf", "message": "spec.handler is immutable"}],
 }
-
-
-def name_rules(max_length: int) -> list[dict[str, str]]:
-    """The object's name is a DNS-1123 label short enough to prefix its workers' names."""
-    return [{
-        "rule": f"self.metadata.name.size() <= {max_length} && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
-        "message": f"metadata.name must be a DNS-1123 label of at most {max_length} characters",
-    }]
-
-
-ROOT_RULES = name_rules(MAX_NAME_LENGTH)
-PRINTER_COLUMNS = [
-    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-    {"name": "Total", "type": "integer", "jsonPath": ".status.counts.total"},
-    {"name": "Pending", "type": "integer", "jsonPath": ".status.counts.pending"},
-    {"name": "Running", "type": "integer", "jsonPath": ".status.counts.processing"},
-    {"name": "Finished", "type": "integer", "jsonPath": ".status.counts.finished"},
-    {"name": "Failed", "type": "integer", "jsonPath": ".status.counts.failed"},
-    {"name": "Workers", "type": "integer", "jsonPath": ".status.workers"},
-    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-    {"name": "Retrying", "type": "integer", "priority": 1, "jsonPath": ".status.counts.retrying"},
-    {"name": "Cancelled", "type": "integer", "priority": 1, "jsonPath": ".status.counts.cancelled"},
-    {"name": "Message", "type": "string", "priority": 1, "jsonPath": '.status.conditions[?(@.type=="Ready")].message'},
-]

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
 GROUP = "gridop.io"
-VERSION = "v1alpha1"
+VERSION = "v1beta1"
 #: The operator's finalizer: on TaskBatches and TaskPools (their data-plane keys go first); a
 #: GridSession carries it only if an earlier version put it there, and loses it.
 FINALIZER = f"{GROUP}/finalizer"
