@@ -26,7 +26,7 @@ BLOCKS: dict[tuple[str, str], tuple[str, str]] = {
         CLUSTER, "needs a cluster with pods that run: tests/e2e/test_readme_e2e.py runs it verbatim on the cluster "
         "`make up` makes; gridctl console with a kind kubeconfig runs in tests/integration/test_console_gateway.py"),
     ("README.md", "make test"): (RUN, ".ci/run is this command"),
-    ("README.md", "apiVersion: gridop.io/v1alpha1"): (RUN, "test_readme.py::test_the_session_yaml_is_what_the_example_file_holds_and_is_admitted"),
+    ("README.md", "apiVersion: gridop.io/v1beta1"): (RUN, "test_readme.py::test_the_session_yaml_is_what_the_example_file_holds_and_is_admitted"),
     ("README.md", "from gridop.client import GridSessionManager"): (RUN, "test_readme.py::test_from_python_sessions"),
     ("README.md", "kubectl -n gridop-system port-forward svc/gridop-redis 6379 &"): (
         CLUSTER, "port-forwards to a cluster; test_readme.py::test_tasks_the_htc_grid_way sets GRIDOP_REDIS_URL from "
@@ -56,6 +56,15 @@ BLOCKS: dict[tuple[str, str], tuple[str, str]] = {
     ("docs/console.md", "const ws = new WebSocket(`wss://grid.example.com/console/interact/team-a/drone-sim`,"): (
         SHOWN, "browser JavaScript; the subprotocol token it sends is tested in "
         "test_console_gateway.py::test_browser_token_in_subprotocol_and_origin_check"),
+    ("docs/upgrade.md", 'for crd in gridsessions taskbatches taskpools; do'): (
+        CLUSTER, "adopts CRDs an earlier chart left outside its release; what Helm checks (these labels and "
+        "annotations) is Helm's, and the chart's CRD templates are rendered in tests/chart/test_chart.py"),
+    ("docs/upgrade.md", "# Argo CD Application (excerpt)"): (RUN, "test_upgrade_page.py: its path resolves to the injected CA"),
+    ("docs/upgrade.md", "# Flux HelmRelease (excerpt)"): (RUN, "test_upgrade_page.py: its path resolves to the injected CA"),
+    ("docs/upgrade.md", "kubectl get crd gridsessions.gridop.io taskbatches.gridop.io taskpools.gridop.io \\"): (
+        RUN, "test_upgrade_page.py, through the real kubectl"),
+    ("docs/upgrade.md", "for kind in gridsessions taskbatches taskpools; do"): (
+        RUN, "test_upgrade_page.py, through the real kubectl against objects stored at v1alpha1"),
     ("docs/development.md", "make test        # venv + lint (ruff, mypy, import contracts) + all tiers that need no cluster"): (
         RUN, "make test is .ci/run; make crds's drift check is tests/unit/test_crds.py; make e2e is tests/e2e"),
     ("docs/development.md", "API server ──list+watch──▶ Informer (the kind)            ──┐"): (SHOWN, "a picture"),
@@ -84,7 +93,7 @@ BLOCKS: dict[tuple[str, str], tuple[str, str]] = {
         RUN, "test_sdk_page.py"),
     ("docs/sdk.md", "from gridop.client import GridSessionManager, SessionInitializationBehavior as B, SessionAlreadyExistsError"): (
         RUN, "test_sdk_page.py"),
-    ("docs/tasks.md", "apiVersion: gridop.io/v1alpha1"): (RUN, "test_tasks_page.py::test_its_objects_are_admitted"),
+    ("docs/tasks.md", "apiVersion: gridop.io/v1beta1"): (RUN, "test_tasks_page.py::test_its_objects_are_admitted"),
     ("docs/tasks.md", "pending ──claim──▶ processing ──ok──▶ finished"): (
         SHOWN, "a diagram; the transitions are tested in tests/dataplane/test_store.py"),
     ("docs/tasks.md", "import os"): (RUN, "test_tasks_page.py::test_the_sdk_blocks_on_the_pages_own_pool"),
