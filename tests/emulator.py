@@ -373,6 +373,22 @@ def register_crds(emulator: ApiServer, directory: pathlib.Path = ROOT / "crds") 
         emulator.apply_crd(yaml.safe_load(path.read_text()))
 
 
+def as_before_v1beta1(emulator: ApiServer, directory: pathlib.Path | None = None) -> None:
+    """The cluster as a release before v1beta1 left it: gridop's CRDs serve and store v1alpha1 alone
+    (a previous release's own crds/ when given; else this tree's, cut down to v1alpha1)."""
+    for name in ("gridsessions", "taskbatches", "taskpools"):
+        del emulator.objects["apiextensions.k8s.io/v1/customresourcedefinitions", None, f"{name}.gridop.io"]
+    emulator.materialized.clear()
+    if directory is not None:
+        register_crds(emulator, directory)
+        return
+    for path in sorted((ROOT / "crds").glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        crd["spec"]["versions"] = [dict(v, storage=True) for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
+        crd["spec"]["conversion"] = {"strategy": "None"}
+        emulator.apply_crd(crd)
+
+
 async def serve(port: int) -> None:
     """Serve the emulator on 127.0.0.1:port until killed (for benchmarks and manual poking)."""
     import asyncio

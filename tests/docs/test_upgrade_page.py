@@ -13,8 +13,7 @@ import yaml
 
 from gridop.kube import KubeClient
 from gridop.kube.client import Resource
-from tests.emulator import ROOT as REPO
-from tests.emulator import ApiServer, register_crds
+from tests.emulator import ApiServer, as_before_v1beta1, register_crds
 from tests.integration.conftest import NAMESPACE, eventually
 from tests.integration.test_conversion_webhook import operator_with_webhook
 from tests.k8s_tools import tool
@@ -25,23 +24,11 @@ PAGE = "docs/upgrade.md"
 KINDS = ("gridsessions", "taskbatches", "taskpools")
 
 
-def at_v1alpha1_only(emulator: ApiServer) -> None:
-    """The cluster as the previous release left it: its CRDs serve and store v1alpha1 alone."""
-    for name in KINDS:
-        del emulator.objects["apiextensions.k8s.io/v1/customresourcedefinitions", None, f"{name}.gridop.io"]
-    emulator.materialized.clear()
-    for path in sorted((REPO / "crds").glob("*.yaml")):
-        crd = yaml.safe_load(path.read_text())
-        crd["spec"]["versions"] = [dict(v, storage=True) for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
-        crd["spec"]["conversion"] = {"strategy": "None"}
-        emulator.apply_crd(crd)
-
-
 async def test_the_by_hand_migration_moves_every_object_and_trims_stored_versions(
     emulator: kmock.KubernetesEmulator, api: KubeClient, redis_url: str, kubeconfig: pathlib.Path, workdir: pathlib.Path,
 ) -> None:
     assert isinstance(emulator, ApiServer)
-    at_v1alpha1_only(emulator)
+    as_before_v1beta1(emulator)
     batches = Resource("gridop.io", "v1alpha1", "taskbatches", "TaskBatch")
     pools = Resource("gridop.io", "v1alpha1", "taskpools", "TaskPool")
     for i in range(2):

@@ -18,12 +18,13 @@ from cryptography import x509
 
 from bench.localredis import free_port
 from gridop.client.tasks import AsyncGridConnector
-from gridop.kube import ClusterAccess, KubeClient, resources
+from gridop.kube import ClusterAccess, KubeClient, KubeError, resources
 from gridop.kube.client import Resource
 from gridop.operator_main import run_operator
 from gridop.settings import Settings
-from gridop.webhook.certs import Material, issue_serving
-from tests.emulator import ApiServer
+from gridop.webhook import ConversionWebhook
+from gridop.webhook.certs import Material, issue_ca, issue_serving
+from tests.emulator import ApiServer, as_before_v1beta1, register_crds
 from tests.integration.conftest import NAMESPACE, eventually
 
 ALPHA_BATCHES = Resource("gridop.io", "v1alpha1", "taskbatches", "TaskBatch")
@@ -136,18 +137,7 @@ async def _serial_is(port: int, ca: bytes, serial: int) -> bool:
 
 @pytest.fixture
 def emulator_at_v1alpha1(emulator: ApiServer) -> ApiServer:
-    """The API server as the previous release left it: CRDs serving and storing v1alpha1 only."""
-    for name in ("gridsessions.gridop.io", "taskbatches.gridop.io", "taskpools.gridop.io"):
-        del emulator.objects["apiextensions.k8s.io/v1/customresourcedefinitions", None, name]
-    emulator.materialized.clear()
-    import yaml
-
-    from tests.emulator import ROOT
-    for path in sorted((ROOT / "crds").glob("*.yaml")):
-        crd = yaml.safe_load(path.read_text())
-        crd["spec"]["versions"] = [dict(v, storage=True) for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
-        crd["spec"]["conversion"] = {"strategy": "None"}
-        emulator.apply_crd(crd)
+    as_before_v1beta1(emulator)
     return emulator
 
 
@@ -160,8 +150,7 @@ async def test_objects_stored_at_v1alpha1_are_rewritten_once_and_stored_versions
                                           "spec": {"user": "alice", "node": "worker-1", "config": {"airgen": {}, "grid": {}}}},
                          NAMESPACE)
     assert {v for (g, p, _, _), v in emulator.encoded.items() if g == "gridop.io"} == {"v1alpha1"}
-    from tests.emulator import ROOT, register_crds
-    register_crds(emulator, ROOT / "crds")  # the upgrade: v1beta1 served and stored
+    register_crds(emulator)  # the upgrade: v1beta1 served and stored
     assert emulator.crd_object(CRD)["status"]["storedVersions"] == ["v1alpha1", "v1beta1"]
 
     async with operator_with_webhook(emulator, redis_url):
@@ -181,3 +170,32 @@ async def test_objects_stored_at_v1alpha1_are_rewritten_once_and_stored_versions
         await asyncio.sleep(2)
     assert migrated >= 3
     assert emulator.count("gridop-operator", "UPDATE", "taskbatches") - before <= 3  # status writes only, if any
+
+
+async def test_the_webhook_rides_out_an_api_server_outage_at_start() -> None:
+    """The certificate's Secret unreadable for a while (the API server restarting): the webhook waits
+    with backoff and then serves, rather than ending the operator."""
+    now = datetime.datetime.now(tz=datetime.UTC)
+    ca_cert, ca_key = issue_ca("test-ca", now)
+    material = issue_serving(ca_cert, ca_key, ["gridop-webhook.gridop-system.svc"], now, datetime.timedelta(days=1))
+
+    class Unavailable:
+        calls = 0
+
+        async def current(self) -> Material:
+            self.calls += 1
+            if self.calls < 3:
+                raise KubeError(503, "the server is currently unable to handle the request")
+            return material
+
+        async def inject(self, ca: bytes) -> None:
+            return None
+
+    source, port = Unavailable(), free_port()
+    webhook = ConversionWebhook(source, "127.0.0.1", port, check_seconds=60)
+    await asyncio.wait_for(webhook.start(), timeout=10)
+    try:
+        assert source.calls == 3
+        assert (await served_certificate(port, ca_cert)).serial_number == material.serial()
+    finally:
+        await webhook.stop()

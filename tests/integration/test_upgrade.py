@@ -30,7 +30,7 @@ from bench.rtt_floor import unpack
 from gridop.client.tasks import AsyncGridConnector
 from gridop.kube import KubeClient, resources
 from gridop.kube.client import Resource
-from tests.emulator import ROOT, ApiServer, register_crds
+from tests.emulator import ROOT, ApiServer, as_before_v1beta1, register_crds
 
 from .conftest import NAMESPACE, Kubelet, eventually, node, seed
 
@@ -97,10 +97,7 @@ async def test_an_upgrade_under_live_sessions_batches_and_pools_restarts_nothing
     emulator: ApiServer, api: KubeClient, redis_url: str, previous_release: pathlib.Path, tmp_path: pathlib.Path,
 ) -> None:
     # The cluster as the previous release left it: its own CRDs, v1alpha1 only.
-    for crd in ("gridsessions", "taskbatches", "taskpools"):
-        del emulator.objects["apiextensions.k8s.io/v1/customresourcedefinitions", None, f"{crd}.gridop.io"]
-    emulator.materialized.clear()
-    register_crds(emulator, previous_release / "crds")
+    as_before_v1beta1(emulator, previous_release / "crds")
     seed(emulator, "v1/nodes", node("worker-1", "172.18.0.3"))
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(yaml.safe_dump({

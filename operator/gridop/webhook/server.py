@@ -14,9 +14,11 @@ import ssl
 import tempfile
 from typing import Any, Protocol
 
+import aiohttp
 from aiohttp import web
 
 from ..api import conversion
+from ..kube import KubeError
 from .certs import Material
 
 log = logging.getLogger(__name__)
@@ -88,10 +90,19 @@ class ConversionWebhook:
 
     async def start(self) -> None:
         """Load the certificate (issuing it if need be), start serving, and keep it current."""
-        try:
-            await self._refresh()
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            raise WebhookError(f"the conversion webhook has no usable certificate: {exc}") from exc
+        delay, said = 1.0, ""
+        while True:
+            try:
+                await self._refresh()
+                break
+            except (KubeError, aiohttp.ClientError) as exc:  # the API server out of reach: ride it out
+                if str(exc) != said:
+                    log.warning("conversion webhook waiting for its certificate (next try in %.0f s): %s", delay, exc)
+                    said = str(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                raise WebhookError(f"the conversion webhook has no usable certificate: {exc}") from exc
         app = web.Application(client_max_size=MAX_REVIEW_BYTES)
         app.router.add_post("/convert", _convert)
         app.router.add_get("/healthz", _healthz)
