@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
+import os
 import pathlib
 import signal
 import socket
@@ -745,3 +747,40 @@ async def test_a_followed_tail_rides_out_a_gateway_restart_without_repeating_lin
     finally:
         if first.proc.poll() is None:
             first.proc.kill()
+
+
+async def test_an_interactive_console_rides_out_a_gateway_restart(env: ConsoleEnv, tmp_path: pathlib.Path) -> None:
+    """The replica behind the client's URL stops (1001) and another comes up: ConsoleClient.interact
+    (and `gridctl console interact` with it) reconnects, and a line typed meanwhile reaches the
+    console once it is back."""
+    console = env.session(NS, "rolling-shell")
+    assert console is not None
+    kubeconfig = env.write_kubeconfig(tmp_path / "kubeconfig")
+    first = await asyncio.to_thread(GatewayProcess, kubeconfig, tmp_path / "gateway-1.log", watch_namespaces=[NS])
+    client = ConsoleClient(first.url, token="alice-k8s", namespace=NS)
+    typed_r, typed_w = os.pipe()
+    shown = io.BytesIO()
+    session = asyncio.create_task(client.interact("rolling-shell", stdin_fd=typed_r, stdout=shown))
+    second = None
+    try:
+        os.write(typed_w, b"echo one-$((40+2))\r")
+        await eventually(lambda: b"one-42" in shown.getvalue(), what="the first line's answer")
+        assert await asyncio.to_thread(first.stop) == 0  # SIGTERM: 1001
+        os.write(typed_w, b"echo two-$((40+3))\r")  # typed while no replica serves
+        second = await asyncio.to_thread(GatewayProcess, kubeconfig, tmp_path / "gateway-2.log", port=first.port,
+                                         watch_namespaces=[NS])
+        await eventually(lambda: b"two-43" in shown.getvalue(), timeout=20, what="the line typed during the restart")
+        assert not session.done()
+        assert console.log.count(b"echo two-$((40+3))") == 1  # sent once
+        os.close(typed_w)
+        typed_w = -1
+        assert await asyncio.wait_for(session, timeout=10) == "end of input"
+    finally:
+        if typed_w >= 0:
+            os.close(typed_w)
+        os.close(typed_r)
+        session.cancel()
+        await asyncio.gather(session, return_exceptions=True)
+        for gw in (first, second):
+            if gw is not None and gw.proc.poll() is None:
+                gw.stop()

@@ -146,11 +146,13 @@ class ConsoleClient:
         except (TimeoutError, OSError, InvalidHandshake) as exc:
             raise ConsoleError(0, f"cannot reach the console gateway at {self.base}: {exc}") from None
 
-    async def open(self, session: str, *, mode: str = wire.MODE_INTERACTIVE) -> ConsoleStream:
+    def _interact_url(self, session: str, mode: str) -> str:
         if mode not in wire.MODES:
             raise ValueError(f"mode must be one of {', '.join(wire.MODES)}, got {mode!r}")
-        url = self.url("interact", session) + ("?mode=monitor" if mode == wire.MODE_MONITOR else "")
-        return ConsoleStream(await self._connect(url, self._headers()))
+        return self.url("interact", session) + ("?mode=monitor" if mode == wire.MODE_MONITOR else "")
+
+    async def open(self, session: str, *, mode: str = wire.MODE_INTERACTIVE) -> ConsoleStream:
+        return ConsoleStream(await self._connect(self._interact_url(session, mode), self._headers()))
 
     async def tail(self, session: str, lines: int | None = None, follow: bool = False) -> AsyncIterator[str]:
         """The console log, line by line (with line endings), then new lines while `follow`.
@@ -229,8 +231,15 @@ class ConsoleClient:
         stdout: BinaryIO | None = None,
         detach_key: bytes = DETACH_KEY,
     ) -> str:
-        """Wire a terminal to the console until it ends or `detach_key` is typed; returns why it ended."""
-        stream = await self.open(session, mode=mode)
+        """Wire a terminal to the console until it ends or `detach_key` is typed; returns why it ended.
+
+        A gateway replica that stops (close code 1001) does not end it: it reconnects with backoff
+        for up to `RECONNECT_SECONDS` (the stopping replica freed the writer), and what is typed
+        meanwhile is sent once it is back."""
+        url, headers = self._interact_url(session, mode), self._headers()
+        stream = ConsoleStream(await self._connect(url, headers))
+        connected = asyncio.Event()
+        connected.set()
         stdin_fd = sys.stdin.fileno() if stdin_fd is None else stdin_fd
         out = stdout or sys.stdout.buffer
         loop = asyncio.get_running_loop()
@@ -277,14 +286,33 @@ class ConsoleClient:
                     while loop.time() - last_output[0] < QUIET_AFTER_INPUT:  # noqa: ASYNC110  (a timer that output pushes back)
                         await asyncio.sleep(QUIET_AFTER_INPUT - (loop.time() - last_output[0]))
                     return
-                await stream.send(data)
+                while True:
+                    await connected.wait()
+                    try:
+                        await stream.send(data)
+                        break
+                    except ConnectionClosed:
+                        if stream.close_code != wire.CLOSE_GOING_AWAY:
+                            raise
+                        connected.clear()  # the output side reconnects; send it there
                 last_output[0] = loop.time()
 
         async def pump_output() -> None:
-            async for data in stream:
-                last_output[0] = loop.time()
-                out.write(data)
-                out.flush()
+            nonlocal stream
+            while True:
+                async for data in stream:
+                    last_output[0] = loop.time()
+                    out.write(data)
+                    out.flush()
+                if stream.close_code != wire.CLOSE_GOING_AWAY:
+                    return
+                connected.clear()
+                log.info("console gateway went away (%s); reconnecting", stream.close_reason or "1001")
+                await stream.close()
+                stream = ConsoleStream(await self._reconnect(url, headers))
+                connected.set()
+                if is_tty:
+                    await send_size()
 
         async def read_file() -> None:
             """stdin redirected from a file, which the loop cannot watch: read it in a thread."""
