@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.localredis import start_redis  # noqa: E402
 from bench.rtt_floor import unpack  # noqa: E402
-from gridop.kube import ClusterAccess, KubeClient, resources  # noqa: E402
+from gridop.kube import ClusterAccess, KubeClient, Resource, resources  # noqa: E402
 from gridop.kube.informer import Informer  # noqa: E402
 
 NS = "bench"
@@ -103,6 +103,30 @@ def delta(after: dict[Any, float], before: dict[Any, float]) -> dict[Any, float]
     return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0)}
 
 
+async def stop(proc: subprocess.Popen[Any] | None, patience: float) -> None:
+    """SIGTERM, then SIGKILL after `patience` seconds: never leave a process behind (it would hold
+    the caller's output open, and a port)."""
+    if proc is None:
+        return
+    proc.terminate()
+    try:
+        await asyncio.to_thread(proc.wait, patience)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        await asyncio.to_thread(proc.wait)
+
+
+def served_kinds(tree: pathlib.Path) -> dict[str, Resource]:
+    """gridop's kinds at the storage version of `tree`'s CRDs (v1alpha1 before there was v1beta1)."""
+    kinds = {}
+    for path in (tree / "crds").glob("*.yaml"):
+        crd = yaml.safe_load(path.read_text())
+        version = next(v["name"] for v in crd["spec"]["versions"] if v["storage"])
+        names = crd["spec"]["names"]
+        kinds[names["plural"]] = Resource(crd["spec"]["group"], version, names["plural"], names["kind"])
+    return kinds
+
+
 class World:
     """A fresh emulator (and, for batches and pools, a Redis database), this client's API access,
     and the operator of one tree running against them."""
@@ -113,8 +137,10 @@ class World:
     async def __aenter__(self) -> World:
         self.api_port, self.port = free_port(), free_port()
         server = (os.environ.get("BENCH_EMULATOR") or "-m tests.emulator").split()
-        self.emulator = subprocess.Popen([sys.executable, *server, "--port", str(self.api_port)], cwd=ROOT,
-                                         stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        # The API as the tree under test defines it: its own CRDs, its own storage versions.
+        self.emulator = subprocess.Popen([sys.executable, *server, "--port", str(self.api_port), "--crds", str(self.tree / "crds")],
+                                         cwd=ROOT, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        self.kinds = served_kinds(self.tree)
         assert self.emulator.stdout is not None
         self.emulator.stdout.readline()  # "emulator listening on ..."
         self.url = f"http://127.0.0.1:{self.api_port}"
@@ -148,10 +174,12 @@ class World:
                "GRIDOP_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"), "GRIDOP_LOG_FORMAT": "text"}
         if self.redis_url:
             env["GRIDOP_REDIS_URL"] = self.redis_url
+        # Each operator its own webhook port: one still stopping cannot keep the next from serving.
+        env["GRIDOP_WEBHOOK_PORT"] = str(free_port())
         log = open(os.environ["BENCH_LOG"], "a") if os.environ.get("BENCH_LOG") else subprocess.DEVNULL  # noqa: SIM115
         self.operator: subprocess.Popen[bytes] | None = subprocess.Popen(
             [sys.executable, "-m", "gridop", "operator"], env=env, cwd=self.tmp.name, stdin=subprocess.DEVNULL,
-            stderr=log)
+            stdout=log, stderr=log)
 
     def _ready_now(self) -> bool:
         try:
@@ -176,13 +204,9 @@ class World:
     async def __aexit__(self, *exc: object) -> None:
         for task in self.kubelets:
             task.cancel()
-        if getattr(self, "operator", None) is not None:
-            assert self.operator is not None
-            self.operator.terminate()
-            self.operator.wait(timeout=30)
+        await stop(getattr(self, "operator", None), 30.0)
         await self.api.close()
-        self.emulator.terminate()
-        self.emulator.wait(timeout=10)
+        await stop(self.emulator, 10.0)
         self.tmp.cleanup()
 
 
@@ -233,7 +257,7 @@ async def sessions_round(tree: pathlib.Path | None, n: int) -> dict[str, Any]:
 
         informers = [await watch(world, resources.PODS, on_pod)]
         if tree is not None:
-            informers.append(await watch(world, resources.GRIDSESSIONS, on_session))
+            informers.append(await watch(world, world.kinds["gridsessions"], on_session))
             world.start_operator()
             await world.ready()  # started, caches synced, signing keys created
             before, cpu0 = scrape(world.port), cpu_seconds(world.operator.pid)  # type: ignore[union-attr]
@@ -241,7 +265,7 @@ async def sessions_round(tree: pathlib.Path | None, n: int) -> dict[str, Any]:
         async def create_session(i: int) -> None:
             name = f"s{i:04d}"
             created[name] = time.perf_counter()
-            await world.api.create(resources.GRIDSESSIONS, {"metadata": {"name": name}, "spec": {
+            await world.api.create(world.kinds["gridsessions"], {"metadata": {"name": name}, "spec": {
                 "user": "bench", "node": "w1", "config": {"airgen": {}, "grid": {}}}}, NS)
 
         async def create_children(i: int) -> None:  # what one session makes, created directly
@@ -294,8 +318,8 @@ def report_sessions(n: int, results: dict[str, list[dict[str, Any]]], labels: di
 async def objects_round(kind: str, tree: pathlib.Path, n: int, redis_url: str, window: float) -> dict[str, Any]:
     from gridop.client.tasks import AsyncGridConnector
 
-    resource = resources.TASKBATCHES if kind == "batches" else resources.TASKPOOLS
     async with World(tree, redis_url) as world:
+        resource = world.kinds["taskbatches" if kind == "batches" else "taskpools"]
         serving: set[str] = set()
         done = asyncio.Event()
 
@@ -314,7 +338,7 @@ async def objects_round(kind: str, tree: pathlib.Path, n: int, redis_url: str, w
 
         async def create(i: int) -> None:
             spec: dict[str, Any] = {"handler": "bench.handlers:zero", "workers": {"max": 4, "tasksPerWorker": 10}}
-            await world.api.create(resource, {"apiVersion": "gridop.io/v1beta1", "kind": resource.kind,
+            await world.api.create(resource, {"apiVersion": resource.api_version, "kind": resource.kind,
                                               "metadata": {"name": f"o{i:04d}"}, "spec": spec}, NS)
 
         await apply_all(n, create)

@@ -389,13 +389,14 @@ def as_before_v1beta1(emulator: ApiServer, directory: pathlib.Path | None = None
         emulator.apply_crd(crd)
 
 
-async def serve(port: int) -> None:
-    """Serve the emulator on 127.0.0.1:port until killed (for benchmarks and manual poking)."""
+async def serve(port: int, crds: pathlib.Path = ROOT / "crds") -> None:
+    """Serve the emulator on 127.0.0.1:port until killed (for benchmarks and manual poking), with
+    the CRDs in `crds` (a benchmark of an earlier revision gives that revision's)."""
     import asyncio
 
     async with ApiServer() as emu, kmock.Server(emu, host="127.0.0.1", port=port):
         emu.resources.load_bundled()
-        register_crds(emu)
+        register_crds(emu, crds)
         print(f"emulator listening on {emu.url}", flush=True)
         await asyncio.Event().wait()
 
@@ -406,4 +407,6 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description="Run the test Kubernetes API emulator.")
     parser.add_argument("--port", type=int, default=8001)
-    asyncio.run(serve(parser.parse_args().port))
+    parser.add_argument("--crds", type=pathlib.Path, default=ROOT / "crds", help="the CRDs to serve (a directory)")
+    args = parser.parse_args()
+    asyncio.run(serve(args.port, args.crds))
