@@ -373,6 +373,17 @@ def register_crds(emulator: ApiServer, directory: pathlib.Path = ROOT / "crds") 
         emulator.apply_crd(yaml.safe_load(path.read_text()))
 
 
+def write_kubeconfig(emulator: kmock.KubernetesEmulator, path: pathlib.Path, namespace: str) -> pathlib.Path:
+    """A kubeconfig for processes (operators, workers) to reach the emulator, as they would a cluster."""
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "emu",
+        "clusters": [{"name": "emu", "cluster": {"server": str(emulator.url).rstrip("/")}}],
+        "users": [{"name": "u", "user": {}}],
+        "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "u", "namespace": namespace}}],
+    }))
+    return path
+
+
 def as_before_v1beta1(emulator: ApiServer, directory: pathlib.Path | None = None) -> None:
     """The cluster as a release before v1beta1 left it: gridop's CRDs serve and store v1alpha1 alone
     (a previous release's own crds/ when given; else this tree's, cut down to v1alpha1)."""

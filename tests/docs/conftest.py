@@ -106,12 +106,21 @@ def pod_process(env: dict[str, str]) -> subprocess.Popen[bytes]:
                                  "PYTHONPATH": str(ROOT)})
 
 
+class Pods(dict[str, list[subprocess.Popen[bytes]]]):
+    """Workload key -> its running worker processes; `peak` keeps the most each ever had at once
+    (a pool scales back down as soon as its queue is empty)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.peak: dict[str, int] = {}
+
+
 @pytest.fixture
-async def worker_pods(api: KubeClient) -> AsyncIterator[dict[str, list[subprocess.Popen[bytes]]]]:  # noqa: F811
+async def worker_pods(api: KubeClient) -> AsyncIterator[Pods]:  # noqa: F811
     """Plays the scheduler and kubelet for the operator's worker Jobs and Deployments: keeps as many
     local `gridop worker` processes running per workload as it asks for (Job parallelism, Deployment
     replicas), each with its pods' environment."""
-    running: dict[str, list[subprocess.Popen[bytes]]] = {}
+    running = Pods()
 
     async def play() -> None:
         while True:
@@ -129,6 +138,7 @@ async def worker_pods(api: KubeClient) -> AsyncIterator[dict[str, list[subproces
                 for extra in procs[count:] if not key.startswith("jobs/") else []:
                     extra.terminate()
                 running[key] = procs[:count] if not key.startswith("jobs/") else procs
+                running.peak[key] = max(running.peak.get(key, 0), len([p for p in running[key] if p.poll() is None]))
             await asyncio.sleep(0.2)
 
     task = asyncio.create_task(play())

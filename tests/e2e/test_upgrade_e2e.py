@@ -23,7 +23,6 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -35,6 +34,7 @@ from gridop.client.tasks import AsyncGridConnector
 from gridop.kube import KubeClient, resources
 from gridop.kube.client import Resource
 from gridop.kube.migration import migrate
+from tests.processes import ledger, processes
 
 from .conftest import ROOT, eventually
 
@@ -79,18 +79,6 @@ async def apply_crds(kube: KubeClient, directory: pathlib.Path, webhook_namespac
         await eventually(established, timeout=60, what=f"CRD {crd['metadata']['name']} established")
 
 
-@contextlib.contextmanager
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    running: list[subprocess.Popen[bytes]] = []
-    try:
-        yield running
-    finally:
-        for proc in running:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-
-
 def start(running: list[subprocess.Popen[bytes]], code: pathlib.Path, args: list[str], log: pathlib.Path,
           **env: str) -> subprocess.Popen[bytes]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("GRIDOP_")}
@@ -100,10 +88,6 @@ def start(running: list[subprocess.Popen[bytes]], code: pathlib.Path, args: list
                             stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=ROOT)
     running.append(proc)
     return proc
-
-
-def ledger(path: pathlib.Path) -> list[int]:
-    return [int(line) for line in path.read_text().split()] if path.exists() else []
 
 
 async def children(kube: KubeClient, namespace: str) -> dict[str, Any]:

@@ -18,9 +18,9 @@ import time
 
 import kmock
 import pytest
-import yaml
 
 from gridop.kube import KubeClient, resources
+from tests.emulator import write_kubeconfig
 
 from .conftest import NAMESPACE, eventually, gridsession, node, seed
 
@@ -52,13 +52,7 @@ async def test_leadership_moves_at_once_on_sigterm_and_within_the_lease_on_a_kil
     emulator: kmock.KubernetesEmulator, api: KubeClient, tmp_path: pathlib.Path,
 ) -> None:
     seed(emulator, "v1/nodes", node("worker-1", "172.18.0.3"))
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "emu",
-        "clusters": [{"name": "emu", "cluster": {"server": str(emulator.url).rstrip("/")}}],
-        "users": [{"name": "u", "user": {}}],
-        "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "u", "namespace": NAMESPACE}}],
-    }))
+    kubeconfig = write_kubeconfig(emulator, tmp_path / "kubeconfig", NAMESPACE)
     log = tmp_path / "operators.log"
     procs = {name: start_operator(kubeconfig, name, log) for name in ("op-a", "op-b")}
     try:

@@ -13,24 +13,22 @@ serves at a version it does not hold, as an API server does.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import pathlib
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import yaml
 
 from bench.localredis import free_port
 from bench.rtt_floor import unpack
 from gridop.client.tasks import AsyncGridConnector
 from gridop.kube import KubeClient, resources
 from gridop.kube.client import Resource
-from tests.emulator import ROOT, ApiServer, as_before_v1beta1, register_crds
+from tests.emulator import ROOT, ApiServer, as_before_v1beta1, register_crds, write_kubeconfig
+from tests.processes import ledger, processes
 
 from .conftest import NAMESPACE, Kubelet, eventually, node, seed
 
@@ -57,18 +55,6 @@ def _env(kubeconfig: pathlib.Path, code: pathlib.Path, **extra: str) -> dict[str
     return env
 
 
-@contextlib.contextmanager
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    running: list[subprocess.Popen[bytes]] = []
-    try:
-        yield running
-    finally:
-        for proc in running:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-
-
 def start(running: list[subprocess.Popen[bytes]], args: list[str], env: dict[str, str], log: pathlib.Path) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([sys.executable, "-m", "gridop", *args], env=env, stdin=subprocess.DEVNULL,
                             stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=ROOT)
@@ -88,10 +74,6 @@ async def uids(api: KubeClient) -> dict[str, Any]:
     return found
 
 
-def ledger(path: pathlib.Path) -> list[int]:
-    return [int(line) for line in path.read_text().split()] if path.exists() else []
-
-
 @pytest.mark.timeout(240)
 async def test_an_upgrade_under_live_sessions_batches_and_pools_restarts_nothing_and_loses_nothing(
     emulator: ApiServer, api: KubeClient, redis_url: str, previous_release: pathlib.Path, tmp_path: pathlib.Path,
@@ -99,13 +81,7 @@ async def test_an_upgrade_under_live_sessions_batches_and_pools_restarts_nothing
     # The cluster as the previous release left it: its own CRDs, v1alpha1 only.
     as_before_v1beta1(emulator, previous_release / "crds")
     seed(emulator, "v1/nodes", node("worker-1", "172.18.0.3"))
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "emu",
-        "clusters": [{"name": "emu", "cluster": {"server": str(emulator.url).rstrip("/")}}],
-        "users": [{"name": "u", "user": {}}],
-        "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "u", "namespace": NAMESPACE}}],
-    }))
+    kubeconfig = write_kubeconfig(emulator, tmp_path / "kubeconfig", NAMESPACE)
     log, batch_ledger, pool_ledger = tmp_path / "processes.log", tmp_path / "batch.ledger", tmp_path / "pool.ledger"
     kubelet = Kubelet(api)
 
