@@ -22,7 +22,7 @@ from gridop.kube import ClusterAccess, KubeClient, KubeError, resources
 from gridop.kube.client import Resource
 from gridop.operator_main import run_operator
 from gridop.settings import Settings
-from gridop.webhook import ConversionWebhook
+from gridop.webhook import ConversionWebhook, WebhookError
 from gridop.webhook.certs import Material, issue_ca, issue_serving
 from tests.emulator import ApiServer, as_before_v1beta1, register_crds
 from tests.integration.conftest import NAMESPACE, eventually
@@ -199,3 +199,16 @@ async def test_the_webhook_rides_out_an_api_server_outage_at_start() -> None:
         assert (await served_certificate(port, ca_cert)).serial_number == material.serial()
     finally:
         await webhook.stop()
+
+
+async def test_a_secret_without_a_usable_ca_is_named_in_one_line(emulator: ApiServer, api: KubeClient, redis_url: str) -> None:
+    """A Secret someone else wrote under the webhook's name: the operator does not start, and says
+    which Secret and what to do (and `gridop operator` prints that line and exits 1)."""
+    await api.create(resources.SECRETS, {"metadata": {"name": "gridop-webhook-tls"}, "type": "kubernetes.io/tls",
+                                         "data": {"tls.crt": base64.b64encode(b"not a certificate").decode()}},
+                     "gridop-system")
+    with pytest.raises(WebhookError) as refused:
+        async with operator_with_webhook(emulator, redis_url):
+            pass
+    assert "Secret gridop-system/gridop-webhook-tls holds no usable CA" in str(refused.value)
+    assert "delete it" in str(refused.value)

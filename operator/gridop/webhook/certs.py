@@ -145,7 +145,11 @@ class SelfManagedCertificate:
                 why = "it cannot be read"
             if why is None:
                 return material
-            renewed = await asyncio.to_thread(issue_serving, material.ca, ca_key, self.names, now, self.validity)
+            try:
+                renewed = await asyncio.to_thread(issue_serving, material.ca, ca_key, self.names, now, self.validity)
+            except ValueError as exc:
+                raise ValueError(f"Secret {self.namespace}/{self.secret} holds no usable CA (ca.crt, ca.key: {exc}); "
+                                 "delete it and the operator makes a new CA and certificate") from exc
             try:
                 # The resourceVersion makes the patch conditional: a replica that renewed first wins.
                 await self.client.patch(resources.SECRETS, self.secret,
