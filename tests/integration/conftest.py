@@ -24,6 +24,7 @@ from tests.waiting import eventually  # noqa: F401  (re-exported for the tests)
 
 NAMESPACE = "grid"
 _announcing: set[asyncio.Task[None]] = set()  # seeded objects' watch events on their way
+_stopping: set[asyncio.Task[None]] = set()  # in-process operators told to stop
 
 
 @pytest.fixture
@@ -32,6 +33,9 @@ async def emulator() -> AsyncIterator[kmock.KubernetesEmulator]:
         emu.resources.load_bundled()
         register_crds(emu)
         yield emu
+        if _stopping:  # operators still winding down (see the operator fixture): they end first
+            await asyncio.wait(list(_stopping), timeout=20)
+            _stopping.clear()
 
 
 @pytest.fixture
@@ -58,8 +62,13 @@ async def operator(emulator: kmock.KubernetesEmulator, settings: Settings) -> As
     assert ready.is_set(), "operator did not become ready"
     yield task
     stop.set()
-    with contextlib.suppress(asyncio.CancelledError):  # kopf cancels its own tasks on a stop flag
-        await asyncio.wait_for(task, timeout=20)
+    # kopf's wind-down cancels every task it finds that started after it did, this teardown's
+    # among them, and waits for each to end. Awaiting the operator itself here would then wait
+    # for a kopf that waits for us: so the wait is shielded, a cancelled teardown simply ends, and
+    # the emulator's teardown (a task kopf never saw) waits for the operator to finish.
+    _stopping.add(task)
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(asyncio.shield(task), timeout=20)
 
 
 def seed(emulator: kmock.KubernetesEmulator, resource: str, obj: dict[str, Any]) -> dict[str, Any]:
