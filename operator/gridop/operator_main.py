@@ -11,6 +11,7 @@ import aiohttp
 import kopf
 
 from . import metrics
+from .api import conversion
 from .auth.keystore import KeyringSource
 from .auth.tokens import SigningKeyError
 from .batches.common import DataPlane
@@ -29,6 +30,7 @@ from .tasks.connection import connect
 from .webhook import ConversionWebhook, MountedCertificate, SelfManagedCertificate
 
 log = logging.getLogger(__name__)
+KINDS = [resources.GRIDSESSIONS, resources.TASKBATCHES, resources.TASKPOOLS]  # gridop's own kinds
 KINDS_RECHECK_SECONDS = 10.0  # how often an operator that cannot read its kinds looks again
 
 
@@ -57,7 +59,7 @@ async def run_operator(
 async def served_kinds_problem(client: KubeClient, settings: Settings) -> str | None:
     """Why the operator cannot read its own kinds (a CRD not installed, RBAC that does not let it
     list them), in one line that says what to do; None when it can."""
-    for res in (resources.GRIDSESSIONS, resources.TASKBATCHES, resources.TASKPOOLS):
+    for res in KINDS:
         scopes: list[str | None] = [*settings.watch_namespaces] or [None]
         for namespace in scopes:
             try:
@@ -94,7 +96,8 @@ def _webhook(settings: Settings, client: KubeClient) -> ConversionWebhook:
     else:
         source = SelfManagedCertificate(
             client, settings.operator_namespace, settings.webhook_secret, settings.webhook_service,
-            settings.webhook_cert_validity_seconds, [f"{resources.TASKBATCHES.plural}.{resources.TASKBATCHES.group}"])
+            settings.webhook_cert_validity_seconds,
+            [f"{r.plural}.{r.group}" for r in KINDS if r.kind in conversion.WEBHOOK_KINDS])  # the CRDs that call it
     return ConversionWebhook(source, "", settings.webhook_port, settings.webhook_check_seconds)
 
 
@@ -164,9 +167,7 @@ async def _run(
 
             holding = asyncio.create_task(elector.hold(on_lost))
         if settings.migrate_storage:
-            migrating = asyncio.create_task(migrate_all(
-                client, [resources.GRIDSESSIONS, resources.TASKBATCHES, resources.TASKPOOLS],
-                clusterwide=not settings.watch_namespaces))
+            migrating = asyncio.create_task(migrate_all(client, KINDS, clusterwide=not settings.watch_namespaces))
         await kopf.operator(
             registry=build_registry(),
             memo=kopf.Memo(client=client, controllers=controllers),

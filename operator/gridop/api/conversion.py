@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import Any
 
 GROUP = "gridop.io"
-HUB = "v1beta1"
 VERSIONS = ("v1alpha1", "v1beta1")
 #: The kinds whose shape differs between versions: only they need a conversion webhook.
 WEBHOOK_KINDS = frozenset({"TaskBatch"})

@@ -62,16 +62,13 @@ async def migrate_all(client: KubeClient, kinds: list[Resource], *, clusterwide:
             try:
                 await migrate(client, res)
                 pending.remove(res)
-            except KubeError as exc:
-                if exc.status != 403:
-                    log.warning("storage version migration of %s.%s paused (next try in %.0f s): %s",
-                                res.plural, res.group, RETRY_SECONDS, exc)
+            except (KubeError, OSError, aiohttp.ClientError) as exc:
+                if isinstance(exc, KubeError) and exc.status == 403:  # retrying cannot help: say so once
+                    log.error("storage version migration of %s.%s needs get on its CRD, list and patch on its objects "
+                              "and patch on the CRD's status (%s): grant them, or migrate by hand (docs/upgrade.md)",
+                              res.plural, res.group, exc.api_message or exc)
+                    pending.remove(res)
                     continue
-                log.error("storage version migration of %s.%s needs get on its CRD, list and patch on its "
-                          "objects and patch on the CRD's status (%s): grant them, or migrate by hand (docs/upgrade.md)",
-                          res.plural, res.group, exc.api_message or exc)
-                pending.remove(res)
-            except (OSError, aiohttp.ClientError) as exc:
                 log.warning("storage version migration of %s.%s paused (next try in %.0f s): %s",
                             res.plural, res.group, RETRY_SECONDS, exc)
         if pending:
